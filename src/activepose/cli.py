@@ -1,0 +1,393 @@
+"""The `activepose` command line: one subcommand per user action. The CLI owns all output (rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Hybrid active learning for bottom-up human pose estimation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+LOG = logging.getLogger("activepose")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _load(path: Path, skeleton: str | None = None, check_images: bool = True):
+    from .coco import CocoError, load_coco
+    from .skeleton import SkeletonError, get_skeleton
+
+    try:
+        return load_coco(path, skeleton=get_skeleton(skeleton) if skeleton else None, check_images=check_images)
+    except (CocoError, SkeletonError) as exc:
+        _fail(str(exc))
+
+
+def _limit(data, max_images: int | None, seed: int = 0):
+    if max_images is None or max_images >= len(data):
+        return data
+    import numpy as np
+
+    ids = sorted(np.random.default_rng(seed).choice(data.image_ids, size=max_images, replace=False).tolist())
+    return data.subset(ids)
+
+
+class _RichTrainCallbacks:
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+        self.loss = math.nan
+
+    def on_epoch_start(self, session: int, epoch: int, num_batches: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"session {session} epoch {epoch}", total=num_batches, info="")
+
+    def on_batch_end(self, loss: float) -> None:
+        self.loss = loss if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * loss
+        self.progress.update(self.task, advance=1, info=f"loss {self.loss:.5f}")
+
+    def on_epoch_end(self, record, improved: bool) -> None:
+        mark = "[green]*[/]" if improved else " "
+        self.progress.console.print(
+            f"{mark} session {record.session} epoch {record.epoch:3d}  train {record.train_loss:.5f}  "
+            f"val {record.val_loss:.5f}  lr {record.lr:.2e}  {record.images / max(record.seconds, 1e-9):.1f} img/s"
+        )
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON with the labelled images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history).")],
+    backbone: Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")] = "vgg_tiny",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs in this session.")] = 200,
+    batch_size: Annotated[int, typer.Option()] = 4,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (see `activepose lr-find`).")] = 1e-4,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 35,
+    lr_step: Annotated[int, typer.Option(help="Step decay: epochs between learning-rate drops.")] = 30,
+    lr_gamma: Annotated[float, typer.Option(help="Step decay factor.")] = 0.5,
+    input_size: Annotated[int, typer.Option(help="Network input side in pixels (multiple of 8).")] = 256,
+    max_images: Annotated[int | None, typer.Option(help="Use a seeded random subset of this many images.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Cap batches per epoch.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch crossing this wall time.")] = None,
+    val_fraction: Annotated[float, typer.Option()] = 0.1,
+    grayscale: Annotated[bool, typer.Option(help="Train on grayscale input, as the paper's data.")] = False,
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="Disable training augmentation.")] = False,
+    pretrained: Annotated[bool, typer.Option(help="Use ImageNet weights for the backbone when available.")] = True,
+    new_session: Annotated[bool, typer.Option(help="Start a new session even when the data did not change.")] = False,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Train a pose model; re-running the same command resumes it, new data continues it (a new session)."""
+    from .data import AugmentConfig
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    if input_size % 8:
+        _fail(f"--input-size must be a multiple of 8, got {input_size}")
+    coco = _limit(_load(data), max_images, seed)
+    cfg = TrainConfig(
+        backbone=backbone, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+        lr_step_epochs=lr_step, lr_gamma=lr_gamma, input_size=input_size, steps_per_epoch=steps_per_epoch,
+        max_minutes=max_minutes, val_fraction=val_fraction, grayscale=grayscale, pretrained=pretrained,
+        num_workers=workers, seed=seed, device=device,
+        augment=AugmentConfig(grayscale=grayscale) if not no_augment else None,
+    )  # fmt: skip
+    console.print(f"training [bold]{backbone}[/] on {len(coco)} images of {data} ({coco.skeleton.name}) -> {out}")
+    with _progress() as progress:
+        result = run_train(cfg, coco, out, _RichTrainCallbacks(progress), new_session=new_session)
+    console.print(
+        f"session {result.session}: {result.epochs_run} epochs, best val loss {result.best_val_loss:.5f}, "
+        f"stopped by {result.stopped.replace('_', ' ')}; checkpoints in {out}"
+    )
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the curve as PNG + JSON here.")] = None,
+    backbone: Annotated[str, typer.Option()] = "vgg_tiny",
+    start_lr: Annotated[float, typer.Option()] = 1e-7,
+    end_lr: Annotated[float, typer.Option()] = 1.0,
+    steps: Annotated[int, typer.Option()] = 100,
+    batch_size: Annotated[int, typer.Option()] = 4,
+    input_size: Annotated[int, typer.Option()] = 256,
+    max_images: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int, typer.Option()] = 2,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Run the learning-rate range test (the paper recommends it) and suggest a starting learning rate."""
+    from .train import TrainConfig, lr_find
+
+    coco = _limit(_load(data), max_images)
+    cfg = TrainConfig(backbone=backbone, batch_size=batch_size, input_size=input_size, num_workers=workers, device=device)
+    with _progress() as progress:
+        task = progress.add_task("lr range test", total=steps, info="")
+        res = lr_find(
+            cfg, coco, start_lr=start_lr, end_lr=end_lr, num_steps=steps,
+            on_step=lambda i, lr_, loss: progress.update(task, completed=i + 1, info=f"lr {lr_:.1e} loss {loss:.5f}"),
+        )  # fmt: skip
+    console.print(
+        f"suggested learning rate: [bold]{res.suggested_lr:.2e}[/] (steepest descent); "
+        f"min-loss/10 rule: {res.min_loss_lr:.2e}"
+    )
+    if out is not None:
+        from .plots import plot_lr_find
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lr_find.json").write_text(json.dumps(res.__dict__, indent=1))
+        plot_lr_find(res, out / "lr_find.png")
+        console.print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.json'}")
+
+
+def _decoder_for(skeleton, min_parts: int | None, min_score: float | None):
+    from .decode import Decoder, DecoderConfig
+
+    cfg = DecoderConfig()
+    changes = {}
+    if min_parts is not None:
+        changes["min_parts"] = min_parts
+    if min_score is not None:
+        changes["min_person_score"] = min_score
+    if changes:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, **changes)
+    return Decoder(skeleton, cfg)
+
+
+def _load_model(checkpoint: Path, device: str):
+    from .checkpoint import CheckpointError, load_model, resolve_device
+
+    try:
+        return load_model(checkpoint, resolve_device(device))
+    except CheckpointError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (best.pt / last.pt).")],
+    images: Annotated[Path, typer.Option("--images", "-i", help="Image folder or COCO JSON.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="COCO results JSON to write.")],
+    overlays: Annotated[Path | None, typer.Option(help="Write skeleton overlays into this folder.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Default: the training input size.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    min_parts: Annotated[int | None, typer.Option(help="Decoder: minimum parts per person.")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Decoder: minimum person score.")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Predict poses for a folder of images (or a COCO file's images) and write COCO results JSON."""
+    import cv2
+
+    from .coco import results_to_coco
+    from .fileio import ImageReadError, atomic_write_json, read_image
+    from .predict import draw_overlay, predict_images
+
+    net, skeleton, state = _load_model(model, device)
+    size = input_size or state.get("train_config", {}).get("input_size", 256)
+    decoder = _decoder_for(skeleton, min_parts, min_score)
+    if images.is_dir():
+        exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+        files = sorted(p for p in images.rglob("*") if p.suffix.lower() in exts)
+        entries = [(i + 1, p) for i, p in enumerate(files)]
+    else:
+        coco = _load(images)
+        entries = [(f.image_id, coco.image_path(f)) for f in coco]
+    if not entries:
+        _fail(f"{images}: no images found")
+    results: dict[int, tuple] = {}
+    id_map, skipped = {}, []
+    with _progress() as progress:
+        task = progress.add_task("predicting", total=len(entries), info="")
+        for start in range(0, len(entries), batch_size):
+            chunk, arrays = [], []
+            for image_id, path in entries[start : start + batch_size]:
+                try:
+                    arrays.append(read_image(path))
+                    chunk.append((image_id, path))
+                except ImageReadError as exc:
+                    skipped.append(str(exc))
+            preds = predict_images(net, arrays, decoder, input_size=size, device=next(net.parameters()).device) if arrays else []
+            for (image_id, path), img, pred in zip(chunk, arrays, preds, strict=True):
+                results[image_id] = pred
+                id_map[image_id] = str(path)
+                if overlays is not None:
+                    overlays.mkdir(parents=True, exist_ok=True)
+                    vis = draw_overlay(img, pred[0], skeleton, pred[1])
+                    cv2.imwrite(str(overlays / f"{Path(path).stem}.jpg"), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+            progress.update(task, advance=len(entries[start : start + batch_size]), info="")
+    atomic_write_json(out, results_to_coco(results))
+    if images.is_dir():
+        atomic_write_json(out.with_suffix(".images.json"), id_map, indent=1)
+    people = sum(len(r[1]) for r in results.values())
+    console.print(f"{len(results)} images, {people} people -> {out}")
+    for s in skipped:
+        console.print(f"[yellow]skipped[/] {s}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (best.pt / last.pt).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON with ground truth.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the metrics JSON here.")] = None,
+    tta: Annotated[str, typer.Option(help="Comma-separated TTAs, 'all' or 'none'.")] = "all",
+    input_size: Annotated[int | None, typer.Option(help="Default: the training input size.")] = None,
+    max_images: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    min_parts: Annotated[int | None, typer.Option()] = None,
+    min_score: Annotated[float | None, typer.Option()] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Evaluate a model: person count accuracy, OKS AP/AR, PCK@0.2, clean and under test-time augmentations."""
+    net, skeleton, state = _load_model(model, device)
+    coco = _limit(_load(data), max_images)
+    if list(coco.skeleton.keypoints) != list(skeleton.keypoints):
+        _fail(f"{data}: keypoints {list(coco.skeleton.keypoints)} differ from the model's {list(skeleton.keypoints)}")
+    size = input_size or state.get("train_config", {}).get("input_size", 256)
+    report = run_evaluation(net, coco, _decoder_for(skeleton, min_parts, min_score), size, tta, batch_size,
+                            str(next(net.parameters()).device))  # fmt: skip
+    _show_report(report, out, title=f"{model} on {data} ({len(coco)} images)")
+
+
+def run_evaluation(net, coco, decoder, input_size: int, tta: str, batch_size: int, device: str) -> dict:
+    from .evaluate import EvalConfig, evaluate_model
+    from .tta import TTA_NAMES
+
+    names = TTA_NAMES if tta == "all" else ("clean",) if tta == "none" else tuple(t.strip() for t in tta.split(","))
+    unknown = [n for n in names if n not in TTA_NAMES]
+    if unknown:
+        _fail(f"unknown TTA {unknown}; choose from {', '.join(TTA_NAMES)}")
+    cfg = EvalConfig(input_size=input_size, batch_size=batch_size, ttas=names, device=device)
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=len(coco) * len(names), info="")
+        return evaluate_model(net, coco, decoder, cfg, progress=lambda n: progress.update(task, advance=n))
+
+
+def _show_report(report: dict, out: Path | None, title: str) -> None:
+    from .evaluate import report_table
+    from .fileio import atomic_write_json
+
+    table = report_table(report)
+    table.title = title
+    console.print(table)
+    if out is not None:
+        atomic_write_json(out, report, indent=1)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/ and annotations.json.")],
+    num_images: Annotated[int, typer.Option("--num-images", "-n")] = 200,
+    skeleton: Annotated[str, typer.Option(help="coco17, coco18, lsp14.")] = "lsp14",
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    max_people: Annotated[int, typer.Option()] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate a synthetic multi-person COCO keypoint data set (deterministic per seed)."""
+    from .synthetic import SyntheticConfig, make_synthetic_coco
+
+    path = make_synthetic_coco(out, skeleton, SyntheticConfig(num_images=num_images, image_size=(size, size), max_people=max_people), seed=seed)
+    console.print(f"wrote {num_images} images -> {path}")
+
+
+@app.command()
+def check(
+    data: Annotated[Path, typer.Argument(help="COCO keypoint JSON to validate.")],
+    images: Annotated[bool, typer.Option(help="Also open every image header (size, readability).")] = True,
+    skeleton: Annotated[str | None, typer.Option(help="Expected skeleton (preset or JSON).")] = None,
+) -> None:
+    """Validate a COCO keypoint file: ids, keypoint counts, coordinates, image files."""
+    from .coco import CocoError, load_coco
+    from .skeleton import SkeletonError, get_skeleton
+
+    try:
+        coco = load_coco(data, skeleton=get_skeleton(skeleton) if skeleton else None, read_image_headers=images)
+    except (CocoError, SkeletonError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"[green]ok[/] {data}: {len(coco)} images, {coco.num_people} people, skeleton {coco.skeleton.name} "
+        f"({coco.skeleton.num_keypoints} keypoints, {coco.skeleton.num_limbs} limbs)"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes data, model and results.")] = Path("demo"),
+    minutes: Annotated[float, typer.Option(help="Training time budget.")] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate synthetic data, train for about a minute, evaluate (clean + TTAs) and print the table."""
+    from .checkpoint import load_model
+    from .data import AugmentConfig
+    from .synthetic import SyntheticConfig, make_synthetic_coco
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    t0 = time.monotonic()
+    size = 128
+    train_json = out / "data" / "train" / "annotations.json"
+    test_json = out / "data" / "test" / "annotations.json"
+    if not train_json.exists():
+        make_synthetic_coco(train_json.parent, "lsp14", SyntheticConfig(num_images=400, image_size=(size, size)), seed=seed)
+    if not test_json.exists():
+        make_synthetic_coco(test_json.parent, "lsp14", SyntheticConfig(num_images=100, image_size=(size, size)), seed=seed + 10_000)
+    train_set, test_set = _load(train_json), _load(test_json)
+    console.print(f"synthetic data: {len(train_set)} training / {len(test_set)} test images ({train_set.num_people} / "
+                  f"{test_set.num_people} people) in {out / 'data'}")  # fmt: skip
+    cfg = TrainConfig(
+        input_size=size, batch_size=8, lr=1e-3, max_epochs=1000, patience=1000, lr_step_epochs=1000,
+        max_minutes=minutes, steps_per_epoch=25, seed=seed, augment=AugmentConfig(rotate=15, scale=(0.8, 1.2)),
+    )  # fmt: skip
+    run_dir = out / "run"
+    with _progress() as progress:
+        result = run_train(cfg, train_set, run_dir, _RichTrainCallbacks(progress), new_session=(run_dir / "last.pt").exists())
+    console.print(f"trained {result.epochs_run} epochs ({result.stopped.replace('_', ' ')})")
+    net, skeleton, _ = load_model(run_dir / "best.pt")
+    report = run_evaluation(net, test_set, _decoder_for(skeleton, None, None), size, "all", 16, "cpu")
+    _show_report(report, out / "metrics.json", title=f"demo: vgg_tiny after {minutes:g} min on synthetic data")
+    console.print(f"demo finished in {time.monotonic() - t0:.0f} s; results in {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,333 @@
+"""COCO keypoint JSON: load, validate, save. Keypoints live in (N, K, 3) arrays per image.
+
+Coordinates are COCO pixel coordinates: (0, 0) is the top-left corner of the image, x grows right,
+y grows down; visibility v follows COCO (0 = not labelled, 1 = labelled but occluded, 2 = visible).
+Image ids from the file are kept everywhere: they are the stable sample ids of the project.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fileio import ImageReadError, atomic_write_json, image_size
+from .skeleton import Skeleton, SkeletonError, match_preset
+
+LOG = logging.getLogger(__name__)
+
+# Labelled keypoints a little past the border (annotators clicking on the edge, exporter rounding) are
+# clipped into the image; farther out is an error. The margin: this fraction of the longer image side, >= 1 px.
+OUTSIDE_TOLERANCE = 0.01
+_MAX_LISTED_PROBLEMS = 20
+
+
+class CocoError(ValueError):
+    """A COCO keypoint file is malformed or inconsistent. `problems` lists every finding."""
+
+    def __init__(self, path: str | Path | None, problems: list[str]):
+        self.path = str(path) if path is not None else "<memory>"
+        self.problems = problems
+        shown = problems[:_MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        text = "\n".join(f"  - {p}" for p in shown) + (f"\n  ... and {more} more" if more else "")
+        super().__init__(f"{self.path}: {len(problems)} problem(s):\n{text}")
+
+
+@dataclass
+class Frame:
+    """One image and its people: `keypoints` is (N, K, 3) float32 of (x, y, v)."""
+
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    keypoints: np.ndarray
+    annotation_ids: list[int] = field(default_factory=list)
+
+    @property
+    def num_people(self) -> int:
+        return int(self.keypoints.shape[0])
+
+
+@dataclass
+class CocoKeypoints:
+    """A COCO keypoint data set with a single person category."""
+
+    frames: list[Frame]
+    skeleton: Skeleton
+    root: Path
+    path: Path | None = None
+    category_id: int = 1
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {f.image_id: i for i, f in enumerate(self.frames)}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self):
+        return iter(self.frames)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [f.image_id for f in self.frames]
+
+    def frame(self, image_id: int) -> Frame:
+        try:
+            return self.frames[self._index[int(image_id)]]
+        except KeyError:
+            raise KeyError(f"{self.path or '<memory>'}: no image with id {image_id}") from None
+
+    def image_path(self, frame: Frame | int) -> Path:
+        if not isinstance(frame, Frame):
+            frame = self.frame(frame)
+        p = Path(frame.file_name)
+        return p if p.is_absolute() else self.root / p
+
+    def subset(self, image_ids) -> CocoKeypoints:
+        """Return the data set restricted to `image_ids`, in the given order."""
+        return replace(self, frames=[self.frame(i) for i in image_ids])
+
+    @property
+    def num_people(self) -> int:
+        return sum(f.num_people for f in self.frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        images, annotations = [], []
+        next_ann = 1 + max((a for f in self.frames for a in f.annotation_ids), default=0)
+        for f in self.frames:
+            images.append({"id": f.image_id, "file_name": f.file_name, "width": f.width, "height": f.height})
+            ann_ids = list(f.annotation_ids)
+            while len(ann_ids) < f.num_people:
+                ann_ids.append(next_ann)
+                next_ann += 1
+            for ann_id, kps in zip(ann_ids, f.keypoints, strict=False):
+                annotations.append(annotation_dict(ann_id, f.image_id, kps, self.category_id))
+        return {
+            "info": self.info,
+            "categories": [self.skeleton.to_coco_category(self.category_id)],
+            "images": images,
+            "annotations": annotations,
+        }
+
+
+def annotation_dict(ann_id: int, image_id: int, kps: np.ndarray, category_id: int = 1) -> dict[str, Any]:
+    """Return a COCO annotation for one person's (K, 3) keypoints, with bbox/area from labelled points."""
+    kps = np.asarray(kps, dtype=np.float64)
+    bbox = keypoint_bbox(kps)
+    return {
+        "id": int(ann_id),
+        "image_id": int(image_id),
+        "category_id": category_id,
+        "iscrowd": 0,
+        "keypoints": [round(float(v), 2) if i % 3 != 2 else int(v) for i, v in enumerate(kps.reshape(-1))],
+        "num_keypoints": int((kps[:, 2] > 0).sum()),
+        "bbox": [round(float(b), 2) for b in bbox],
+        "area": round(float(bbox[2] * bbox[3]), 2),
+    }
+
+
+def keypoint_bbox(kps: np.ndarray, pad: float = 0.15) -> np.ndarray:
+    """Return [x, y, w, h] around the labelled keypoints, padded by `pad` of the size on each side."""
+    vis = kps[:, 2] > 0
+    if not vis.any():
+        return np.zeros(4)
+    xy = kps[vis, :2]
+    lo, hi = xy.min(0), xy.max(0)
+    size = np.maximum(hi - lo, 1.0)
+    lo = lo - pad * size
+    return np.array([lo[0], lo[1], size[0] * (1 + 2 * pad), size[1] * (1 + 2 * pad)])
+
+
+def load_coco(
+    path: str | Path,
+    *,
+    skeleton: Skeleton | None = None,
+    check_images: bool = True,
+    read_image_headers: bool = False,
+) -> CocoKeypoints:
+    """Return the validated data set in `path`; raise CocoError listing every problem found.
+
+    Checks: JSON syntax and structure, one keypoint category, unique image and annotation ids,
+    annotations pointing at known images, keypoint counts matching the skeleton, labelled keypoints
+    inside the image (up to a margin of 1 % of the longer side, clipped onto the border), image files present (`check_images`) and readable with the stated size
+    (`read_image_headers`, slower: opens every file header).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CocoError(path, ["file not found"])
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CocoError(path, [f"not valid JSON: {exc}"]) from exc
+    return parse_coco(
+        data, path=path, root=path.parent, skeleton=skeleton,
+        check_images=check_images, read_image_headers=read_image_headers,
+    )  # fmt: skip
+
+
+def parse_coco(
+    data: Any,
+    *,
+    path: Path | None = None,
+    root: Path | None = None,
+    skeleton: Skeleton | None = None,
+    check_images: bool = True,
+    read_image_headers: bool = False,
+) -> CocoKeypoints:
+    """Return the validated data set held in a parsed COCO dict (see `load_coco`)."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise CocoError(path, ["top level must be a JSON object with 'images', 'annotations', 'categories'"])
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            problems.append(f"missing or non-list '{key}'")
+    if problems:
+        raise CocoError(path, problems)
+
+    cats = [c for c in data["categories"] if isinstance(c, dict) and "keypoints" in c]
+    if not cats:
+        raise CocoError(path, ["no category with a 'keypoints' list"])
+    if len(cats) > 1:
+        LOG.warning("%s: %d keypoint categories; using the first (%s)", path, len(cats), cats[0].get("name"))
+    category = cats[0]
+    try:
+        file_skeleton = Skeleton.from_coco_category(category)
+    except SkeletonError as exc:
+        raise CocoError(path, [f"category {category.get('id')}: {exc}"]) from exc
+    if skeleton is None:
+        skeleton = match_preset(file_skeleton)
+    elif skeleton.keypoints != file_skeleton.keypoints:
+        raise CocoError(
+            path,
+            [f"category keypoints {list(file_skeleton.keypoints)} do not match skeleton {skeleton.name!r} "
+             f"{list(skeleton.keypoints)}"],
+        )  # fmt: skip
+    k = skeleton.num_keypoints
+    category_id = int(category.get("id", 1))
+    root = Path(root) if root is not None else Path(".")
+
+    frames: dict[int, Frame] = {}
+    for n, img in enumerate(data["images"]):
+        where = f"images[{n}]"
+        try:
+            image_id = int(img["id"])
+            file_name = str(img["file_name"])
+            width, height = int(img["width"]), int(img["height"])
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{where}: needs integer 'id', 'width', 'height' and a 'file_name' ({exc!r})")
+            continue
+        where = f"image id {image_id} ({file_name!r})"
+        if image_id in frames:
+            problems.append(f"{where}: duplicate image id")
+            continue
+        if width <= 0 or height <= 0:
+            problems.append(f"{where}: non-positive size {width}x{height}")
+        if check_images:
+            fp = Path(file_name) if Path(file_name).is_absolute() else root / file_name
+            if not fp.is_file():
+                problems.append(f"{where}: image file missing: {fp}")
+            elif read_image_headers:
+                try:
+                    w, h = image_size(fp)
+                    if (w, h) != (width, height):
+                        problems.append(f"{where}: file is {w}x{h} but JSON says {width}x{height}")
+                except ImageReadError as exc:
+                    problems.append(f"{where}: unreadable image: {exc}")
+        frames[image_id] = Frame(image_id, file_name, width, height, np.zeros((0, k, 3), np.float32))
+
+    people: dict[int, list[np.ndarray]] = {i: [] for i in frames}
+    ann_ids: dict[int, list[int]] = {i: [] for i in frames}
+    seen_ann: set[int] = set()
+    for n, ann in enumerate(data["annotations"]):
+        try:
+            ann_id, image_id = int(ann["id"]), int(ann["image_id"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"annotations[{n}]: needs integer 'id' and 'image_id'")
+            continue
+        where = f"annotation id {ann_id} (image id {image_id})"
+        if ann_id in seen_ann:
+            problems.append(f"{where}: duplicate annotation id")
+            continue
+        seen_ann.add(ann_id)
+        if int(ann.get("category_id", category_id)) != category_id:
+            continue
+        if image_id not in frames:
+            problems.append(f"{where}: refers to an unknown image id")
+            continue
+        raw = ann.get("keypoints")
+        if not isinstance(raw, list) or len(raw) != 3 * k:
+            got = len(raw) if isinstance(raw, list) else type(raw).__name__
+            problems.append(f"{where}: keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)")
+            continue
+        try:
+            kps = np.asarray(raw, dtype=np.float32).reshape(k, 3)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: keypoints must be numbers")
+            continue
+        if not np.isfinite(kps).all():
+            problems.append(f"{where}: keypoints contain NaN or infinity")
+            continue
+        if not np.isin(kps[:, 2], (0, 1, 2)).all():
+            problems.append(f"{where}: visibility flags must be 0, 1 or 2")
+            continue
+        f = frames[image_id]
+        lab = kps[:, 2] > 0
+        t = max(1.0, OUTSIDE_TOLERANCE * max(f.width, f.height))
+        out = lab & ((kps[:, 0] < -t) | (kps[:, 1] < -t) | (kps[:, 0] > f.width + t) | (kps[:, 1] > f.height + t))
+        if out.any():
+            j = int(np.flatnonzero(out)[0])
+            problems.append(
+                f"{where}: keypoint {skeleton.keypoints[j]!r} at ({kps[j, 0]:.1f}, {kps[j, 1]:.1f}) lies outside "
+                f"the {f.width}x{f.height} image ({int(out.sum())} such keypoint(s))"
+            )
+            continue
+        kps[lab, 0] = np.clip(kps[lab, 0], 0.0, f.width)
+        kps[lab, 1] = np.clip(kps[lab, 1], 0.0, f.height)
+        kps[~lab, :2] = 0.0
+        people[image_id].append(kps)
+        ann_ids[image_id].append(ann_id)
+
+    if problems:
+        raise CocoError(path, problems)
+    for image_id, f in frames.items():
+        if people[image_id]:
+            f.keypoints = np.stack(people[image_id]).astype(np.float32)
+        f.annotation_ids = ann_ids[image_id]
+    return CocoKeypoints(
+        frames=list(frames.values()),
+        skeleton=skeleton,
+        root=root,
+        path=path,
+        category_id=category_id,
+        info=dict(data.get("info") or {}),
+    )
+
+
+def save_coco(dataset: CocoKeypoints, path: str | Path, indent: int | None = None) -> Path:
+    """Write `dataset` as COCO keypoint JSON atomically; file names stay relative to `dataset.root`."""
+    return atomic_write_json(path, dataset.to_dict(), indent=indent)
+
+
+def results_to_coco(
+    predictions: dict[int, tuple[np.ndarray, np.ndarray]], category_id: int = 1
+) -> list[dict[str, Any]]:
+    """Return a COCO results list from {image_id: (keypoints (N, K, 3), scores (N,))}."""
+    out = []
+    for image_id, (kps, scores) in predictions.items():
+        for person, score in zip(kps, scores, strict=True):
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": category_id,
+                    "keypoints": [round(float(v), 2) for v in np.asarray(person, np.float64).reshape(-1)],
+                    "score": round(float(score), 5),
+                }
+            )
+    return out

@@ -1,0 +1,449 @@
+"""Training: fit with early stopping, atomic checkpoints, resume, and sessions that continue a model.
+
+A *session* is one training run on one labelled set, with its own fresh train/validation split, its
+own learning-rate schedule and early-stopping state (the paper's "training session"). The
+active-learning loop starts a new session from the previous session's weights each round.
+
+`run_dir/last.pt` is written atomically after every epoch and holds everything needed to continue
+(model, optimiser, scheduler, epoch, early-stopping state, RNG states, history), so a run killed at
+any moment resumes with the same command and loses at most the epoch in progress.
+`run_dir/best.pt` holds the weights with the lowest validation loss of the current session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_checkpoint, resolve_device, save_checkpoint, skeleton_to_dict
+from .coco import CocoKeypoints
+from .data import AugmentConfig, PoseDataset
+from .fields import TargetConfig
+from .fileio import atomic_write_json
+
+LOG = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training session needs; defaults follow the paper (Adam 1e-4, batch 4, patience 35)."""
+
+    backbone: str = "vgg_tiny"
+    stages: int | None = None
+    pretrained: bool = True
+    init: str = "glorot"
+    input_size: int = 256
+    batch_size: int = 4
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    lr_step_epochs: int = 30  # step decay: multiply the learning rate by lr_gamma every lr_step_epochs
+    lr_gamma: float = 0.5
+    max_epochs: int = 200
+    patience: int = 35  # early stopping on validation loss
+    min_delta: float = 0.0
+    val_fraction: float = 0.1
+    max_val_images: int = 500
+    steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole training split)
+    max_minutes: float | None = None  # stop (resumably) after the epoch that crosses this wall time
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    grayscale: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        aug = d.pop("augment", None)
+        tgt = d.pop("targets", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: tuple(v) if k == "betas" else v for k, v in d.items() if k in known})
+        if aug is not None:
+            cfg.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        if tgt is not None:
+            cfg.targets = TargetConfig(**tgt)
+        return cfg
+
+
+@dataclass
+class EpochRecord:
+    session: int
+    epoch: int
+    train_loss: float
+    val_loss: float
+    lr: float
+    seconds: float
+    images: int
+
+
+class TrainCallbacks(Protocol):
+    def on_epoch_start(self, session: int, epoch: int, num_batches: int) -> None: ...
+    def on_batch_end(self, loss: float) -> None: ...
+    def on_epoch_end(self, record: EpochRecord, improved: bool) -> None: ...
+
+
+class _Silent:
+    def on_epoch_start(self, session: int, epoch: int, num_batches: int) -> None:
+        pass
+
+    def on_batch_end(self, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, record: EpochRecord, improved: bool) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    session: int
+    epochs_run: int  # epochs of this session completed so far
+    best_val_loss: float
+    stopped: str  # "early_stopping", "max_epochs", "time_budget", "already_complete"
+    history: list[dict[str, Any]]
+
+
+def pose_loss(outputs: list[tuple[torch.Tensor, torch.Tensor]], heatmaps: torch.Tensor, pafs: torch.Tensor):
+    """Return the L2 loss summed over stages (intermediate supervision, as OpenPose) and the last stage's."""
+    total = heatmaps.new_zeros(())
+    last = total
+    for heat, paf in outputs:
+        last = torch.mean((heat - heatmaps) ** 2) + torch.mean((paf - pafs) ** 2)
+        total = total + last
+    return total, last
+
+
+def data_fingerprint(image_ids: list[int]) -> str:
+    """Return a short hash of the labelled set: a changed set starts a new session."""
+    return hashlib.sha1(",".join(map(str, sorted(image_ids))).encode()).hexdigest()[:16]
+
+
+def split_ids(image_ids: list[int], val_fraction: float, seed: int, max_val: int) -> tuple[list[int], list[int]]:
+    """Return (train ids, validation ids): a seeded shuffle, so each session's seed gives a fresh split."""
+    ids = sorted(image_ids)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(ids)
+    n_val = 0 if len(ids) < 5 else min(max_val, max(1, round(val_fraction * len(ids))))
+    return sorted(ids[n_val:]), sorted(ids[:n_val])
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker gets its own numpy/random stream derived from torch's per-worker seed.
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, epoch: int) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed * 100_003 + epoch)  # the epoch's order depends only on (seed, epoch): resume replays it
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=g,
+        worker_init_fn=_worker_init,
+        drop_last=shuffle and len(dataset) > batch_size,
+        persistent_workers=False,
+        pin_memory=False,
+    )
+
+
+class Trainer:
+    """Fits a pose model on a COCO keypoint set in `run_dir`, continuing whatever is there."""
+
+    def __init__(self, cfg: TrainConfig, data: CocoKeypoints, run_dir: str | Path, callbacks: TrainCallbacks | None = None):
+        self.cfg = cfg
+        self.data = data
+        self.skeleton = data.skeleton
+        self.run_dir = Path(run_dir)
+        self.callbacks = callbacks or _Silent()
+        self.device = resolve_device(cfg.device)
+
+    # --- construction -------------------------------------------------------------------------
+    def _build(self, state: dict[str, Any] | None):
+        from .models import build_model, create_model
+
+        if state is None:
+            model = create_model(
+                self.cfg.backbone,
+                num_keypoints=self.skeleton.num_keypoints,
+                num_limbs=self.skeleton.num_limbs,
+                stages=self.cfg.stages,
+                pretrained=self.cfg.pretrained,
+                init=self.cfg.init,
+            )
+        else:
+            saved = state["skeleton"]["keypoints"]
+            if list(saved) != list(self.skeleton.keypoints):
+                raise ValueError(
+                    f"{self.run_dir / LAST}: checkpoint skeleton {saved} does not match the data's "
+                    f"{list(self.skeleton.keypoints)}"
+                )
+            model = build_model(state["model_config"])
+            model.load_state_dict(state["model_state"])
+        model.to(self.device)
+        opt = torch.optim.Adam(
+            model.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.cfg.lr_step_epochs), gamma=self.cfg.lr_gamma)
+        return model, opt, sched
+
+    def _datasets(self, train_ids: list[int], val_ids: list[int]):
+        common = dict(input_size=self.cfg.input_size, targets=self.cfg.targets, grayscale=self.cfg.grayscale)
+        train = PoseDataset(self.data, augment=self.cfg.augment, image_ids=train_ids, **common)
+        val = PoseDataset(self.data, augment=None, image_ids=val_ids, **common) if val_ids else None
+        return train, val
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self, new_session: bool = False) -> TrainResult:
+        """Train until early stopping / max epochs / time budget; resume or continue what `run_dir` holds."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = data_fingerprint(self.data.image_ids)
+        last_path = self.run_dir / LAST
+        state = load_checkpoint(last_path, map_location=self.device) if last_path.exists() else None
+        model, opt, sched = self._build(state)
+
+        if state is None:
+            session, history = 1, []
+            _seed_everything(cfg.seed)
+            t = self._new_session_state(session)
+        elif state["train"]["complete"] and (new_session or state["train"]["fingerprint"] != fingerprint):
+            # A new session continues the weights with a fresh split, schedule and early-stopping state.
+            session, history = state["train"]["session"] + 1, list(state.get("history", []))
+            _seed_everything(cfg.seed + session)
+            t = self._new_session_state(session)
+            LOG.info("session %d: continuing from %s with %d images", session, last_path, len(self.data))
+        elif state["train"]["complete"]:
+            t = state["train"]
+            return TrainResult(self.run_dir, t["session"], t["epoch"], t["best_val"], "already_complete", state["history"])
+        else:
+            if state["train"]["fingerprint"] != fingerprint:
+                raise ValueError(
+                    f"{last_path}: an unfinished session was trained on a different image set; finish it with the "
+                    f"same data, or start a new run directory"
+                )
+            t = state["train"]
+            session, history = t["session"], list(state.get("history", []))
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+            LOG.info("resuming session %d at epoch %d from %s", session, t["epoch"], last_path)
+        t["fingerprint"] = fingerprint
+
+        train_set, val_set = self._datasets(t["train_ids"], t["val_ids"])
+        if len(train_set) == 0:
+            raise ValueError(f"{self.data.path}: no training images")
+        start = time.monotonic()
+        stopped = "max_epochs"
+        while t["epoch"] < cfg.max_epochs:
+            epoch = t["epoch"] + 1
+            t0 = time.monotonic()
+            train_loss, n_images = self._train_epoch(model, opt, train_set, session, epoch)
+            val_loss = self._validate(model, val_set) if val_set is not None else train_loss
+            sched.step()
+            improved = val_loss < t["best_val"] - cfg.min_delta
+            if improved:
+                t["best_val"], t["bad_epochs"] = val_loss, 0
+            else:
+                t["bad_epochs"] += 1
+            t["epoch"] = epoch
+            rec = EpochRecord(session, epoch, train_loss, val_loss, opt.param_groups[0]["lr"], time.monotonic() - t0, n_images)
+            history.append(asdict(rec))
+            if t["bad_epochs"] >= cfg.patience:
+                stopped = "early_stopping"
+            budget_hit = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
+            t["complete"] = stopped == "early_stopping" or epoch >= cfg.max_epochs
+            state = {
+                "model_config": model.config,
+                "model_state": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "train": t,
+                "history": history,
+                "rng": _rng_state(),
+                "skeleton": skeleton_to_dict(self.skeleton),
+                "train_config": cfg.to_dict(),
+            }
+            if improved:  # best first: a crash between the two writes never leaves best older than last claims
+                save_checkpoint(self.run_dir / BEST, {**state, "optimizer": None, "scheduler": None})
+            save_checkpoint(last_path, state)
+            atomic_write_json(self.run_dir / "history.json", history, indent=1)
+            self.callbacks.on_epoch_end(rec, improved)
+            if t["complete"]:
+                break
+            if budget_hit:
+                stopped = "time_budget"
+                break
+        return TrainResult(self.run_dir, session, t["epoch"], t["best_val"], stopped, history)
+
+    def _new_session_state(self, session: int) -> dict[str, Any]:
+        train_ids, val_ids = split_ids(self.data.image_ids, self.cfg.val_fraction, self.cfg.seed + session, self.cfg.max_val_images)
+        return {
+            "session": session,
+            "epoch": 0,
+            "best_val": math.inf,
+            "bad_epochs": 0,
+            "complete": False,
+            "train_ids": train_ids,
+            "val_ids": val_ids,
+        }
+
+    def _train_epoch(self, model, opt, dataset, session: int, epoch: int) -> tuple[float, int]:
+        cfg = self.cfg
+        model.train()
+        loader = make_loader(dataset, cfg.batch_size, True, cfg.num_workers, cfg.seed + 1000 * session, epoch)
+        n_batches = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
+        self.callbacks.on_epoch_start(session, epoch, n_batches)
+        total, seen = 0.0, 0
+        for i, batch in enumerate(loader):
+            if i >= n_batches:
+                break
+            images = batch["image"].to(self.device, non_blocking=True)
+            loss, _ = pose_loss(model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value} at session {session} epoch {epoch} batch {i}; lower --lr")
+            total += value * len(images)
+            seen += len(images)
+            self.callbacks.on_batch_end(value)
+        return total / max(seen, 1), seen
+
+    @torch.inference_mode()
+    def _validate(self, model, dataset) -> float:
+        model.eval()
+        loader = make_loader(dataset, max(self.cfg.batch_size, 8), False, self.cfg.num_workers, 0, 0)
+        total, seen = 0.0, 0
+        for batch in loader:
+            images = batch["image"].to(self.device)
+            _, last = pose_loss(model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
+            total += float(last) * len(images)
+            seen += len(images)
+        return total / max(seen, 1)
+
+
+def train(cfg: TrainConfig, data: CocoKeypoints, run_dir: str | Path, callbacks: TrainCallbacks | None = None,
+          new_session: bool = False) -> TrainResult:
+    """Return the result of fitting (or resuming / continuing) a model on `data` in `run_dir`."""
+    return Trainer(cfg, data, run_dir, callbacks).fit(new_session=new_session)
+
+
+# --- learning-rate finder -------------------------------------------------------------------------
+@dataclass
+class LRFindResult:
+    lrs: list[float]
+    losses: list[float]  # exponentially smoothed
+    suggested_lr: float
+    min_loss_lr: float
+
+
+def lr_find(
+    cfg: TrainConfig,
+    data: CocoKeypoints,
+    start_lr: float = 1e-7,
+    end_lr: float = 1.0,
+    num_steps: int = 100,
+    smoothing: float = 0.9,
+    diverge_factor: float = 4.0,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> LRFindResult:
+    """Return the LR range test (Smith 2017) on a fresh model: loss vs exponentially growing learning rate.
+
+    The suggestion is the learning rate at the steepest descent of the smoothed loss, the usual reading of
+    the curve; `min_loss_lr / 10` is reported alongside as the other common rule.
+    """
+    from .models import create_model
+
+    device = resolve_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model = create_model(
+        cfg.backbone, num_keypoints=data.skeleton.num_keypoints, num_limbs=data.skeleton.num_limbs,
+        stages=cfg.stages, pretrained=cfg.pretrained, init=cfg.init,
+    ).to(device).train()  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=start_lr, betas=tuple(cfg.betas))
+    dataset = PoseDataset(data, input_size=cfg.input_size, targets=cfg.targets, augment=cfg.augment, grayscale=cfg.grayscale)
+    gamma = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
+    lrs, losses = [], []
+    avg, best = 0.0, math.inf
+    step = 0
+    while step < num_steps:
+        for batch in make_loader(dataset, cfg.batch_size, True, cfg.num_workers, cfg.seed, step):
+            lr = start_lr * gamma**step
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, _ = pose_loss(model(batch["image"].to(device)), batch["heatmaps"].to(device), batch["pafs"].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            avg = smoothing * avg + (1 - smoothing) * value
+            smoothed = avg / (1 - smoothing ** (step + 1))
+            lrs.append(lr)
+            losses.append(smoothed)
+            if on_step:
+                on_step(step, lr, smoothed)
+            step += 1
+            best = min(best, smoothed)
+            if not math.isfinite(smoothed) or smoothed > diverge_factor * best or step >= num_steps:
+                step = num_steps
+                break
+    return LRFindResult(lrs, losses, *suggest_lr(lrs, losses))
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, float]:
+    """Return (steepest-descent lr, min-loss lr / 10) from an LR range test curve."""
+    x = np.log10(np.asarray(lrs))
+    y = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(y)
+    x, y = x[finite], y[finite]
+    if len(y) < 3:
+        return float(10 ** x[0]) if len(x) else math.nan, math.nan
+    stop = int(np.argmin(y)) + 1  # the curve past its minimum is divergence, not descent
+    grad = np.gradient(y[: max(stop, 3)], x[: max(stop, 3)])
+    steep = float(10 ** x[int(np.argmin(grad))])
+    return steep, float(10 ** x[int(np.argmin(y))]) / 10
