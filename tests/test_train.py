@@ -27,7 +27,8 @@ def tiny_data(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(input_size=64, batch_size=4, num_workers=0, max_epochs=2, patience=10, device="cpu", pretrained=False, seed=1)
+    base = dict(input_size=64, batch_size=4, num_workers=0, max_epochs=2, patience=10, device="cpu", pretrained=False, seed=1,
+                width=0.25, head_channels=32)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -70,7 +71,7 @@ def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
     assert skeleton.keypoints == tiny_data.skeleton.keypoints
     with torch.inference_mode():
         heat, paf = model(torch.zeros(1, 3, 64, 64))[-1]
-    assert heat.shape == (1, 15, 8, 8) and paf.shape == (1, 26, 8, 8)
+    assert heat.shape == (1, tiny_data.skeleton.num_keypoints + 1, 8, 8) and paf.shape == (1, 2 * tiny_data.skeleton.num_limbs, 8, 8)
     assert state["train"]["epoch"] == 1
 
 
@@ -103,7 +104,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tiny_data, tmp_path):
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "activepose.cli", "train", "--data", str(tiny_data.path), "--out", str(run),
-        "--input-size", "64", "--epochs", "6", "--workers", "0", "--device", "cpu", "--no-pretrained",
+        "--input-size", "64", "--epochs", "6", "--workers", "0", "--device", "cpu", "--no-pretrained", "--width", "0.25", "--head-channels", "32",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -25,7 +32,9 @@ LOG = logging.getLogger("activepose")
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -56,7 +65,9 @@ def _load(path: Path, skeleton: str | None = None, check_images: bool = True):
     from .skeleton import SkeletonError, get_skeleton
 
     try:
-        return load_coco(path, skeleton=get_skeleton(skeleton) if skeleton else None, check_images=check_images)
+        return load_coco(
+            path, skeleton=get_skeleton(skeleton) if skeleton else None, check_images=check_images
+        )
     except (CocoError, SkeletonError) as exc:
         _fail(str(exc))
 
@@ -98,6 +109,10 @@ def train(
     data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON with the labelled images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history).")],
     backbone: Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")] = "vgg_tiny",
+    width: Annotated[
+        float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny), e.g. 0.5.")
+    ] = None,
+    head_channels: Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")] = 128,
     epochs: Annotated[int, typer.Option(help="Maximum epochs in this session.")] = 200,
     batch_size: Annotated[int, typer.Option()] = 4,
     lr: Annotated[float, typer.Option(help="Adam learning rate (see `activepose lr-find`).")] = 1e-4,
@@ -105,14 +120,22 @@ def train(
     lr_step: Annotated[int, typer.Option(help="Step decay: epochs between learning-rate drops.")] = 30,
     lr_gamma: Annotated[float, typer.Option(help="Step decay factor.")] = 0.5,
     input_size: Annotated[int, typer.Option(help="Network input side in pixels (multiple of 8).")] = 256,
-    max_images: Annotated[int | None, typer.Option(help="Use a seeded random subset of this many images.")] = None,
+    max_images: Annotated[
+        int | None, typer.Option(help="Use a seeded random subset of this many images.")
+    ] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Cap batches per epoch.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch crossing this wall time.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch crossing this wall time.")
+    ] = None,
     val_fraction: Annotated[float, typer.Option()] = 0.1,
     grayscale: Annotated[bool, typer.Option(help="Train on grayscale input, as the paper's data.")] = False,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Disable training augmentation.")] = False,
-    pretrained: Annotated[bool, typer.Option(help="Use ImageNet weights for the backbone when available.")] = True,
-    new_session: Annotated[bool, typer.Option(help="Start a new session even when the data did not change.")] = False,
+    pretrained: Annotated[
+        bool, typer.Option(help="Use ImageNet weights for the backbone when available.")
+    ] = True,
+    new_session: Annotated[
+        bool, typer.Option(help="Start a new session even when the data did not change.")
+    ] = False,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -126,13 +149,15 @@ def train(
         _fail(f"--input-size must be a multiple of 8, got {input_size}")
     coco = _limit(_load(data), max_images, seed)
     cfg = TrainConfig(
-        backbone=backbone, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+        backbone=backbone, width=width, head_channels=head_channels, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
         lr_step_epochs=lr_step, lr_gamma=lr_gamma, input_size=input_size, steps_per_epoch=steps_per_epoch,
         max_minutes=max_minutes, val_fraction=val_fraction, grayscale=grayscale, pretrained=pretrained,
         num_workers=workers, seed=seed, device=device,
         augment=AugmentConfig(grayscale=grayscale) if not no_augment else None,
     )  # fmt: skip
-    console.print(f"training [bold]{backbone}[/] on {len(coco)} images of {data} ({coco.skeleton.name}) -> {out}")
+    console.print(
+        f"training [bold]{backbone}[/] on {len(coco)} images of {data} ({coco.skeleton.name}) -> {out}"
+    )
     with _progress() as progress:
         result = run_train(cfg, coco, out, _RichTrainCallbacks(progress), new_session=new_session)
     console.print(
@@ -144,7 +169,9 @@ def train(
 @app.command("lr-find")
 def lr_find_cmd(
     data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the curve as PNG + JSON here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the curve as PNG + JSON here.")
+    ] = None,
     backbone: Annotated[str, typer.Option()] = "vgg_tiny",
     start_lr: Annotated[float, typer.Option()] = 1e-7,
     end_lr: Annotated[float, typer.Option()] = 1.0,
@@ -159,7 +186,9 @@ def lr_find_cmd(
     from .train import TrainConfig, lr_find
 
     coco = _limit(_load(data), max_images)
-    cfg = TrainConfig(backbone=backbone, batch_size=batch_size, input_size=input_size, num_workers=workers, device=device)
+    cfg = TrainConfig(
+        backbone=backbone, batch_size=batch_size, input_size=input_size, num_workers=workers, device=device
+    )
     with _progress() as progress:
         task = progress.add_task("lr range test", total=steps, info="")
         res = lr_find(
@@ -247,14 +276,20 @@ def predict(
                     chunk.append((image_id, path))
                 except ImageReadError as exc:
                     skipped.append(str(exc))
-            preds = predict_images(net, arrays, decoder, input_size=size, device=next(net.parameters()).device) if arrays else []
+            preds = (
+                predict_images(net, arrays, decoder, input_size=size, device=next(net.parameters()).device)
+                if arrays
+                else []
+            )
             for (image_id, path), img, pred in zip(chunk, arrays, preds, strict=True):
                 results[image_id] = pred
                 id_map[image_id] = str(path)
                 if overlays is not None:
                     overlays.mkdir(parents=True, exist_ok=True)
                     vis = draw_overlay(img, pred[0], skeleton, pred[1])
-                    cv2.imwrite(str(overlays / f"{Path(path).stem}.jpg"), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+                    cv2.imwrite(
+                        str(overlays / f"{Path(path).stem}.jpg"), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR)
+                    )
             progress.update(task, advance=len(entries[start : start + batch_size]), info="")
     atomic_write_json(out, results_to_coco(results))
     if images.is_dir():
@@ -282,7 +317,9 @@ def evaluate(
     net, skeleton, state = _load_model(model, device)
     coco = _limit(_load(data), max_images)
     if list(coco.skeleton.keypoints) != list(skeleton.keypoints):
-        _fail(f"{data}: keypoints {list(coco.skeleton.keypoints)} differ from the model's {list(skeleton.keypoints)}")
+        _fail(
+            f"{data}: keypoints {list(coco.skeleton.keypoints)} differ from the model's {list(skeleton.keypoints)}"
+        )
     size = input_size or state.get("train_config", {}).get("input_size", 256)
     report = run_evaluation(net, coco, _decoder_for(skeleton, min_parts, min_score), size, tta, batch_size,
                             str(next(net.parameters()).device))  # fmt: skip
@@ -293,7 +330,13 @@ def run_evaluation(net, coco, decoder, input_size: int, tta: str, batch_size: in
     from .evaluate import EvalConfig, evaluate_model
     from .tta import TTA_NAMES
 
-    names = TTA_NAMES if tta == "all" else ("clean",) if tta == "none" else tuple(t.strip() for t in tta.split(","))
+    names = (
+        TTA_NAMES
+        if tta == "all"
+        else ("clean",)
+        if tta == "none"
+        else tuple(t.strip() for t in tta.split(","))
+    )
     unknown = [n for n in names if n not in TTA_NAMES]
     if unknown:
         _fail(f"unknown TTA {unknown}; choose from {', '.join(TTA_NAMES)}")
@@ -327,7 +370,12 @@ def synth(
     """Generate a synthetic multi-person COCO keypoint data set (deterministic per seed)."""
     from .synthetic import SyntheticConfig, make_synthetic_coco
 
-    path = make_synthetic_coco(out, skeleton, SyntheticConfig(num_images=num_images, image_size=(size, size), max_people=max_people), seed=seed)
+    path = make_synthetic_coco(
+        out,
+        skeleton,
+        SyntheticConfig(num_images=num_images, image_size=(size, size), max_people=max_people),
+        seed=seed,
+    )
     console.print(f"wrote {num_images} images -> {path}")
 
 
@@ -342,7 +390,9 @@ def check(
     from .skeleton import SkeletonError, get_skeleton
 
     try:
-        coco = load_coco(data, skeleton=get_skeleton(skeleton) if skeleton else None, read_image_headers=images)
+        coco = load_coco(
+            data, skeleton=get_skeleton(skeleton) if skeleton else None, read_image_headers=images
+        )
     except (CocoError, SkeletonError) as exc:
         _fail(str(exc))
     console.print(
@@ -353,7 +403,9 @@ def check(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes data, model and results.")] = Path("demo"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the demo writes data, model and results.")
+    ] = Path("demo"),
     minutes: Annotated[float, typer.Option(help="Training time budget.")] = 1.0,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -369,9 +421,16 @@ def demo(
     train_json = out / "data" / "train" / "annotations.json"
     test_json = out / "data" / "test" / "annotations.json"
     if not train_json.exists():
-        make_synthetic_coco(train_json.parent, "lsp14", SyntheticConfig(num_images=400, image_size=(size, size)), seed=seed)
+        make_synthetic_coco(
+            train_json.parent, "lsp14", SyntheticConfig(num_images=400, image_size=(size, size)), seed=seed
+        )
     if not test_json.exists():
-        make_synthetic_coco(test_json.parent, "lsp14", SyntheticConfig(num_images=100, image_size=(size, size)), seed=seed + 10_000)
+        make_synthetic_coco(
+            test_json.parent,
+            "lsp14",
+            SyntheticConfig(num_images=100, image_size=(size, size)),
+            seed=seed + 10_000,
+        )
     train_set, test_set = _load(train_json), _load(test_json)
     console.print(f"synthetic data: {len(train_set)} training / {len(test_set)} test images ({train_set.num_people} / "
                   f"{test_set.num_people} people) in {out / 'data'}")  # fmt: skip
@@ -381,11 +440,15 @@ def demo(
     )  # fmt: skip
     run_dir = out / "run"
     with _progress() as progress:
-        result = run_train(cfg, train_set, run_dir, _RichTrainCallbacks(progress), new_session=(run_dir / "last.pt").exists())
+        result = run_train(
+            cfg, train_set, run_dir, _RichTrainCallbacks(progress), new_session=(run_dir / "last.pt").exists()
+        )
     console.print(f"trained {result.epochs_run} epochs ({result.stopped.replace('_', ' ')})")
     net, skeleton, _ = load_model(run_dir / "best.pt")
     report = run_evaluation(net, test_set, _decoder_for(skeleton, None, None), size, "all", 16, "cpu")
-    _show_report(report, out / "metrics.json", title=f"demo: vgg_tiny after {minutes:g} min on synthetic data")
+    _show_report(
+        report, out / "metrics.json", title=f"demo: vgg_tiny after {minutes:g} min on synthetic data"
+    )
     console.print(f"demo finished in {time.monotonic() - t0:.0f} s; results in {out}")
 
 

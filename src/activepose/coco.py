@@ -264,7 +264,9 @@ def parse_coco(
         raw = ann.get("keypoints")
         if not isinstance(raw, list) or len(raw) != 3 * k:
             got = len(raw) if isinstance(raw, list) else type(raw).__name__
-            problems.append(f"{where}: keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)")
+            problems.append(
+                f"{where}: keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)"
+            )
             continue
         try:
             kps = np.asarray(raw, dtype=np.float32).reshape(k, 3)
@@ -280,7 +282,9 @@ def parse_coco(
         f = frames[image_id]
         lab = kps[:, 2] > 0
         t = max(1.0, OUTSIDE_TOLERANCE * max(f.width, f.height))
-        out = lab & ((kps[:, 0] < -t) | (kps[:, 1] < -t) | (kps[:, 0] > f.width + t) | (kps[:, 1] > f.height + t))
+        out = lab & (
+            (kps[:, 0] < -t) | (kps[:, 1] < -t) | (kps[:, 0] > f.width + t) | (kps[:, 1] > f.height + t)
+        )
         if out.any():
             j = int(np.flatnonzero(out)[0])
             problems.append(

@@ -69,12 +69,16 @@ class Skeleton:
             raise SkeletonError(f"skeleton {self.name!r}: duplicate keypoint names")
         for a, b in self.limbs:
             if not (0 <= a < k and 0 <= b < k) or a == b:
-                raise SkeletonError(f"skeleton {self.name!r}: limb ({a}, {b}) is not a pair of keypoints 0..{k - 1}")
+                raise SkeletonError(
+                    f"skeleton {self.name!r}: limb ({a}, {b}) is not a pair of keypoints 0..{k - 1}"
+                )
         for a, b in self.flip_pairs:
             if not (0 <= a < k and 0 <= b < k):
                 raise SkeletonError(f"skeleton {self.name!r}: flip pair ({a}, {b}) out of range")
         if not self.sigmas:
-            object.__setattr__(self, "sigmas", tuple(_COCO_SIGMAS.get(n, _DEFAULT_SIGMA) for n in self.keypoints))
+            object.__setattr__(
+                self, "sigmas", tuple(_COCO_SIGMAS.get(n, _DEFAULT_SIGMA) for n in self.keypoints)
+            )
         if len(self.sigmas) != k:
             raise SkeletonError(f"skeleton {self.name!r}: {len(self.sigmas)} sigmas for {k} keypoints")
 
@@ -131,11 +135,6 @@ class Skeleton:
             "skeleton": [[a + 1, b + 1] for a, b in self.limbs],
         }
 
-    def same_layout(self, other: Skeleton) -> bool:
-        return self.keypoints == other.keypoints and set(map(frozenset, self.limbs)) == set(
-            map(frozenset, other.limbs)
-        )
-
 
 def infer_flip_pairs(names: tuple[str, ...] | list[str]) -> tuple[tuple[int, int], ...]:
     """Return (left, right) index pairs matched by name: `left_x`/`right_x`, `l_x`/`r_x`, `x_l`/`x_r`."""
@@ -182,10 +181,13 @@ _LSP14_NAMES = (
     "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "right_wrist",
     "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist", "neck", "head_top",
 )  # fmt: skip
-# A tree rooted at the neck (13 limbs), as in the LSPET COCO files.
+# The LSPET files' tree rooted at the neck (13 limbs) plus four torso links (shoulder-hip on each side,
+# shoulder-shoulder, hip-hip). The neck is unlabelled for about 19 % of LSPET people; with a pure tree their
+# PAF graph falls apart into pieces below the decoder's minimum part count. The extra links keep a person
+# connected, as OpenPose's COCO-18 adds redundant ear-shoulder links.
 _LSP14_LIMBS_1 = (
     (13, 14), (13, 9), (9, 8), (8, 7), (13, 10), (10, 11), (11, 12), (13, 3), (3, 2), (2, 1),
-    (13, 4), (4, 5), (5, 6),
+    (13, 4), (4, 5), (5, 6), (9, 3), (10, 4), (9, 10), (3, 4),
 )  # fmt: skip
 
 
@@ -224,12 +226,18 @@ def get_skeleton(spec: str | Path | Skeleton) -> Skeleton:
         if not cats:
             raise SkeletonError(f"{path}: no category with 'keypoints' found")
         return Skeleton.from_coco_category(cats[0], name=path.stem)
-    raise SkeletonError(f"unknown skeleton {key!r}: use one of {', '.join(PRESETS)} or a COCO JSON file with a category")
+    raise SkeletonError(
+        f"unknown skeleton {key!r}: use one of {', '.join(PRESETS)} or a COCO JSON file with a category"
+    )
 
 
 def match_preset(skeleton: Skeleton) -> Skeleton:
-    """Return the preset with the same keypoints and limbs (keeps preset name/sigmas), else `skeleton`."""
+    """Return the preset with the same keypoints whose limbs include all of `skeleton`'s, else `skeleton`.
+
+    A preset may carry extra (redundant) limbs beyond a file's skeleton; those only add PAF channels.
+    """
+    limbs = set(map(frozenset, skeleton.limbs))
     for preset in PRESETS.values():
-        if preset.same_layout(skeleton):
+        if preset.keypoints == skeleton.keypoints and limbs <= set(map(frozenset, preset.limbs)):
             return preset
     return skeleton

@@ -46,6 +46,8 @@ class TrainConfig:
     stages: int | None = None
     pretrained: bool = True
     init: str = "glorot"
+    head_channels: int = 128  # channels of the OpenPose stage convs
+    width: float | None = None  # backbone channel multiplier (vgg_tiny); None: the backbone's default
     input_size: int = 256
     batch_size: int = 4
     lr: float = 1e-4
@@ -122,6 +124,14 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+def model_options(cfg: TrainConfig) -> dict[str, Any]:
+    """Return the extra create_model keyword arguments a config asks for."""
+    opts: dict[str, Any] = {"channels": cfg.head_channels}
+    if cfg.width is not None:
+        opts["width"] = cfg.width
+    return opts
+
+
 def pose_loss(outputs: list[tuple[torch.Tensor, torch.Tensor]], heatmaps: torch.Tensor, pafs: torch.Tensor):
     """Return the L2 loss summed over stages (intermediate supervision, as OpenPose) and the last stage's."""
     total = heatmaps.new_zeros(())
@@ -137,7 +147,9 @@ def data_fingerprint(image_ids: list[int]) -> str:
     return hashlib.sha1(",".join(map(str, sorted(image_ids))).encode()).hexdigest()[:16]
 
 
-def split_ids(image_ids: list[int], val_fraction: float, seed: int, max_val: int) -> tuple[list[int], list[int]]:
+def split_ids(
+    image_ids: list[int], val_fraction: float, seed: int, max_val: int
+) -> tuple[list[int], list[int]]:
     """Return (train ids, validation ids): a seeded shuffle, so each session's seed gives a fresh split."""
     ids = sorted(image_ids)
     rng = np.random.default_rng(seed)
@@ -174,9 +186,13 @@ def _worker_init(worker_id: int) -> None:
     random.seed(s)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, epoch: int) -> DataLoader:
+def make_loader(
+    dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, epoch: int
+) -> DataLoader:
     g = torch.Generator()
-    g.manual_seed(seed * 100_003 + epoch)  # the epoch's order depends only on (seed, epoch): resume replays it
+    g.manual_seed(
+        seed * 100_003 + epoch
+    )  # the epoch's order depends only on (seed, epoch): resume replays it
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -193,7 +209,13 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed:
 class Trainer:
     """Fits a pose model on a COCO keypoint set in `run_dir`, continuing whatever is there."""
 
-    def __init__(self, cfg: TrainConfig, data: CocoKeypoints, run_dir: str | Path, callbacks: TrainCallbacks | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: CocoKeypoints,
+        run_dir: str | Path,
+        callbacks: TrainCallbacks | None = None,
+    ):
         self.cfg = cfg
         self.data = data
         self.skeleton = data.skeleton
@@ -213,6 +235,7 @@ class Trainer:
                 stages=self.cfg.stages,
                 pretrained=self.cfg.pretrained,
                 init=self.cfg.init,
+                **model_options(self.cfg),
             )
         else:
             saved = state["skeleton"]["keypoints"]
@@ -225,9 +248,14 @@ class Trainer:
             model.load_state_dict(state["model_state"])
         model.to(self.device)
         opt = torch.optim.Adam(
-            model.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay
+            model.parameters(),
+            lr=self.cfg.lr,
+            betas=tuple(self.cfg.betas),
+            weight_decay=self.cfg.weight_decay,
         )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.cfg.lr_step_epochs), gamma=self.cfg.lr_gamma)
+        sched = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=max(1, self.cfg.lr_step_epochs), gamma=self.cfg.lr_gamma
+        )
         return model, opt, sched
 
     def _datasets(self, train_ids: list[int], val_ids: list[int]):
@@ -244,27 +272,33 @@ class Trainer:
         fingerprint = data_fingerprint(self.data.image_ids)
         last_path = self.run_dir / LAST
         state = load_checkpoint(last_path, map_location=self.device) if last_path.exists() else None
-        model, opt, sched = self._build(state)
 
-        if state is None:
-            session, history = 1, []
-            _seed_everything(cfg.seed)
-            t = self._new_session_state(session)
-        elif state["train"]["complete"] and (new_session or state["train"]["fingerprint"] != fingerprint):
-            # A new session continues the weights with a fresh split, schedule and early-stopping state.
-            session, history = state["train"]["session"] + 1, list(state.get("history", []))
-            _seed_everything(cfg.seed + session)
-            t = self._new_session_state(session)
-            LOG.info("session %d: continuing from %s with %d images", session, last_path, len(self.data))
-        elif state["train"]["complete"]:
+        if (
+            state is not None
+            and state["train"]["complete"]
+            and not new_session
+            and state["train"]["fingerprint"] == fingerprint
+        ):
             t = state["train"]
-            return TrainResult(self.run_dir, t["session"], t["epoch"], t["best_val"], "already_complete", state["history"])
+            return TrainResult(
+                self.run_dir, t["session"], t["epoch"], t["best_val"], "already_complete", state["history"]
+            )
+        if state is None or state["train"]["complete"]:
+            # A new session: fresh split, schedule and early-stopping state; weights continue when there are any.
+            session = 1 if state is None else state["train"]["session"] + 1
+            history = [] if state is None else list(state.get("history", []))
+            _seed_everything(self.cfg.seed + session - 1)
+            model, opt, sched = self._build(state)
+            t = self._new_session_state(session)
+            if state is not None:
+                LOG.info("session %d: continuing from %s with %d images", session, last_path, len(self.data))
         else:
             if state["train"]["fingerprint"] != fingerprint:
                 raise ValueError(
                     f"{last_path}: an unfinished session was trained on a different image set; finish it with the "
                     f"same data, or start a new run directory"
                 )
+            model, opt, sched = self._build(state)
             t = state["train"]
             session, history = t["session"], list(state.get("history", []))
             opt.load_state_dict(state["optimizer"])
@@ -290,7 +324,15 @@ class Trainer:
             else:
                 t["bad_epochs"] += 1
             t["epoch"] = epoch
-            rec = EpochRecord(session, epoch, train_loss, val_loss, opt.param_groups[0]["lr"], time.monotonic() - t0, n_images)
+            rec = EpochRecord(
+                session,
+                epoch,
+                train_loss,
+                val_loss,
+                opt.param_groups[0]["lr"],
+                time.monotonic() - t0,
+                n_images,
+            )
             history.append(asdict(rec))
             if t["bad_epochs"] >= cfg.patience:
                 stopped = "early_stopping"
@@ -307,7 +349,9 @@ class Trainer:
                 "skeleton": skeleton_to_dict(self.skeleton),
                 "train_config": cfg.to_dict(),
             }
-            if improved:  # best first: a crash between the two writes never leaves best older than last claims
+            if (
+                improved
+            ):  # best first: a crash between the two writes never leaves best older than last claims
                 save_checkpoint(self.run_dir / BEST, {**state, "optimizer": None, "scheduler": None})
             save_checkpoint(last_path, state)
             atomic_write_json(self.run_dir / "history.json", history, indent=1)
@@ -320,7 +364,9 @@ class Trainer:
         return TrainResult(self.run_dir, session, t["epoch"], t["best_val"], stopped, history)
 
     def _new_session_state(self, session: int) -> dict[str, Any]:
-        train_ids, val_ids = split_ids(self.data.image_ids, self.cfg.val_fraction, self.cfg.seed + session, self.cfg.max_val_images)
+        train_ids, val_ids = split_ids(
+            self.data.image_ids, self.cfg.val_fraction, self.cfg.seed + session, self.cfg.max_val_images
+        )
         return {
             "session": session,
             "epoch": 0,
@@ -342,13 +388,17 @@ class Trainer:
             if i >= n_batches:
                 break
             images = batch["image"].to(self.device, non_blocking=True)
-            loss, _ = pose_loss(model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
+            loss, _ = pose_loss(
+                model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at session {session} epoch {epoch} batch {i}; lower --lr")
+                raise FloatingPointError(
+                    f"training loss became {value} at session {session} epoch {epoch} batch {i}; lower --lr"
+                )
             total += value * len(images)
             seen += len(images)
             self.callbacks.on_batch_end(value)
@@ -361,14 +411,21 @@ class Trainer:
         total, seen = 0.0, 0
         for batch in loader:
             images = batch["image"].to(self.device)
-            _, last = pose_loss(model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
+            _, last = pose_loss(
+                model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device)
+            )
             total += float(last) * len(images)
             seen += len(images)
         return total / max(seen, 1)
 
 
-def train(cfg: TrainConfig, data: CocoKeypoints, run_dir: str | Path, callbacks: TrainCallbacks | None = None,
-          new_session: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    data: CocoKeypoints,
+    run_dir: str | Path,
+    callbacks: TrainCallbacks | None = None,
+    new_session: bool = False,
+) -> TrainResult:
     """Return the result of fitting (or resuming / continuing) a model on `data` in `run_dir`."""
     return Trainer(cfg, data, run_dir, callbacks).fit(new_session=new_session)
 
@@ -403,10 +460,12 @@ def lr_find(
     _seed_everything(cfg.seed)
     model = create_model(
         cfg.backbone, num_keypoints=data.skeleton.num_keypoints, num_limbs=data.skeleton.num_limbs,
-        stages=cfg.stages, pretrained=cfg.pretrained, init=cfg.init,
+        stages=cfg.stages, pretrained=cfg.pretrained, init=cfg.init, **model_options(cfg),
     ).to(device).train()  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=start_lr, betas=tuple(cfg.betas))
-    dataset = PoseDataset(data, input_size=cfg.input_size, targets=cfg.targets, augment=cfg.augment, grayscale=cfg.grayscale)
+    dataset = PoseDataset(
+        data, input_size=cfg.input_size, targets=cfg.targets, augment=cfg.augment, grayscale=cfg.grayscale
+    )
     gamma = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
     lrs, losses = [], []
     avg, best = 0.0, math.inf
@@ -416,7 +475,9 @@ def lr_find(
             lr = start_lr * gamma**step
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, _ = pose_loss(model(batch["image"].to(device)), batch["heatmaps"].to(device), batch["pafs"].to(device))
+            loss, _ = pose_loss(
+                model(batch["image"].to(device)), batch["heatmaps"].to(device), batch["pafs"].to(device)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,39 @@
+"""Backbone registry: a name -> builder dict filled by the `register_backbone` decorator (timm-style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from activepose.models.base import Backbone
+
+BackboneBuilder = Callable[..., "Backbone"]
+BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Return a decorator that registers a backbone builder under `name`."""
+
+    def decorator(builder: BackboneBuilder) -> BackboneBuilder:
+        existing = BACKBONES.get(name)
+        # Re-registering the same function (module reload) is harmless; a different one is a name clash.
+        if existing is not None and existing.__qualname__ != builder.__qualname__:
+            raise ValueError(f"backbone {name!r} is already registered by {existing.__module__}")
+        BACKBONES[name] = builder
+        return builder
+
+    return decorator
+
+
+def get_backbone_builder(name: str) -> BackboneBuilder:
+    """Return the builder registered as `name` (ValueError listing the known names otherwise)."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}") from None
+
+
+def list_backbones() -> list[str]:
+    """Return the registered backbone names, sorted."""
+    return sorted(BACKBONES)
