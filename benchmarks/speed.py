@@ -43,7 +43,12 @@ def main() -> None:
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_synthetic_coco(tmp, "lsp14", SyntheticConfig(num_images=args.batch * 2, image_size=(args.size, args.size)), seed=0)
+        path = make_synthetic_coco(
+            tmp,
+            "lsp14",
+            SyntheticConfig(num_images=args.batch * 2, image_size=(args.size, args.size)),
+            seed=0,
+        )
         coco = load_coco(path)
         ds = PoseDataset(coco, input_size=args.size)
         items = [ds[i] for i in range(args.batch)]
@@ -51,7 +56,9 @@ def main() -> None:
     images = torch.stack([it["image"] for it in items]).to(device)
     heat_gt = torch.stack([it["heatmaps"] for it in items]).to(device)
     paf_gt = torch.stack([it["pafs"] for it in items]).to(device)
-    model = create_model(args.backbone, num_keypoints=sk.num_keypoints, num_limbs=sk.num_limbs, pretrained=False).to(device)
+    model = create_model(
+        args.backbone, num_keypoints=sk.num_keypoints, num_limbs=sk.num_limbs, pretrained=False
+    ).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def sync():
@@ -82,12 +89,20 @@ def main() -> None:
     people = sum(len(s) for _, s in decoder(heat_gt, paf_gt))
 
     b = args.batch
-    print(f"backbone {args.backbone}, batch {b}, input {args.size}x{args.size}, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"training   : {b / t_train:8.1f} images/s  ({1000 * t_train / b:.1f} ms/image, forward+backward+Adam)")
+    print(
+        f"backbone {args.backbone}, batch {b}, input {args.size}x{args.size}, device {device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"training   : {b / t_train:8.1f} images/s  ({1000 * t_train / b:.1f} ms/image, forward+backward+Adam)"
+    )
     print(f"inference  : {b / t_fwd:8.1f} images/s  ({1000 * t_fwd / b:.1f} ms/image, forward only)")
-    print(f"decode (model output) : {1000 * t_dec_model / b:6.2f} ms/image = {t_dec_model / t_fwd:.3f} x forward time")
-    print(f"decode (ground truth, {people} people): {1000 * t_dec_gt / b:6.2f} ms/image = {t_dec_gt / t_fwd:.3f} x forward time")
+    print(
+        f"decode (model output) : {1000 * t_dec_model / b:6.2f} ms/image = {t_dec_model / t_fwd:.3f} x forward time"
+    )
+    print(
+        f"decode (ground truth, {people} people): {1000 * t_dec_gt / b:6.2f} ms/image = {t_dec_gt / t_fwd:.3f} x forward time"
+    )
     assert np.isfinite(t_train)
 
 

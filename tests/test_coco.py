@@ -58,12 +58,30 @@ def test_save_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "mutate,expected",
     [
-        (lambda d: d["annotations"][0].update(keypoints=[1.0, 2.0, 2] * 13), r"annotation id 1 \(image id 10\): keypoint count mismatch: 39 values, expected 42"),
-        (lambda d: d["annotations"][1]["keypoints"].__setitem__(0, 80.0), r"annotation id 2 \(image id 20\): keypoint 'right_ankle' at \(80.0, 6.0\) lies outside the 50x40 image"),
-        (lambda d: d["images"].append(dict(d["images"][0])), r"image id 10 \('img/1.png'\): duplicate image id"),
-        (lambda d: d["annotations"].append(dict(d["annotations"][0])), r"annotation id 1 \(image id 10\): duplicate annotation id"),
-        (lambda d: d["annotations"][0].update(image_id=99), r"annotation id 1 \(image id 99\): refers to an unknown image id"),
-        (lambda d: d["images"][1].update(file_name="img/missing.png"), r"image id 20 \('img/missing.png'\): image file missing"),
+        (
+            lambda d: d["annotations"][0].update(keypoints=[1.0, 2.0, 2] * 13),
+            r"annotation id 1 \(image id 10\): keypoint count mismatch: 39 values, expected 42",
+        ),
+        (
+            lambda d: d["annotations"][1]["keypoints"].__setitem__(0, 80.0),
+            r"annotation id 2 \(image id 20\): keypoint 'right_ankle' at \(80.0, 6.0\) lies outside the 50x40 image",
+        ),
+        (
+            lambda d: d["images"].append(dict(d["images"][0])),
+            r"image id 10 \('img/1.png'\): duplicate image id",
+        ),
+        (
+            lambda d: d["annotations"].append(dict(d["annotations"][0])),
+            r"annotation id 1 \(image id 10\): duplicate annotation id",
+        ),
+        (
+            lambda d: d["annotations"][0].update(image_id=99),
+            r"annotation id 1 \(image id 99\): refers to an unknown image id",
+        ),
+        (
+            lambda d: d["images"][1].update(file_name="img/missing.png"),
+            r"image id 20 \('img/missing.png'\): image file missing",
+        ),
         (lambda d: d.pop("images"), r"missing or non-list 'images'"),
         (lambda d: d["categories"][0].pop("keypoints"), r"no category with a 'keypoints' list"),
     ],

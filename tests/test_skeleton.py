@@ -8,10 +8,10 @@ from activepose.skeleton import PRESETS, Skeleton, SkeletonError, get_skeleton, 
 from .conftest import shared_file
 
 
-@pytest.mark.parametrize("name,k,l", [("coco17", 17, 19), ("coco18", 18, 19), ("lsp14", 14, 17)])
-def test_presets_sizes_and_flip_pairs_are_left_right(name, k, l):
+@pytest.mark.parametrize("name,k,n_limbs", [("coco17", 17, 19), ("coco18", 18, 19), ("lsp14", 14, 17)])
+def test_presets_sizes_and_flip_pairs_are_left_right(name, k, n_limbs):
     sk = PRESETS[name]
-    assert (sk.num_keypoints, sk.num_limbs) == (k, l)
+    assert (sk.num_keypoints, sk.num_limbs) == (k, n_limbs)
     assert len(sk.sigmas) == k
     for a, b in sk.flip_pairs:
         assert sk.keypoints[a].replace("left", "right") == sk.keypoints[b]
@@ -55,7 +55,15 @@ def test_lspet_file_skeleton_matches_preset():
 
 def test_get_skeleton_from_json_and_unknown(tmp_path):
     p = tmp_path / "sk.json"
-    p.write_text(json.dumps({"categories": [{"id": 1, "name": "hand", "keypoints": ["a", "b", "c"], "skeleton": [[1, 2], [2, 3]]}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "categories": [
+                    {"id": 1, "name": "hand", "keypoints": ["a", "b", "c"], "skeleton": [[1, 2], [2, 3]]}
+                ]
+            }
+        )
+    )
     sk = get_skeleton(p)
     assert sk.keypoints == ("a", "b", "c") and sk.limbs == ((0, 1), (1, 2))
     with pytest.raises(SkeletonError, match="unknown skeleton 'nope'"):

@@ -22,13 +22,25 @@ from activepose.train import TrainConfig, split_ids, suggest_lr, train
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    path = make_synthetic_coco(out, "lsp14", SyntheticConfig(num_images=24, image_size=(64, 64), max_people=2), seed=3)
+    path = make_synthetic_coco(
+        out, "lsp14", SyntheticConfig(num_images=24, image_size=(64, 64), max_people=2), seed=3
+    )
     return load_coco(path)
 
 
 def _cfg(**kw):
-    base = dict(input_size=64, batch_size=4, num_workers=0, max_epochs=2, patience=10, device="cpu", pretrained=False, seed=1,
-                width=0.25, head_channels=32)
+    base = dict(
+        input_size=64,
+        batch_size=4,
+        num_workers=0,
+        max_epochs=2,
+        patience=10,
+        device="cpu",
+        pretrained=False,
+        seed=1,
+        width=0.25,
+        head_channels=32,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -71,7 +83,12 @@ def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
     assert skeleton.keypoints == tiny_data.skeleton.keypoints
     with torch.inference_mode():
         heat, paf = model(torch.zeros(1, 3, 64, 64))[-1]
-    assert heat.shape == (1, tiny_data.skeleton.num_keypoints + 1, 8, 8) and paf.shape == (1, 2 * tiny_data.skeleton.num_limbs, 8, 8)
+    assert heat.shape == (1, tiny_data.skeleton.num_keypoints + 1, 8, 8) and paf.shape == (
+        1,
+        2 * tiny_data.skeleton.num_limbs,
+        8,
+        8,
+    )
     assert state["train"]["epoch"] == 1
 
 
@@ -121,7 +138,9 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tiny_data, tmp_path):
             proc.kill()
     done_before = load_checkpoint(run / "last.pt")["train"]["epoch"]
     assert 1 <= done_before < 6
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    subprocess.run(
+        cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+    )
     history = json.loads(hist.read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]  # none lost, none repeated
     model, _, state = load_model(run / "last.pt")

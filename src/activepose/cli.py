@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,14 +22,14 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 app = typer.Typer(
     help="Hybrid active learning for bottom-up human pose estimation.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+# Logs and pipes get wide lines so that the metrics table is never cut; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 160)
 LOG = logging.getLogger("activepose")
 
 
@@ -43,7 +45,7 @@ def _main(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # never break paths
     raise typer.Exit(code=2)
 
 
@@ -297,7 +299,7 @@ def predict(
     people = sum(len(r[1]) for r in results.values())
     console.print(f"{len(results)} images, {people} people -> {out}")
     for s in skipped:
-        console.print(f"[yellow]skipped[/] {s}")
+        console.print(f"[yellow]skipped[/] {escape(s)}", soft_wrap=True)
 
 
 @app.command()

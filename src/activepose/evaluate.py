@@ -294,8 +294,17 @@ def evaluate_model(
             tta=name, progress=progress, num_workers=cfg.num_workers,
         )  # fmt: skip
         report[name] = metrics_for(tta_ground_truth(coco, name), preds, cfg)
-        LOG.info("evaluate %s: %s", name, {k: round(v, 4) for k, v in report[name].items()})
+        LOG.debug("evaluate %s: %s", name, {k: round(v, 4) for k, v in report[name].items()})
     return report
+
+
+_HEADERS = {
+    "count_acc": "count",
+    "count_exact": "exact",
+    "count_mae": "MAE",
+    "images": "imgs",
+    "people": "ppl",
+}
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -314,10 +323,14 @@ def report_table(report: dict[str, dict[str, float]], title: str | None = "Evalu
 
     columns = [m for m in METRICS if any(m in r for r in report.values())]
     columns += sorted({m for r in report.values() for m in r} - set(columns))
-    table = Table(title=title, caption="count/AP/AR/PCK in %, count_mae in people per image; – = undefined")
-    table.add_column("TTA", style="bold")
+    table = Table(
+        title=title,
+        caption="count = count_acc, exact = count_exact (in %); MAE = count_mae (people per image); "
+        "AP/AR/PCK in %; – = undefined",
+    )
+    table.add_column("TTA", style="bold", no_wrap=True)
     for m in columns:
-        table.add_column(m, justify="right")
+        table.add_column(_HEADERS.get(m, m), justify="right", no_wrap=True)
     for name, row in report.items():
         table.add_row(name, *(_fmt(m, row.get(m, math.nan)) for m in columns))
     return table

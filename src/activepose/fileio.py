@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -44,8 +45,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
+def _strict(obj: Any) -> Any:
+    """Return `obj` with NaN / infinity replaced by None, so the file is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:
-    data = json.dumps(obj, indent=indent).encode()
+    """Write `obj` as strict JSON (undefined numbers become null) atomically."""
+    data = json.dumps(_strict(obj), indent=indent, allow_nan=False).encode()
     return atomic_write(path, lambda fh: fh.write(data))
 
 

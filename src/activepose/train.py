@@ -312,6 +312,9 @@ class Trainer:
             raise ValueError(f"{self.data.path}: no training images")
         start = time.monotonic()
         stopped = "max_epochs"
+        if cfg.max_epochs == 0 and t["epoch"] == 0:  # `--epochs 0`: store the initialised (untrained) model
+            t["complete"] = True
+            self._save(model, opt, sched, t, history, best=True)
         while t["epoch"] < cfg.max_epochs:
             epoch = t["epoch"] + 1
             t0 = time.monotonic()
@@ -338,23 +341,7 @@ class Trainer:
                 stopped = "early_stopping"
             budget_hit = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
             t["complete"] = stopped == "early_stopping" or epoch >= cfg.max_epochs
-            state = {
-                "model_config": model.config,
-                "model_state": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "train": t,
-                "history": history,
-                "rng": _rng_state(),
-                "skeleton": skeleton_to_dict(self.skeleton),
-                "train_config": cfg.to_dict(),
-            }
-            if (
-                improved
-            ):  # best first: a crash between the two writes never leaves best older than last claims
-                save_checkpoint(self.run_dir / BEST, {**state, "optimizer": None, "scheduler": None})
-            save_checkpoint(last_path, state)
-            atomic_write_json(self.run_dir / "history.json", history, indent=1)
+            self._save(model, opt, sched, t, history, best=improved)
             self.callbacks.on_epoch_end(rec, improved)
             if t["complete"]:
                 break
@@ -362,6 +349,23 @@ class Trainer:
                 stopped = "time_budget"
                 break
         return TrainResult(self.run_dir, session, t["epoch"], t["best_val"], stopped, history)
+
+    def _save(self, model, opt, sched, t: dict[str, Any], history: list[dict[str, Any]], best: bool) -> None:
+        state = {
+            "model_config": model.config,
+            "model_state": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "train": t,
+            "history": history,
+            "rng": _rng_state(),
+            "skeleton": skeleton_to_dict(self.skeleton),
+            "train_config": self.cfg.to_dict(),
+        }
+        if best:  # best first: a crash between the two writes never leaves best older than last claims
+            save_checkpoint(self.run_dir / BEST, {**state, "optimizer": None, "scheduler": None})
+        save_checkpoint(self.run_dir / LAST, state)
+        atomic_write_json(self.run_dir / "history.json", history, indent=1)
 
     def _new_session_state(self, session: int) -> dict[str, Any]:
         train_ids, val_ids = split_ids(

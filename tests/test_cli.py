@@ -1,0 +1,104 @@
+"""The command line end to end on tiny synthetic data: synth -> check -> train -> evaluate -> predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from activepose.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    code, out = _run(
+        "synth", "--out", str(root / "data"), "-n", "12", "--size", "64", "--max-people", "2", "--seed", "5"
+    )
+    assert code == 0, out
+    data = root / "data" / "annotations.json"
+    code, out = _run(
+        "train", "--data", str(data), "--out", str(root / "run"), "--input-size", "64", "--epochs", "1",
+        "--width", "0.25", "--head-channels", "32", "--workers", "0", "--no-pretrained", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "session 1: 1 epochs" in out
+    return root, data
+
+
+def test_check_accepts_valid_and_names_problems(trained, tmp_path):
+    root, data = trained
+    code, out = _run("check", str(data))
+    assert code == 0 and "12 images" in out
+    bad = json.loads(data.read_text())
+    bad["annotations"][0]["keypoints"] = bad["annotations"][0]["keypoints"][:-3]
+    (root / "data" / "bad.json").write_text(json.dumps(bad))
+    code, out = _run("check", str(root / "data" / "bad.json"))
+    assert code == 2
+    assert "bad.json" in out and "keypoint count mismatch" in out
+
+
+def test_train_again_reports_complete_session(trained):
+    root, data = trained
+    code, out = _run(
+        "train", "--data", str(data), "--out", str(root / "run"), "--input-size", "64", "--epochs", "1",
+        "--width", "0.25", "--head-channels", "32", "--workers", "0", "--no-pretrained", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0 and "already complete" in out
+
+
+def test_evaluate_writes_table_and_strict_json(trained, tmp_path):
+    root, data = trained
+    out_json = tmp_path / "metrics.json"
+    code, out = _run("evaluate", "--model", str(root / "run" / "best.pt"), "--data", str(data), "--out", str(out_json),
+                     "--tta", "clean,zoom_out", "--device", "cpu")  # fmt: skip
+    assert code == 0, out
+    report = json.loads(out_json.read_text())
+    assert "NaN" not in out_json.read_text()
+    assert set(report) == {"clean", "zoom_out"}
+    assert report["clean"]["images"] == 12
+    assert 0.0 <= report["clean"]["count_acc"] <= 1.0
+    assert "clean" in out and "zoom_out" in out
+
+
+def test_evaluate_rejects_unknown_tta_and_missing_checkpoint(trained, tmp_path):
+    root, data = trained
+    code, out = _run(
+        "evaluate", "--model", str(root / "run" / "best.pt"), "--data", str(data), "--tta", "sepia"
+    )
+    assert code == 2 and "unknown TTA" in out
+    code, out = _run("evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(data))
+    assert code == 2 and "nope.pt: checkpoint not found" in out
+
+
+def test_predict_folder_writes_results_and_overlays(trained, tmp_path):
+    root, _ = trained
+    images = root / "data" / "images"
+    (images / "broken.png").write_bytes(b"not a png")
+    out_json = tmp_path / "pred.json"
+    code, out = _run("predict", "--model", str(root / "run" / "best.pt"), "--images", str(images), "--out", str(out_json),
+                     "--overlays", str(tmp_path / "vis"), "--device", "cpu")  # fmt: skip
+    (images / "broken.png").unlink()
+    assert code == 0, out
+    results = json.loads(out_json.read_text())
+    mapping = json.loads(out_json.with_suffix(".images.json").read_text())
+    assert len(mapping) == 12
+    assert all(len(r["keypoints"]) == 14 * 3 for r in results)
+    assert len(list((tmp_path / "vis").glob("*.jpg"))) == 12
+    assert "skipped" in out and "broken.png" in out
+
+
+def test_epochs_zero_stores_untrained_model(trained, tmp_path):
+    _, data = trained
+    code, out = _run("train", "--data", str(data), "--out", str(tmp_path / "init"), "--input-size", "64", "--epochs", "0",
+                     "--width", "0.25", "--head-channels", "32", "--workers", "0", "--no-pretrained", "--device", "cpu")  # fmt: skip
+    assert code == 0, out
+    assert (tmp_path / "init" / "best.pt").exists()
