@@ -145,3 +145,58 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tiny_data, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]  # none lost, none repeated
     model, _, state = load_model(run / "last.pt")
     assert state["train"]["complete"] and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_training_reduces_loss_on_a_fixed_batch(tiny_data):
+    """The model, targets and loss fit together: a few Adam steps on one batch lower the loss clearly."""
+    from activepose.data import PoseDataset
+    from activepose.models import create_model
+    from activepose.train import pose_loss
+
+    torch.manual_seed(0)
+    sk = tiny_data.skeleton
+    ds = PoseDataset(tiny_data, input_size=64)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    model = create_model(
+        "vgg_tiny",
+        num_keypoints=sk.num_keypoints,
+        num_limbs=sk.num_limbs,
+        pretrained=False,
+        width=0.25,
+        channels=32,
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = pose_loss(model(batch["image"]), batch["heatmaps"], batch["pafs"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_short_lspet_training_beats_untrained_model(tmp_path):
+    """Five CPU minutes on 400 LSPET images give a model clearly better than its untrained start (slow)."""
+    from activepose.checkpoint import load_model
+    from activepose.decode import Decoder
+    from activepose.evaluate import EvalConfig, evaluate_model
+
+    from .conftest import shared_file
+
+    pool = load_coco(shared_file("lspet", "pool.json"))
+    test = load_coco(shared_file("lspet", "test.json"))
+    train_set = pool.subset(pool.image_ids[:400])
+    test_set = test.subset(test.image_ids[:200])
+    cfg = TrainConfig(backbone="mobilenet_v2", head_channels=64, input_size=128, batch_size=8, lr=5e-4,
+                      max_epochs=100, max_minutes=5, num_workers=2, device="cpu")  # fmt: skip
+    train(TrainConfig(**{**cfg.__dict__, "max_epochs": 0}), train_set, tmp_path / "untrained")
+    train(cfg, train_set, tmp_path / "trained")
+    ecfg = EvalConfig(input_size=128, ttas=("clean",), device="cpu")
+    scores = {}
+    for name in ("untrained", "trained"):
+        model, sk, _ = load_model(tmp_path / name / "best.pt")
+        scores[name] = evaluate_model(model, test_set, Decoder(sk), ecfg)["clean"]
+    assert scores["trained"]["count_acc"] > scores["untrained"]["count_acc"] + 0.3
+    assert scores["trained"]["PCK"] > scores["untrained"]["PCK"] + 0.1

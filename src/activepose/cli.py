@@ -413,7 +413,6 @@ def demo(
 ) -> None:
     """Generate synthetic data, train for about a minute, evaluate (clean + TTAs) and print the table."""
     from .checkpoint import load_model
-    from .data import AugmentConfig
     from .synthetic import SyntheticConfig, make_synthetic_coco
     from .train import TrainConfig
     from .train import train as run_train
@@ -436,9 +435,10 @@ def demo(
     train_set, test_set = _load(train_json), _load(test_json)
     console.print(f"synthetic data: {len(train_set)} training / {len(test_set)} test images ({train_set.num_people} / "
                   f"{test_set.num_people} people) in {out / 'data'}")  # fmt: skip
+    # ImageNet-initialised MobileNetV2 with slim heads: the backbone that learns most in a CPU minute.
     cfg = TrainConfig(
-        input_size=size, batch_size=8, lr=1e-3, max_epochs=1000, patience=1000, lr_step_epochs=1000,
-        max_minutes=minutes, steps_per_epoch=25, seed=seed, augment=AugmentConfig(rotate=15, scale=(0.8, 1.2)),
+        backbone="mobilenet_v2", head_channels=64, input_size=size, batch_size=8, lr=1e-3, max_epochs=1000,
+        patience=1000, lr_step_epochs=1000, max_minutes=minutes, steps_per_epoch=25, seed=seed,
     )  # fmt: skip
     run_dir = out / "run"
     with _progress() as progress:
@@ -449,7 +449,7 @@ def demo(
     net, skeleton, _ = load_model(run_dir / "best.pt")
     report = run_evaluation(net, test_set, _decoder_for(skeleton, None, None), size, "all", 16, "cpu")
     _show_report(
-        report, out / "metrics.json", title=f"demo: vgg_tiny after {minutes:g} min on synthetic data"
+        report, out / "metrics.json", title=f"demo: mobilenet_v2 after {minutes:g} min on synthetic data"
     )
     console.print(f"demo finished in {time.monotonic() - t0:.0f} s; results in {out}")
 

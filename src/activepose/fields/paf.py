@@ -45,7 +45,7 @@ def encode_pafs(
     if not ni.size:
         return out
     pa, unit, length = pa[ni, li], vec[ni, li] / length[ni, li, None], length[ni, li]  # (P, 2), (P, 2), (P,)
-    # Restrict each band to its bounding box (plus margin) to keep the work proportional to the band.
+    # Distances of every cell to every labelled limb segment, as broadcast (P, h, w) arrays.
     gx = np.arange(w, dtype=np.float32)
     gy = np.arange(h, dtype=np.float32)
     dx = gx[None, None, :] - pa[:, 0, None, None]  # (P, 1, w)
@@ -62,34 +62,6 @@ def encode_pafs(
     inv = (1.0 / np.maximum(count, 1)).astype(np.float32)
     out[0::2] = (np.bincount(key, unit[pi, 0], minlength=size) * inv).reshape(n_limbs, h, w)
     out[1::2] = (np.bincount(key, unit[pi, 1], minlength=size) * inv).reshape(n_limbs, h, w)
-    return out
-    idx = np.asarray(limbs, dtype=np.int64)
-    a = people[:, idx[:, 0]]  # (N, L, 3)
-    b = people[:, idx[:, 1]]
-    pa = a[..., :2] / stride - 0.5  # cell index units
-    pb = b[..., :2] / stride - 0.5
-    vec = pb - pa
-    length = np.linalg.norm(vec, axis=-1)
-    ok = (a[..., 2] > 0) & (b[..., 2] > 0) & (length > 1e-6)
-    ni, li = np.nonzero(ok)
-    if not ni.size:
-        return out
-    pa, unit, length = pa[ni, li], vec[ni, li] / length[ni, li, None], length[ni, li]  # (P, 2), (P, 2), (P,)
-    # Restrict each band to its bounding box (plus margin) to keep the work proportional to the band.
-    gx = np.arange(w, dtype=np.float32)
-    gy = np.arange(h, dtype=np.float32)
-    dx = gx[None, None, :] - pa[:, 0, None, None]  # (P, 1, w)
-    dy = gy[None, :, None] - pa[:, 1, None, None]  # (P, h, 1)
-    along = dx * unit[:, 0, None, None] + dy * unit[:, 1, None, None]  # (P, h, w)
-    perp = np.abs(dx * unit[:, 1, None, None] - dy * unit[:, 0, None, None])
-    mask = (perp <= width) & (along >= -width) & (along <= length[:, None, None] + width)
-    m = mask.astype(np.float32)
-    count = np.zeros((n_limbs, h, w), np.float32)
-    np.add.at(count, li, m)
-    out_xy = out.reshape(n_limbs, 2, h, w)
-    np.add.at(out_xy, (li, 0), m * unit[:, 0, None, None])
-    np.add.at(out_xy, (li, 1), m * unit[:, 1, None, None])
-    out_xy /= np.maximum(count, 1.0)[:, None]
     return out
 
 
