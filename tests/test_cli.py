@@ -102,3 +102,19 @@ def test_epochs_zero_stores_untrained_model(trained, tmp_path):
                      "--width", "0.25", "--head-channels", "32", "--workers", "0", "--no-pretrained", "--device", "cpu")  # fmt: skip
     assert code == 0, out
     assert (tmp_path / "init" / "best.pt").exists()
+
+
+def test_train_names_a_corrupt_image_before_training(trained, tmp_path):
+    root, data = trained
+    bad = json.loads(data.read_text())
+    for img in bad["images"]:
+        img["file_name"] = str(root / "data" / img["file_name"])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    bad["images"][3]["file_name"] = str(tmp_path / "broken.png")
+    (tmp_path / "ann.json").write_text(json.dumps(bad))
+    code, out = _run(
+        "train", "--data", str(tmp_path / "ann.json"), "--out", str(tmp_path / "run"), "--epochs", "1"
+    )
+    assert code == 2
+    assert f"image id {bad['images'][3]['id']}" in out and "unreadable image" in out
+    assert not (tmp_path / "run").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -176,17 +175,39 @@ def test_upsampled_peaks_still_accurate():
     assert_exact_round_trip(people, sk, kps, scores)
 
 
+def round_trip_counts(gt: np.ndarray, sk: Skeleton, hw: tuple[int, int], dec: Decoder):
+    """Return (resolvable GT indices, recovered GT indices, phantom decoded indices) for one image.
+
+    A GT person is resolvable when (1) the largest group of its labelled keypoints joined by labelled limbs
+    has >= min_parts (4) keypoints (targets have no PAF between the other groups, so no decoder can join
+    them), (2) fewer than half of that group's keypoints lie within 1.5 cells (12 px) of the same
+    keypoint of another person (two people's joints in one NMS window cannot give two peaks).
+    It is recovered when its one-to-one matched decoded person has a median error over that group
+    below 0.5 * stride (4 px), missing keypoints counting as infinite. A decoded person is a phantom when
+    fewer than half of its keypoints lie within 4 px of one GT person's.
+    """
+    hm, paf = encode_targets(gt, sk, hw)
+    ((kps, _),) = dec(torch.from_numpy(hm)[None], torch.from_numpy(paf)[None])
+    masks = [largest_component(sk, g[:, 2] > 0) for g in gt]
+    resolvable = set()
+    for i, (g, m) in enumerate(zip(gt, masks, strict=True)):
+        crowded = np.zeros(sk.num_keypoints, bool)
+        for n, o in enumerate(gt):
+            if n != i:
+                crowded |= m & (o[:, 2] > 0) & (np.hypot(*(g[:, :2] - o[:, :2]).T) < 1.5 * STRIDE)
+        if m.sum() >= 4 and crowded[m].mean() < 0.5:
+            resolvable.add(i)
+    pairs, err = match_people(gt, masks, kps)
+    good = {int(i) for i, j in pairs if err[i, j] < 0.5 * STRIDE}
+    phantoms = [j for j, d in enumerate(kps) if max((_overlap(d, g) for g in gt), default=0.0) < 0.5]
+    return resolvable, resolvable & good, phantoms
+
+
 def test_sports_multi_round_trip():
     """Every resolvable person of the real multi-person photos is recovered from its own targets.
 
-    Images are scaled so that the long side is 256 (input size rounded up to a multiple of 8).
-    A GT person counts when (1) the largest group of its labelled keypoints joined by labelled limbs has
-    >= min_parts (4) keypoints (targets have no PAF between the other groups, so no decoder can join
-    them), and (2) fewer than half of that group's keypoints lie within 1.5 cells (12 px) of the same
-    keypoint of another person (two people's joints in one NMS window cannot give two peaks).
-    It is recovered when its one-to-one matched decoded person has a median error over that group
-    below 0.5 * stride (4 px), missing keypoints counting as infinite. Every decoded person must also be
-    mostly (>= half of its keypoints within 4 px) made of one GT person's keypoints (no phantoms).
+    Images are scaled so that the long side is 256 (input size rounded up to a multiple of 8); see
+    `round_trip_counts` for what resolvable and recovered mean.
     """
     data = load_coco(shared_file("sports_multi", "annotations.json"))
     sk = data.skeleton
@@ -198,26 +219,63 @@ def test_sports_multi_round_trip():
         gt = frame.keypoints.copy()
         gt[..., :2] *= scale
         hw = (int(np.ceil(frame.height * scale / 8) * 8), int(np.ceil(frame.width * scale / 8) * 8))
-        hm, paf = encode_targets(gt, sk, hw)
-        ((kps, _),) = dec(torch.from_numpy(hm)[None], torch.from_numpy(paf)[None])
-        masks = [largest_component(sk, g[:, 2] > 0) for g in gt]
-        resolvable = []
-        for i, (g, m) in enumerate(zip(gt, masks, strict=True)):
-            crowded = np.zeros(sk.num_keypoints, bool)
-            for n, o in enumerate(gt):
-                if n != i:
-                    crowded |= m & (o[:, 2] > 0) & (np.hypot(*(g[:, :2] - o[:, :2]).T) < 1.5 * STRIDE)
-            resolvable.append(m.sum() >= 4 and crowded[m].mean() < 0.5)
-        pairs, err = match_people(gt, masks, kps)
-        good = {int(i) for i, j in pairs if err[i, j] < 0.5 * STRIDE}
-        target = {i for i, r in enumerate(resolvable) if r}
+        target, good, phantoms = round_trip_counts(gt, sk, hw, dec)
         counted += len(target)
-        recovered += len(target & good)
+        recovered += len(good)
         failures += [(frame.image_id, i) for i in sorted(target - good)]
-        phantoms = [j for j, d in enumerate(kps) if max(_overlap(d, g) for g in gt) < 0.5]
         assert not phantoms, f"image {frame.image_id}: decoded people {phantoms} match nobody"
     assert counted >= 150, "the data set should have ~160 resolvable people"
     assert recovered == counted, f"recovered {recovered}/{counted}; missed (image id, person): {failures}"
+
+
+@pytest.mark.parametrize("name", ["lsp14", "coco17", "coco18"])
+def test_synthetic_scenes_round_trip(name):
+    """Every resolvable person of generated scenes (0-4 people, overlaps) is recovered, but collinear cases.
+
+    The generator overlaps people on purpose; a person whose joint lies on another's same-type limb is
+    ambiguous in the targets themselves (see `_in_foreign_band`) and may be assembled wrongly.
+    """
+    from activepose.synthetic import SyntheticConfig, render_scene
+
+    sk = PRESETS[name]
+    dec = Decoder(sk)
+    rng = np.random.default_rng(7)
+    cfg = SyntheticConfig(image_size=(256, 256))
+    counted = 0
+    missed = []
+    for n in range(30):
+        _, gt = render_scene(rng, sk, cfg)
+        target, good, phantoms = round_trip_counts(gt, sk, (256, 256), dec)
+        counted += len(target)
+        missed += [(n, i, _in_foreign_band(i, gt, sk)) for i in sorted(target - good)]
+        assert not phantoms, f"scene {n}: decoded people {phantoms} match nobody"
+    assert counted >= 50, "30 scenes of 0-4 people should hold dozens of resolvable people"
+    # Every miss must be a person lying on another's same-type limb (ambiguous in the targets), and rare.
+    assert all(ambiguous for *_, ambiguous in missed), f"unexplained misses (scene, person): {missed}"
+    assert len(missed) <= 0.05 * counted, f"missed {len(missed)}/{counted}"
+
+
+def _in_foreign_band(i: int, gt: np.ndarray, sk: Skeleton) -> bool:
+    """Return whether a keypoint of person i lies within 1 cell of another person's limb ending at its type.
+
+    Then the targets themselves score the wrong connection (the other person's limb start to this
+    person's joint) about as high as the right one: OpenPose's collinear ambiguity, decided by greedy order.
+    """
+    for n, o in enumerate(gt):
+        if n == i:
+            continue
+        for a, b in sk.limbs:
+            if o[a, 2] <= 0 or o[b, 2] <= 0:
+                continue
+            seg = o[b, :2] - o[a, :2]
+            for k in (a, b):
+                if gt[i, k, 2] <= 0:
+                    continue
+                t = np.clip(np.dot(gt[i, k, :2] - o[a, :2], seg) / max(np.dot(seg, seg), 1e-9), 0, 1)
+                near = np.hypot(*(o[a, :2] + t * seg - gt[i, k, :2])) < STRIDE
+                if near and np.hypot(*(gt[i, k, :2] - o[k, :2])) >= STRIDE:
+                    return True
+    return False
 
 
 def _overlap(decoded: np.ndarray, gt: np.ndarray) -> float:
@@ -225,19 +283,3 @@ def _overlap(decoded: np.ndarray, gt: np.ndarray) -> float:
     has = decoded[:, 2] > 0
     close = has & (gt[:, 2] > 0) & (np.hypot(*(decoded[:, :2] - gt[:, :2]).T) < 0.5 * STRIDE)
     return close.sum() / max(has.sum(), 1)
-
-
-def test_decoding_is_fast():
-    sk = PRESETS["coco17"]
-    hm, paf = encode_targets(person_grid(sk), sk, (256, 256))
-    hm = torch.from_numpy(np.repeat(hm[None], 8, 0))
-    paf = torch.from_numpy(np.repeat(paf[None], 8, 0))
-    dec = Decoder(sk)
-    assert all(len(k) == 4 for k, _ in dec(hm, paf))
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        dec(hm, paf)
-        times.append(time.perf_counter() - t)
-    # ~1-2 ms per image on one idle core; the bound leaves room for a loaded CI machine.
-    assert np.median(times) / 8 < 0.025

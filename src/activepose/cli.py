@@ -62,13 +62,16 @@ def _progress() -> Progress:
     )
 
 
-def _load(path: Path, skeleton: str | None = None, check_images: bool = True):
+def _load(path: Path, skeleton: str | None = None, check_images: bool = True, read_headers: bool = False):
     from .coco import CocoError, load_coco
     from .skeleton import SkeletonError, get_skeleton
 
     try:
         return load_coco(
-            path, skeleton=get_skeleton(skeleton) if skeleton else None, check_images=check_images
+            path,
+            skeleton=get_skeleton(skeleton) if skeleton else None,
+            check_images=check_images,
+            read_image_headers=read_headers,
         )
     except (CocoError, SkeletonError) as exc:
         _fail(str(exc))
@@ -149,7 +152,8 @@ def train(
 
     if input_size % 8:
         _fail(f"--input-size must be a multiple of 8, got {input_size}")
-    coco = _limit(_load(data), max_images, seed)
+    # Image headers are read up front: a corrupt file fails here, named, not in a worker mid-epoch.
+    coco = _limit(_load(data, read_headers=True), max_images, seed)
     cfg = TrainConfig(
         backbone=backbone, width=width, head_channels=head_channels, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
         lr_step_epochs=lr_step, lr_gamma=lr_gamma, input_size=input_size, steps_per_epoch=steps_per_epoch,
@@ -175,6 +179,8 @@ def lr_find_cmd(
         Path | None, typer.Option("--out", "-o", help="Write the curve as PNG + JSON here.")
     ] = None,
     backbone: Annotated[str, typer.Option()] = "vgg_tiny",
+    width: Annotated[float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny).")] = None,
+    head_channels: Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")] = 128,
     start_lr: Annotated[float, typer.Option()] = 1e-7,
     end_lr: Annotated[float, typer.Option()] = 1.0,
     steps: Annotated[int, typer.Option()] = 100,
@@ -189,7 +195,13 @@ def lr_find_cmd(
 
     coco = _limit(_load(data), max_images)
     cfg = TrainConfig(
-        backbone=backbone, batch_size=batch_size, input_size=input_size, num_workers=workers, device=device
+        backbone=backbone,
+        width=width,
+        head_channels=head_channels,
+        batch_size=batch_size,
+        input_size=input_size,
+        num_workers=workers,
+        device=device,
     )
     with _progress() as progress:
         task = progress.add_task("lr range test", total=steps, info="")
