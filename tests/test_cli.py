@@ -118,3 +118,25 @@ def test_train_names_a_corrupt_image_before_training(trained, tmp_path):
     assert code == 2
     assert f"image id {bad['images'][3]['id']}" in out and "unreadable image" in out
     assert not (tmp_path / "run").exists()
+
+
+def test_select_writes_ids_summary_and_montages(trained, tmp_path):
+    root, data = trained
+    out_json = tmp_path / "sel.json"
+    code, out = _run("select", "--pool", str(data), "--budget", "3", "--strategy", "hybrid", "--model",
+                     str(root / "run" / "best.pt"), "--extractor", "pose_backbone", "--out", str(out_json),
+                     "--montage", str(tmp_path / "m"), "--device", "cpu")  # fmt: skip
+    assert code == 0, out
+    sel = json.loads(out_json.read_text())
+    ids = [f["id"] for f in json.loads(data.read_text())["images"]]
+    assert len(sel["ids"]) == 3 and set(sel["ids"]) <= set(ids)
+    assert "uncertain" in out and "coverage" in out
+    assert (tmp_path / "m" / "chosen.png").exists() and (tmp_path / "m" / "activations.png").exists()
+
+
+def test_select_budget_too_large_and_missing_model(trained):
+    root, data = trained
+    code, out = _run("select", "--pool", str(data), "--budget", "13", "--strategy", "random")
+    assert code == 2 and "budget 13 is larger than the 12 unlabelled images left" in out
+    code, out = _run("select", "--pool", str(data), "--budget", "2", "--strategy", "uncertainty")
+    assert code == 2 and "needs the pose model (--model)" in out

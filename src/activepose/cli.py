@@ -373,6 +373,117 @@ def _show_report(report: dict, out: Path | None, title: str) -> None:
 
 
 @app.command()
+def select(
+    pool: Annotated[
+        Path, typer.Option("--pool", "-p", help="COCO JSON of the unlabelled pool (labels ignored).")
+    ],
+    budget: Annotated[int, typer.Option("--budget", "-b", help="How many images to choose.")],
+    strategy: Annotated[
+        str, typer.Option("--strategy", "-s", help="random, uncertainty, diversity, coreset, hybrid.")
+    ] = "hybrid",
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Pose checkpoint (for uncertainty / hybrid).")
+    ] = None,
+    labelled: Annotated[Path | None, typer.Option(help="COCO JSON of already labelled images.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the chosen ids and scores here.")
+    ] = None,
+    extractor: Annotated[
+        str, typer.Option(help="Embeddings: mobilenet_v2, resnet50, pose_backbone.")
+    ] = "mobilenet_v2",
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the extractor (resnet50).")] = None,
+    ann: Annotated[str, typer.Option(help="ANN backend: annoy, faiss, exact.")] = "annoy",
+    th_hm: Annotated[float, typer.Option(help="Heatmap peak threshold thHM.")] = 0.3,
+    th_kp: Annotated[
+        int | None, typer.Option(help="Keypoint count threshold thKP (default: 6 of 18, scaled to K).")
+    ] = None,
+    fill: Annotated[
+        str, typer.Option(help="hybrid with too few uncertain images: diversity or uncertainty.")
+    ] = "diversity",
+    cache: Annotated[Path | None, typer.Option(help="Cache folder for scores and embeddings.")] = None,
+    montage: Annotated[
+        Path | None, typer.Option(help="Write montages (chosen samples; low vs high activation) here.")
+    ] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Pose model input size (default: its training size).")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Choose the next images to label: hybrid (uncertainty -> features -> ANN diversity) or a baseline."""
+    from rich.table import Table
+
+    from .checkpoint import resolve_device
+    from .fileio import atomic_write_json
+    from .sampling.strategies import SelectionConfig, SelectionContext, SelectionError, select_batch
+    from .sampling.uncertainty import UncertaintyConfig
+
+    pool_set = _load(pool)
+    lab_set = _load(labelled) if labelled is not None else None
+    net, size = None, input_size or 256
+    if model is not None:
+        net, skeleton, state = _load_model(model, device)
+        size = input_size or state.get("train_config", {}).get("input_size", 256)
+        if list(skeleton.keypoints) != list(pool_set.skeleton.keypoints):
+            _fail(
+                f"{pool}: keypoints {list(pool_set.skeleton.keypoints)} differ from the model's {list(skeleton.keypoints)}"
+            )
+    cfg = SelectionConfig(
+        uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp, input_size=size), extractor=extractor,
+        weights=weights, ann_backend=ann, fill=fill, cache_dir=cache, seed=seed,
+    )  # fmt: skip
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total, info="")
+            progress.update(tasks[stage], completed=done)
+
+        ctx = SelectionContext(pool_set, lab_set, net, cfg, device=resolve_device(device), progress=report)
+        try:
+            result = select_batch(strategy, ctx, budget)
+        except (SelectionError, FileNotFoundError) as exc:
+            _fail(str(exc))
+    stats = result.stats
+    table = Table(title=f"{strategy}: {len(result.ids)} of {stats['candidates']} unlabelled images")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "pool / labelled / candidates", f"{stats['pool']} / {stats['labelled']} / {stats['candidates']}"
+    )
+    if "uncertain" in stats:
+        table.add_row(f"uncertain (< thKP keypoints >= thHM {th_hm:g})", str(stats["uncertain"]))
+    if "filled" in stats:
+        table.add_row(f"filled by {fill} (too few uncertain)", str(stats["filled"]))
+    if "coverage" in stats:
+        table.add_row(
+            "coverage: max / mean distance",
+            f"{stats['coverage']['max']:.4f} / {stats['coverage']['mean']:.4f}",
+        )
+    for stage, sec in stats["seconds"].items():
+        table.add_row(f"time: {stage}", f"{sec:.2f} s")
+    console.print(table)
+    if out is not None:
+        payload = {"strategy": strategy, "budget": budget, "pool": str(pool), "model": str(model) if model else None,
+                   "ids": result.ids, "scores": result.scores, "stats": stats}  # fmt: skip
+        atomic_write_json(out, payload, indent=1)
+        console.print(f"wrote {out}")
+    if montage is not None:
+        from .sampling.montage import activation_montage, selection_montage
+
+        paths = [
+            selection_montage(pool_set, ctx.candidate_ids, result.ids, montage / "chosen.png", seed=seed)
+        ]
+        if ctx._uncertainty is not None:
+            u = ctx._uncertainty
+            paths.append(
+                activation_montage(pool_set, u.image_ids, u.peaks, th_hm, montage / "activations.png")
+            )
+        console.print("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/ and annotations.json.")],
     num_images: Annotated[int, typer.Option("--num-images", "-n")] = 200,

@@ -1,0 +1,211 @@
+"""On-disk vector cache (memory-mapped float32 rows + SQLite index), content hashes and prefetching.
+
+Layout of one cache (one directory per *key*, e.g. an extractor's weights or a pose model's identity):
+
+- `vectors.f32`: raw float32 rows of width `dim`, appended in chunks, read through `np.memmap`;
+- `index.sqlite`: table `rows(hash TEXT PRIMARY KEY, row INTEGER)` plus `meta(dim, key)`.
+
+Writes append the vectors, fsync them, and only then commit their index rows, so a crash mid-write leaves
+at worst unindexed bytes past the last indexed row: readers ignore them and the next append truncates them.
+Callers add rows in large chunks (each add costs an fsync).
+One writer at a time (a single process); concurrent readers are fine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+VECTORS = "vectors.f32"
+INDEX = "index.sqlite"
+_HASH_CHUNK = 1 << 20
+
+
+def image_content_hash(path: str | Path) -> str:
+    """Return the sha1 hex digest of the file's bytes (not of the decoded pixels).
+
+    Fast (no decoding; hashlib releases the GIL, so a thread pool hashes in parallel) and stable under
+    renames and copies; re-encoding the same picture gives a different hash, which only costs a cache miss.
+    """
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(paths: Sequence[str | Path], num_workers: int = 2) -> list[str]:
+    """Return `image_content_hash` of every path, in order (hashed by `num_workers` threads)."""
+    if num_workers <= 1 or len(paths) < 2:
+        return [image_content_hash(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="activepose-hash") as pool:
+        return list(pool.map(image_content_hash, paths))
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Return a sha1 hex digest of a model's state dict (names, dtypes, shapes and values).
+
+    Identifies a checkpoint's weights whatever file they came from; costs one pass over the weights
+    (~10 ms per 10 M float32 parameters). Buffers such as BN statistics are included.
+    """
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            t = t.to("cpu").contiguous()
+            if t.dtype == torch.bfloat16:
+                t = t.view(torch.int16)
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def safe_key(key: str) -> str:
+    """Return `key` usable as one directory name (other characters become '_'; long keys are hashed)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._") or "key"
+    if len(s) > 120:
+        s = s[:80] + "-" + hashlib.sha1(key.encode()).hexdigest()[:16]
+    return s
+
+
+class VectorCache:
+    """Float32 vectors of width `dim` by content hash, in `root / safe_key(key)` (see the module doc)."""
+
+    def __init__(self, root: str | Path, key: str, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dir = Path(root) / safe_key(key)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key, self.dim = key, int(dim)
+        self._db = sqlite3.connect(self.dir / INDEX)
+        # WAL without a sync per commit: a crash may lose the last commits (their vectors are then ignored
+        # and recomputed) but never leaves an index row pointing at vectors that were not written.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._db:
+            self._db.execute("CREATE TABLE IF NOT EXISTS rows (hash TEXT PRIMARY KEY, row INTEGER NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+            if not meta:
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", [("dim", str(dim)), ("key", key)])
+            elif int(meta["dim"]) != self.dim or meta["key"] != key:
+                raise ValueError(
+                    f"{self.dir}: cache holds key {meta['key']!r} dim {meta['dim']}, not {key!r} dim {dim}"
+                )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> VectorCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+
+    def _indexed_rows(self) -> int:
+        (n,) = self._db.execute("SELECT COALESCE(MAX(row) + 1, 0) FROM rows").fetchone()
+        return int(n)
+
+    def lookup(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (found (N,) bool, vectors (N, dim) float32; rows not found are zero)."""
+        found = np.zeros(len(hashes), bool)
+        out = np.zeros((len(hashes), self.dim), np.float32)
+        if not hashes:
+            return found, out
+        rows: dict[str, int] = {}
+        uniq = list(dict.fromkeys(hashes))
+        for i in range(0, len(uniq), 500):  # SQLite's default limit on bound parameters is 999
+            part = uniq[i : i + 500]
+            q = f"SELECT hash, row FROM rows WHERE hash IN ({','.join('?' * len(part))})"
+            rows.update(self._db.execute(q, part).fetchall())
+        if not rows:
+            return found, out
+        n = self._indexed_rows()
+        mm = np.memmap(self.dir / VECTORS, dtype=np.float32, mode="r", shape=(n, self.dim))
+        idx = np.array([rows.get(h, -1) for h in hashes], np.int64)
+        found = idx >= 0
+        out[found] = mm[idx[found]]
+        del mm
+        return found, out
+
+    def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Append `vectors` (N, dim) under `hashes`; hashes already present (or repeated) are skipped."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if len(hashes) != len(vectors):
+            raise ValueError(f"{len(hashes)} hashes for {len(vectors)} vectors")
+        present, _ = self.lookup(list(hashes)) if len(hashes) else (np.zeros(0, bool), None)
+        keep, seen = [], set()
+        for i, h in enumerate(hashes):
+            if not present[i] and h not in seen:
+                keep.append(i)
+                seen.add(h)
+        if not keep:
+            return
+        n = self._indexed_rows()
+        path = self.dir / VECTORS
+        with open(path, "ab") as fh:
+            fh.truncate(n * self.dim * 4)  # drop bytes of a write that crashed before its index commit
+            fh.seek(n * self.dim * 4)
+            fh.write(vectors[keep].tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO rows VALUES (?, ?)", [(hashes[i], n + j) for j, i in enumerate(keep)]
+            )
+
+
+def prefetch_map(
+    fn: Callable[[T], R], items: Iterable[T], num_workers: int = 2, prefetch: int = 16
+) -> Iterator[R]:
+    """Yield fn(item) for every item, in order, computed by `num_workers` threads at most `prefetch` ahead.
+
+    The generic form of `activepose.predict.iter_tta_samples` (which is tied to COCO frames and TTAs): image
+    decoding and resizing (OpenCV releases the GIL) overlap the caller's forward passes. 0 workers: inline.
+    """
+    if num_workers <= 0:
+        for item in items:
+            yield fn(item)
+        return
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="activepose-read") as pool:
+        pending: deque[Future] = deque(pool.submit(fn, x) for x in islice(it, max(1, prefetch)))
+        try:
+            while pending:
+                fut = pending.popleft()
+                nxt = next(it, _END)
+                if nxt is not _END:
+                    pending.append(pool.submit(fn, nxt))
+                yield fut.result()
+        finally:
+            for fut in pending:  # stopped early or failed: do not read the rest
+                fut.cancel()
+
+
+_END = object()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Yield lists of `size` consecutive items (the last one shorter)."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

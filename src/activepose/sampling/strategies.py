@@ -1,0 +1,288 @@
+"""Query strategies: which unlabelled pool images to label next. Every strategy returns `(ids, scores)`.
+
+- `random`: the paper's baseline, seeded.
+- `uncertainty`: lowest confidence first (the uncertainty module's continuous score, highest first).
+- `diversity`: ANN diversity over the embeddings of the whole unlabelled pool, away from labelled images.
+- `coreset`: exact greedy k-center over the same embeddings (Sener & Savarese), the reference.
+- `hybrid`: the paper: uncertainty filter (fewer than thKP keypoints peak at >= thHM) -> ImageNet features ->
+  ANN diversity among the uncertain images. When fewer images are uncertain than the budget, all of them
+  are taken and the rest is filled by ANN diversity among the other images, with the labelled and the
+  already chosen images as the centres to stay away from (`fill="diversity"`, default), or by the
+  uncertainty score (`fill="uncertainty"`).
+
+Ids are the pool's stable image ids, never positions. Scores: the uncertainty score for `uncertainty` and
+`hybrid`, a uniform draw for `random`, and for `diversity` / `coreset` the distance from each chosen
+image to its nearest other chosen or labelled image (how much new ground it covers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..coco import CocoKeypoints
+from .uncertainty import PoolUncertainty, UncertaintyConfig, score_pool
+
+LOG = logging.getLogger(__name__)
+
+
+class SelectionError(ValueError):
+    """A selection request cannot be met (unknown strategy, budget larger than the pool, missing model)."""
+
+
+@dataclass
+class SelectionConfig:
+    """Parameters of one selection; `uncertainty` holds the paper's thHM / thKP."""
+
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    extractor: str = "mobilenet_v2"
+    weights: Path | None = None  # feature-extractor weights file (resnet50)
+    ann_backend: str = "annoy"
+    fill: str = (
+        "diversity"  # hybrid, when fewer images are uncertain than the budget: "diversity" | "uncertainty"
+    )
+    cache_dir: Path | None = None
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class SelectionResult:
+    ids: list[int]
+    scores: list[float]
+    strategy: str
+    stats: dict[str, Any]
+
+
+class SelectionContext:
+    """The pool, what is labelled, and lazily computed (memoised) uncertainty and embeddings.
+
+    Strategies ask for what they need; nothing is computed twice within one selection, and the on-disk
+    caches make repeated selections on the same model and images cheap.
+    """
+
+    def __init__(
+        self,
+        pool: CocoKeypoints,
+        labelled: CocoKeypoints | None = None,
+        model=None,
+        cfg: SelectionConfig | None = None,
+        device=None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        self.pool = pool
+        self.labelled = labelled
+        self.model = model
+        self.cfg = cfg or SelectionConfig()
+        self.device = device
+        self.progress = progress
+        labelled_ids = set(labelled.image_ids) if labelled is not None else set()
+        self.candidate_ids = [i for i in pool.image_ids if i not in labelled_ids]
+        self.timings: dict[str, float] = {}
+        self.stats: dict[str, Any] = {
+            "pool": len(pool),
+            "labelled": len(labelled_ids),
+            "candidates": len(self.candidate_ids),
+        }
+        self._uncertainty: PoolUncertainty | None = None
+        self._embeddings: dict[str, np.ndarray] = {}
+        self._extractor = None
+
+    def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+    def _report(self, stage: str, total: int):
+        """Return a `progress(n images done)` callback that reports (stage, done so far, total)."""
+        if self.progress is None:
+            return None
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            self.progress(stage, done[0], total)
+
+        return advance
+
+    def uncertainty(self) -> PoolUncertainty:
+        """Return the uncertainty of every candidate, in `candidate_ids` order."""
+        if self._uncertainty is None:
+            if self.model is None:
+                raise SelectionError("this strategy needs the pose model (--model) for heatmap uncertainty")
+            cache = self.cfg.cache_dir / "uncertainty" if self.cfg.cache_dir else None
+            self._uncertainty = self._timed(
+                "uncertainty",
+                lambda: score_pool(
+                    self.model, self.pool, self.cfg.uncertainty, image_ids=self.candidate_ids,
+                    device=self.device, cache=cache, progress=self._report("uncertainty", len(self.candidate_ids)),
+                ),
+            )  # fmt: skip
+            self.stats["uncertain"] = int(self._uncertainty.uncertain.sum())
+        return self._uncertainty
+
+    def _extract(self, key: str, data: CocoKeypoints, ids: list[int]) -> np.ndarray:
+        from .features import create_extractor, extract_features
+
+        if key not in self._embeddings:
+            if self._extractor is None:
+                self._extractor = create_extractor(
+                    self.cfg.extractor, weights=self.cfg.weights, model=self.model, device=self.device
+                )
+            paths = [data.image_path(i) for i in ids]
+            cache = self.cfg.cache_dir / "features" if self.cfg.cache_dir else None
+            self._embeddings[key] = self._timed(
+                "features",
+                lambda: extract_features(
+                    self._extractor, paths, cache_dir=cache, batch_size=self.cfg.batch_size,
+                    progress=self._report(f"features ({key})", len(paths)),
+                ),
+            )  # fmt: skip
+        return self._embeddings[key]
+
+    def candidate_embeddings(self) -> np.ndarray:
+        """Return (len(candidate_ids), D) L2-normalised embeddings of the candidates."""
+        return self._extract("candidates", self.pool, self.candidate_ids)
+
+    def labelled_embeddings(self) -> np.ndarray | None:
+        """Return the embeddings of the labelled images (None when nothing is labelled)."""
+        if self.labelled is None or not len(self.labelled):
+            return None
+        return self._extract("labelled", self.labelled, self.labelled.image_ids)
+
+
+StrategyFn = Callable[[SelectionContext, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+STRATEGIES: dict[str, StrategyFn] = {}
+
+
+def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
+    def decorator(fn: StrategyFn) -> StrategyFn:
+        STRATEGIES[name] = fn
+        return fn
+
+    return decorator
+
+
+def _isolation(emb: np.ndarray, chosen: np.ndarray, labelled: np.ndarray | None) -> np.ndarray:
+    """Return, per chosen row, the distance to its nearest other chosen or labelled embedding."""
+    sel = emb[chosen]
+    others = sel if labelled is None else np.concatenate([sel, labelled])
+    d2 = (sel**2).sum(1)[:, None] + (others**2).sum(1)[None, :] - 2.0 * sel @ others.T
+    d2[np.arange(len(sel)), np.arange(len(sel))] = np.inf  # not itself
+    return np.sqrt(np.maximum(d2.min(1), 0.0)) if others.shape[0] > 1 else np.full(len(sel), np.inf)
+
+
+@register_strategy("random")
+def random_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    priority = rng.random(len(ctx.candidate_ids))
+    order = np.argsort(-priority, kind="stable")[:budget]
+    return order, priority[order]
+
+
+@register_strategy("uncertainty")
+def uncertainty_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    score = ctx.uncertainty().score
+    order = np.argsort(-score, kind="stable")[:budget]  # stable: ties keep pool order
+    return order, score[order]
+
+
+@register_strategy("diversity")
+def diversity_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    from .diversity import select_diverse
+
+    emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+    chosen = ctx._timed(
+        "diversity",
+        lambda: select_diverse(emb, budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed),
+    )
+    return chosen, _isolation(emb, chosen, lab)
+
+
+@register_strategy("coreset")
+def coreset_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    from .diversity import kcenter_greedy
+
+    emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+    chosen = ctx._timed("diversity", lambda: kcenter_greedy(emb, budget, labelled=lab))
+    return chosen, _isolation(emb, chosen, lab)
+
+
+@register_strategy("hybrid")
+def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    from .diversity import select_diverse
+
+    unc = ctx.uncertainty()
+    uncertain = np.flatnonzero(unc.uncertain)
+    if len(uncertain) >= budget:
+        emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+        sub = ctx._timed(
+            "diversity",
+            lambda: select_diverse(
+                emb[uncertain], budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed
+            ),
+        )
+        chosen = uncertain[sub]
+    else:
+        # Fewer uncertain than the budget: take them all, then fill (see the module docstring).
+        rest = np.flatnonzero(~unc.uncertain)
+        need = budget - len(uncertain)
+        ctx.stats["filled"] = int(need)
+        if ctx.cfg.fill == "uncertainty":
+            fill = rest[np.argsort(-unc.score[rest], kind="stable")[:need]]
+        elif ctx.cfg.fill == "diversity":
+            emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+            centres = emb[uncertain] if lab is None else np.concatenate([lab, emb[uncertain]])
+            sub = ctx._timed(
+                "diversity",
+                lambda: select_diverse(
+                    emb[rest], need, labelled=centres if len(centres) else None,
+                    backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed,
+                ),
+            )  # fmt: skip
+            fill = rest[sub]
+        else:
+            raise SelectionError(f"unknown fill rule {ctx.cfg.fill!r}: use 'diversity' or 'uncertainty'")
+        chosen = np.concatenate([uncertain, fill])
+    return chosen, unc.score[chosen]
+
+
+def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> SelectionResult:
+    """Return the `budget` pool images chosen by `strategy`, with their scores and per-stage statistics."""
+    if strategy not in STRATEGIES:
+        raise SelectionError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    n = len(ctx.candidate_ids)
+    if budget < 0:
+        raise SelectionError(f"budget must be >= 0, got {budget}")
+    if budget > n:
+        where = f" in {ctx.pool.path}" if ctx.pool.path else ""
+        raise SelectionError(
+            f"budget {budget} is larger than the {n} unlabelled images left{where} "
+            f"({len(ctx.pool)} in the pool, {len(ctx.pool) - n} labelled)"
+        )
+    rng = np.random.default_rng(ctx.cfg.seed)
+    t0 = time.perf_counter()
+    positions, scores = STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) != budget or len(np.unique(positions)) != budget:
+        raise AssertionError(f"strategy {strategy!r} returned {len(positions)} picks for budget {budget}")
+    ids = [ctx.candidate_ids[p] for p in positions]
+    stats = dict(ctx.stats)
+    stats["seconds"] = {
+        **{k: round(v, 3) for k, v in ctx.timings.items()},
+        "total": round(time.perf_counter() - t0, 3),
+    }
+    if ctx._embeddings.get("candidates") is not None and budget:
+        from .diversity import coverage
+
+        emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+        # Exact coverage costs N x (k + labelled) distances; past ~1e10 an unbiased sample of candidates.
+        big = len(emb) * (budget + (0 if lab is None else len(lab))) > 1e10
+        stats["coverage"] = coverage(emb, positions, labelled=lab, sample=20_000 if big else None)
+    return SelectionResult(ids=ids, scores=[float(s) for s in scores], strategy=strategy, stats=stats)

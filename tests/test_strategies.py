@@ -1,0 +1,119 @@
+"""Every strategy through one suite: ids unique, in the pool, never labelled, exactly the budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from activepose.coco import load_coco
+from activepose.models import create_model
+from activepose.sampling.strategies import (
+    STRATEGIES,
+    SelectionConfig,
+    SelectionContext,
+    SelectionError,
+    select_batch,
+)
+from activepose.sampling.uncertainty import UncertaintyConfig
+from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool")
+    return load_coco(
+        make_synthetic_coco(out, "lsp14", SyntheticConfig(num_images=40, image_size=(64, 64)), seed=11)
+    )
+
+
+@pytest.fixture(scope="module")
+def model(pool):
+    torch.manual_seed(0)
+    sk = pool.skeleton
+    return create_model(
+        "vgg_tiny",
+        num_keypoints=sk.num_keypoints,
+        num_limbs=sk.num_limbs,
+        pretrained=False,
+        width=0.25,
+        channels=32,
+    ).eval()
+
+
+def _ctx(pool, model, labelled_ids=(), **kw):
+    # One cache for the module: scores and embeddings are computed once, which is the cache's job.
+    kw.setdefault("cache_dir", pool.root / "cache")
+    kw.setdefault("uncertainty", UncertaintyConfig(input_size=64))
+    cfg = SelectionConfig(extractor="pose_backbone", **kw)
+    labelled = pool.subset(list(labelled_ids)) if labelled_ids else None
+    return SelectionContext(pool, labelled, model, cfg, device="cpu")
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("budget", [0, 1, 7])
+def test_every_strategy_returns_budget_unique_unlabelled_pool_ids(pool, model, strategy, budget):
+    labelled = pool.image_ids[:10]
+    result = select_batch(strategy, _ctx(pool, model, labelled), budget)
+    assert len(result.ids) == budget == len(result.scores)
+    assert len(set(result.ids)) == budget
+    assert set(result.ids) <= set(pool.image_ids)
+    assert not set(result.ids) & set(labelled)
+    assert all(np.isfinite(result.scores))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_budget_larger_than_what_is_left_is_a_clear_error(pool, model, strategy):
+    with pytest.raises(SelectionError, match=r"budget 31 is larger than the 30 unlabelled images left"):
+        select_batch(strategy, _ctx(pool, model, pool.image_ids[:10]), 31)
+
+
+def test_whole_pool_can_be_chosen(pool, model):
+    result = select_batch("hybrid", _ctx(pool, model, pool.image_ids[:10]), 30)
+    assert sorted(result.ids) == sorted(pool.image_ids[10:])
+
+
+def test_unknown_strategy(pool, model):
+    with pytest.raises(SelectionError, match="unknown strategy 'smart'"):
+        select_batch("smart", _ctx(pool, model), 3)
+
+
+def test_random_is_seeded(pool, model):
+    a = select_batch("random", _ctx(pool, model, seed=3), 5).ids
+    b = select_batch("random", _ctx(pool, model, seed=3), 5).ids
+    c = select_batch("random", _ctx(pool, model, seed=4), 5).ids
+    assert a == b and a != c
+
+
+def test_uncertainty_takes_the_least_confident_first(pool, model):
+    ctx = _ctx(pool, model)
+    result = select_batch("uncertainty", ctx, 5)
+    unc = ctx.uncertainty()
+    assert result.scores == sorted(result.scores, reverse=True)
+    assert min(result.scores) >= np.sort(unc.score)[-5]
+
+
+def test_hybrid_picks_only_uncertain_images_when_there_are_enough(pool, model):
+    ctx = _ctx(
+        pool, model, uncertainty=UncertaintyConfig(input_size=64, th_hm=1.0, th_kp=14)
+    )  # nothing is confident
+    result = select_batch("hybrid", ctx, 6)
+    assert ctx.stats["uncertain"] == len(pool) and "filled" not in ctx.stats
+    assert len(result.ids) == 6
+
+
+@pytest.mark.parametrize("fill", ["diversity", "uncertainty"])
+def test_hybrid_fills_by_the_documented_rule_when_few_are_uncertain(pool, model, fill):
+    ctx = _ctx(
+        pool, model, uncertainty=UncertaintyConfig(input_size=64, th_hm=1e-9, th_kp=1), fill=fill
+    )  # all confident
+    result = select_batch("hybrid", ctx, 4)
+    assert ctx.stats["uncertain"] == 0 and ctx.stats["filled"] == 4
+    assert len(set(result.ids)) == 4
+
+
+def test_diversity_spreads_more_than_random(pool, model):
+    div = select_batch("coreset", _ctx(pool, model), 8).stats["coverage"]
+    rnd = select_batch("random", _ctx(pool, model), 8)
+    assert "coverage" not in rnd.stats or div["max"] <= rnd.stats["coverage"]["max"]
+    assert div["max"] > 0
