@@ -17,3 +17,16 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not present: {path}")
     return path
+
+
+def tiny_model(skeleton, seed: int = 0):
+    """Return a small, fast, seeded vgg_tiny pose model (quarter width, 32-channel stages) for tests."""
+    import torch
+
+    from activepose.models import create_model
+
+    torch.manual_seed(seed)
+    return create_model(
+        "vgg_tiny", num_keypoints=skeleton.num_keypoints, num_limbs=skeleton.num_limbs, pretrained=False,
+        width=0.25, channels=32,
+    )  # fmt: skip

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from activepose.coco import load_coco
-from activepose.models import create_model
 from activepose.sampling.strategies import (
     STRATEGIES,
     SelectionConfig,
@@ -17,6 +15,8 @@ from activepose.sampling.strategies import (
 )
 from activepose.sampling.uncertainty import UncertaintyConfig
 from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+from .conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +29,7 @@ def pool(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(pool):
-    torch.manual_seed(0)
-    sk = pool.skeleton
-    return create_model(
-        "vgg_tiny",
-        num_keypoints=sk.num_keypoints,
-        num_limbs=sk.num_limbs,
-        pretrained=False,
-        width=0.25,
-        channels=32,
-    ).eval()
+    return tiny_model(pool.skeleton).eval()
 
 
 def _ctx(pool, model, labelled_ids=(), **kw):

@@ -150,21 +150,13 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tiny_data, tmp_path):
 def test_training_reduces_loss_on_a_fixed_batch(tiny_data):
     """The model, targets and loss fit together: a few Adam steps on one batch lower the loss clearly."""
     from activepose.data import PoseDataset
-    from activepose.models import create_model
     from activepose.train import pose_loss
 
-    torch.manual_seed(0)
-    sk = tiny_data.skeleton
+    from .conftest import tiny_model
+
     ds = PoseDataset(tiny_data, input_size=64)
     batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
-    model = create_model(
-        "vgg_tiny",
-        num_keypoints=sk.num_keypoints,
-        num_limbs=sk.num_limbs,
-        pretrained=False,
-        width=0.25,
-        channels=32,
-    )
+    model = tiny_model(tiny_data.skeleton)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
