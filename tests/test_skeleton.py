@@ -83,3 +83,10 @@ def test_infer_flip_pairs_variants():
     assert infer_flip_pairs(["l_hand", "r_hand", "head"]) == ((0, 1),)
     assert infer_flip_pairs(["wrist_l", "wrist_r"]) == ((0, 1),)
     assert infer_flip_pairs(["head", "tail"]) == ()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_dict_round_trip_is_json_safe(name):
+    sk = PRESETS[name]
+    back = Skeleton.from_dict(json.loads(json.dumps(sk.to_dict())))
+    assert back == sk

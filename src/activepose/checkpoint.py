@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,6 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not an activepose checkpoint."""
-
-
-def skeleton_to_dict(skeleton: Skeleton) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(skeleton).items()}
-
-
-def skeleton_from_dict(d: dict[str, Any]) -> Skeleton:
-    return Skeleton(
-        name=d["name"],
-        keypoints=tuple(d["keypoints"]),
-        limbs=tuple(tuple(x) for x in d["limbs"]),
-        flip_pairs=tuple(tuple(x) for x in d["flip_pairs"]),
-        sigmas=tuple(d["sigmas"]),
-    )
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -64,7 +49,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     model = build_model(state["model_config"])
     model.load_state_dict(state["model_state"])
     model.to(device).eval()
-    return model, skeleton_from_dict(state["skeleton"]), state
+    return model, Skeleton.from_dict(state["skeleton"]), state
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -64,6 +65,19 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda fh: fh.write(data))
+
+
+def file_sha1(path: str | Path) -> str:
+    """Return the sha1 hex digest of a file's bytes: the content hash used for caches and the project store.
+
+    Fast (no decoding; hashlib releases the GIL, so a thread pool hashes in parallel) and stable under
+    renames and copies; re-encoding the same picture gives a different hash.
+    """
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_image(path: str | Path, grayscale: bool = False) -> np.ndarray:

@@ -126,6 +126,26 @@ class Skeleton:
             sigmas=sigmas,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the skeleton as plain JSON-able data (checkpoints, the project store)."""
+        return {
+            "name": self.name,
+            "keypoints": list(self.keypoints),
+            "limbs": [list(x) for x in self.limbs],
+            "flip_pairs": [list(x) for x in self.flip_pairs],
+            "sigmas": list(self.sigmas),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Skeleton:
+        return cls(
+            name=d["name"],
+            keypoints=tuple(d["keypoints"]),
+            limbs=tuple(tuple(x) for x in d["limbs"]),
+            flip_pairs=tuple(tuple(x) for x in d["flip_pairs"]),
+            sigmas=tuple(d["sigmas"]),
+        )
+
     def to_coco_category(self, category_id: int = 1) -> dict[str, Any]:
         return {
             "id": category_id,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, resolve_device, save_checkpoint, skeleton_to_dict
+from .checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from .coco import CocoKeypoints
 from .data import AugmentConfig, PoseDataset
 from .fields import TargetConfig
@@ -359,7 +359,7 @@ class Trainer:
             "train": t,
             "history": history,
             "rng": _rng_state(),
-            "skeleton": skeleton_to_dict(self.skeleton),
+            "skeleton": self.skeleton.to_dict(),
             "train_config": self.cfg.to_dict(),
         }
         if best:  # best first: a crash between the two writes never leaves best older than last claims

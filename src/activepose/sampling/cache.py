@@ -27,25 +27,17 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ..fileio import file_sha1
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 VECTORS = "vectors.f32"
 INDEX = "index.sqlite"
-_HASH_CHUNK = 1 << 20
 
 
-def image_content_hash(path: str | Path) -> str:
-    """Return the sha1 hex digest of the file's bytes (not of the decoded pixels).
-
-    Fast (no decoding; hashlib releases the GIL, so a thread pool hashes in parallel) and stable under
-    renames and copies; re-encoding the same picture gives a different hash, which only costs a cache miss.
-    """
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+# The content hash of an image file: sha1 of its bytes (see `activepose.fileio.file_sha1`).
+image_content_hash = file_sha1
 
 
 def hash_files(paths: Sequence[str | Path], num_workers: int = 2) -> list[str]:

@@ -18,7 +18,6 @@ dict): cached vectors are stored per (key, image content hash) by `extract_featu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import read_image
+from ..fileio import file_sha1, read_image
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD, assign_state, load_state_file
 from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 
@@ -49,14 +48,6 @@ def register_extractor(name: str):
         return builder
 
     return deco
-
-
-def file_sha1(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FeatureExtractor:
