@@ -350,6 +350,10 @@ class Project:
             r[0] for r in self._conn.execute("SELECT id FROM images WHERE state = ? ORDER BY id", (state,))
         ]
 
+    def image_ids(self) -> list[int]:
+        """Return every image id of the project, in id order, whatever its state."""
+        return [r[0] for r in self._conn.execute("SELECT id FROM images ORDER BY id")]
+
     def labelled_ids(self) -> list[int]:
         return self._ids("labelled")
 
