@@ -577,5 +577,431 @@ def demo(
     console.print(f"demo finished in {time.monotonic() - t0:.0f} s; results in {out}")
 
 
+# --- the active-learning project --------------------------------------------------------------------------
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+_MAX_SHOWN = 20
+
+
+def _open_project(folder: Path):
+    from .store import Project, StoreError
+
+    try:
+        return Project.open(folder)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+def _parallel(fn, items: list, description: str) -> list:
+    """Return [fn(item)] in order, computed on a thread pool with a progress bar (fn must not raise)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = []
+    with _progress() as progress, ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        task = progress.add_task(description, total=len(items), info="")
+        for result in pool.map(fn, items):
+            out.append(result)
+            progress.update(task, advance=1)
+    return out
+
+
+def _hash_file(path: Path) -> tuple[str | None, str | None]:
+    from .fileio import file_sha1
+
+    try:
+        return file_sha1(path), None
+    except OSError as exc:
+        return None, f"{path}: cannot read ({exc})"
+
+
+def _probe_image(path: Path) -> tuple[tuple[int, int, str] | None, str | None]:
+    """Return ((width, height, sha1), None) for a readable image, else (None, why)."""
+    from .fileio import ImageReadError, file_sha1, image_size
+
+    try:
+        width, height = image_size(path)
+        return (width, height, file_sha1(path)), None
+    except (ImageReadError, OSError) as exc:
+        return None, str(exc)
+
+
+def _print_list(title: str, items: list[str]) -> None:
+    if not items:
+        return
+    console.print(f"[yellow]{title}[/] ({len(items)}):")
+    for item in items[:_MAX_SHOWN]:
+        console.print(f"  - {escape(item)}", soft_wrap=True)
+    if len(items) > _MAX_SHOWN:
+        console.print(f"  ... and {len(items) - _MAX_SHOWN} more")
+
+
+def _stored_path(path: Path, project: Path) -> str:
+    """Image path as stored: relative to the project folder (project and data move together), else absolute."""
+    import os
+
+    absolute = path.resolve()
+    try:
+        return Path(os.path.relpath(absolute, project)).as_posix()
+    except ValueError:  # another drive
+        return str(absolute)
+
+
+@app.command()
+def init(
+    project: Annotated[Path, typer.Argument(help="Project folder to create (must not exist, or be empty).")],
+    pool: Annotated[
+        Path | None,
+        typer.Option(
+            "--pool", help="COCO JSON of the unlabelled pool: its image ids are kept, its labels ignored."
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Image folder: every jpg/jpeg/png/bmp/webp/tif under it, ids 1..n by relative path.",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="COCO JSON of an initial labelled set (pool images only).")
+    ] = None,
+    skeleton: Annotated[
+        str | None,
+        typer.Option(
+            help="coco17, coco18, lsp14 or a COCO JSON (required with --images; default: the pool's)."
+        ),
+    ] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            "--test",
+            help="COCO JSON of test-only images (never selected or labelled for training; their labels stay in "
+            "this file). A test image whose content equals a pool image's marks that pool image 'test'; any "
+            "other is added to the project as a 'test' image with a new id after the largest pool id.",
+        ),
+    ] = None,
+) -> None:
+    """Create an active-learning project: a folder with project.db (SQLite) and checkpoints/, caches/, exports/.
+
+    The project is built in a temporary sibling folder and renamed into place at the end: an error or a crash
+    never leaves a half-made project. Image paths are stored relative to the project folder.
+    """
+    import os
+    import shutil
+
+    from .skeleton import SkeletonError, get_skeleton
+    from .store import DB_NAME, Project, StoreError
+
+    if (pool is None) == (images is None):
+        _fail("give exactly one of --pool POOL.json or --images DIR")
+    if project.exists() and (not project.is_dir() or any(project.iterdir())):
+        what = "a project already exists there" if (project / DB_NAME).exists() else "the folder is not empty"
+        _fail(f"{project}: refusing to initialise: {what}")
+    project.parent.mkdir(parents=True, exist_ok=True)
+    target = project.parent.resolve() / project.name
+
+    # (stored path, width, height, sha1, id)
+    entries: list[tuple[str, int, int, str | None, int]] = []
+    skipped: list[str] = []
+    meta: dict[str, str] = {}
+    if pool is not None:
+        pool_set = _load(pool, skeleton)
+        skel = pool_set.skeleton
+        paths = [pool_set.image_path(f) for f in pool_set]
+        hashes = _parallel(_hash_file, paths, "hashing pool")
+        problems = [why for _, why in hashes if why]
+        if problems:
+            _fail(f"{pool}: {len(problems)} unreadable image file(s): " + "; ".join(problems[:_MAX_SHOWN]))
+        for f, p, (digest, _) in zip(pool_set, paths, hashes, strict=True):
+            entries.append((_stored_path(p, target), f.width, f.height, digest, f.image_id))
+        meta["pool"] = str(pool.resolve())
+    else:
+        if skeleton is None:
+            _fail("--skeleton is required with --images (coco17, coco18, lsp14 or a COCO JSON)")
+        try:
+            skel = get_skeleton(skeleton)
+        except SkeletonError as exc:
+            _fail(str(exc))
+        if not images.is_dir():
+            _fail(f"{images}: not a folder")
+        files = sorted(
+            (p for p in images.rglob("*") if p.is_file()), key=lambda p: p.relative_to(images).as_posix()
+        )
+        candidates = []
+        for p in files:
+            if p.suffix.lower() in IMAGE_EXTS:
+                candidates.append(p)
+            else:
+                skipped.append(f"{p}: not an image file ({p.suffix or 'no extension'})")
+        probes = _parallel(_probe_image, candidates, "reading image headers")
+        for p, (info, why) in zip(candidates, probes, strict=True):
+            if info is None:
+                skipped.append(why)
+                continue
+            entries.append((_stored_path(p, target), info[0], info[1], info[2], len(entries) + 1))
+        if not entries:
+            _fail(f"{images}: no readable images found")
+        meta["images"] = str(images.resolve())
+
+    test_ids: list[int] = []
+    if test is not None:
+        test_set = _load(test)
+        if list(test_set.skeleton.keypoints) != list(skel.keypoints):
+            _fail(
+                f"{test}: keypoints {list(test_set.skeleton.keypoints)} differ from the project's {list(skel.keypoints)}"
+            )
+        by_hash: dict[str, list[int]] = {}
+        for _, _, _, digest, image_id in entries:
+            by_hash.setdefault(digest, []).append(image_id)
+        test_paths = [test_set.image_path(f) for f in test_set]
+        hashes = _parallel(_hash_file, test_paths, "hashing test images")
+        problems = [why for _, why in hashes if why]
+        if problems:
+            _fail(f"{test}: {len(problems)} unreadable image file(s): " + "; ".join(problems[:_MAX_SHOWN]))
+        next_id = max((e[4] for e in entries), default=0) + 1
+        extra = []
+        for f, p, (digest, _) in zip(test_set, test_paths, hashes, strict=True):
+            if digest in by_hash:
+                test_ids += by_hash[digest]  # every copy of it in the pool
+                continue
+            extra.append((_stored_path(p, target), f.width, f.height, digest, next_id))
+            by_hash[digest] = [next_id]
+            test_ids.append(next_id)
+            next_id += 1
+        entries += extra
+        test_ids = sorted(set(test_ids))
+        meta["test"] = str(test.resolve())
+
+    tmp = target.parent / f".{target.name}.init-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    imported = None
+    try:
+        with Project.create(tmp, skel, entries, meta=meta) as proj:
+            if test_ids:
+                proj.set_image_state(test_ids, "test")
+            if labels is not None:
+                imported = proj.import_coco(labels)
+            counts = proj.counts()
+        if project.exists():
+            project.rmdir()  # an empty folder (checked above); the rename needs it gone or empty
+        os.rename(tmp, target)
+    except StoreError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{project}: cannot create the project ({exc})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(
+        f"created project {project} ({skel.name}, {skel.num_keypoints} keypoints): {len(entries)} images, "
+        f"{counts['labelled']} labelled, {counts['test']} test, {counts['unlabelled']} unlabelled, "
+        f"{len(skipped)} file(s) skipped"
+    )
+    if imported is not None:
+        console.print(escape(imported.message), soft_wrap=True)
+    _print_list("skipped files", skipped)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _metrics_text(metrics: dict) -> str:
+    """count_acc / AP / PCK from a metrics dict: flat, or an evaluation report {tta: {...}} (clean)."""
+    flat = metrics.get("clean") if isinstance(metrics.get("clean"), dict) else metrics
+    shown = []
+    for key in ("count_acc", "AP", "PCK"):
+        value = flat.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            shown.append(f"{key} {value:.3f}")
+    return ", ".join(shown) or ("-" if not metrics else "(other metrics)")
+
+
+@app.command()
+def status(project: Annotated[Path, typer.Argument(help="Project folder.")]) -> None:
+    """Show the project's rounds (state, labels, label cost, model metrics) and its images per state."""
+    from rich.table import Table
+
+    with _open_project(project) as proj:
+        rounds, models = proj.rounds(), proj.models()
+        summary, counts = proj.round_summary(), proj.counts()
+    by_id = {m.id: m for m in models}
+    table = Table(title=f"{project}: {len(rounds)} round(s)")
+    for col, justify in (("round", "right"), ("strategy", "left"), ("budget", "right"), ("state", "left"),
+                         ("labelled", "right"), ("people", "right"), ("label cost", "right"),
+                         ("model metrics", "left")):  # fmt: skip
+        table.add_column(col, justify=justify)
+    empty = {"images": 0, "people": 0, "seconds": 0.0}
+    if None in summary:
+        s = summary[None]
+        table.add_row(
+            "-", "initial labels", "", "", str(s["images"]), str(s["people"]), _duration(s["seconds"]), ""
+        )
+    for r in rounds:
+        s = summary.get(r.id, empty)
+        model = by_id.get(r.model_id) if r.model_id is not None else None
+        if model is None:
+            model = next((m for m in reversed(models) if m.round == r.id), None)
+        table.add_row(
+            str(r.id), r.strategy, str(r.budget), r.state, f"{s['images']}/{len(r.items)}", str(s["people"]),
+            _duration(s["seconds"]), _metrics_text(model.metrics) if model else "-",
+        )  # fmt: skip
+    console.print(table)
+    total = sum(s["seconds"] for s in summary.values())
+    console.print(
+        "images: "
+        + ", ".join(f"{n} {state}" for state, n in counts.items())
+        + f"; total {sum(counts.values())}"
+    )
+    console.print(f"total label cost: {_duration(total)} ({total:.0f} s)")
+
+
+@app.command()
+def export(
+    project: Annotated[Path, typer.Argument(help="Project folder.")],
+    round_id: Annotated[int, typer.Option("--round", "-r", help="Round to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (JSON).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="coco or label-studio.")] = "coco",
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Checkpoint whose predictions become pre-annotations."),
+    ] = None,
+    paths: Annotated[
+        str, typer.Option(help="Image paths: relative (to --out's folder) or absolute.")
+    ] = "relative",
+    url_prefix: Annotated[
+        str, typer.Option(help="Label Studio: prefix of image URLs, e.g. /data/local-files/?d=")
+    ] = "",
+    input_size: Annotated[int | None, typer.Option(help="Default: the model's training input size.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Write a round's images for labelling (COCO or Label Studio tasks), optionally with model predictions.
+
+    Label Studio also gets its labelling config next to the file (<stem>.config.xml).
+    """
+    from .fileio import ImageReadError, atomic_write_bytes, read_image
+    from .oracle import export_round, label_studio_config
+    from .predict import predict_images
+    from .store import StoreError
+
+    if fmt not in ("coco", "label-studio"):
+        _fail(f"unknown --format {fmt!r}; use coco or label-studio")
+    if paths not in ("relative", "absolute"):
+        _fail(f"unknown --paths {paths!r}; use relative or absolute")
+    with _open_project(project) as proj:
+        try:
+            ids = [i for i, _, _ in proj.round(round_id).items]
+        except StoreError as exc:
+            _fail(str(exc))
+        predictions, skipped = None, []
+        if model is not None:
+            net, skeleton, state = _load_model(model, device)
+            if list(skeleton.keypoints) != list(proj.skeleton.keypoints):
+                _fail(f"{model}: keypoints {list(skeleton.keypoints)} differ from the project's "
+                      f"{list(proj.skeleton.keypoints)}")  # fmt: skip
+            size = input_size or state.get("train_config", {}).get("input_size", 256)
+            decoder = _decoder_for(skeleton, None, None)
+            predictions = {}
+            with _progress() as progress:
+                task = progress.add_task("predicting", total=len(ids), info="")
+                for start in range(0, len(ids), batch_size):
+                    chunk, arrays = [], []
+                    for image_id in ids[start : start + batch_size]:
+                        try:
+                            arrays.append(read_image(proj.image_path(image_id)))
+                            chunk.append(image_id)
+                        except ImageReadError as exc:
+                            skipped.append(str(exc))
+                    preds = predict_images(net, arrays, decoder, input_size=size) if arrays else []
+                    predictions.update(zip(chunk, preds, strict=True))
+                    progress.update(task, advance=len(ids[start : start + batch_size]))
+        try:
+            written = export_round(proj, round_id, out, fmt, predictions, paths=paths, url_prefix=url_prefix,
+                                   model_version=model.name if model else "activepose")  # fmt: skip
+        except StoreError as exc:
+            _fail(str(exc))
+        config = None
+        if fmt == "label-studio":
+            config = atomic_write_bytes(
+                out.with_name(f"{out.stem}.config.xml"), label_studio_config(proj.skeleton).encode()
+            )
+    people = sum(len(p[1]) for p in (predictions or {}).values())
+    extra = f" with {people} predicted people" if predictions is not None else ""
+    console.print(
+        f"round {round_id}: {len(ids)} images{extra} -> {written}" + (f" (config {config})" if config else "")
+    )
+    _print_list("no prediction (unreadable image)", skipped)
+
+
+@app.command()
+def label(
+    project: Annotated[Path, typer.Argument(help="Project folder.")],
+    oracle: Annotated[str, typer.Option(help="simulated (ground truth) or file (an import).")] = "simulated",
+    ground_truth: Annotated[
+        Path | None, typer.Option("--ground-truth", help="simulated: COCO JSON with the pool's true labels.")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="file: the labelled file to import.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="file: coco or label-studio.")] = "coco",
+    include_empty: Annotated[
+        bool, typer.Option(help="file (coco): images without annotations count as labelled with nobody.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="simulated: seed of the per-person labelling time.")] = 0,
+) -> None:
+    """Label the open round with an oracle; when all its images are labelled the round becomes 'labelled'.
+
+    All-or-nothing per call (bad input changes nothing); re-running adds nothing new.
+    """
+    from .oracle import SimulatedOracle, import_label_studio
+    from .store import StoreError
+
+    if oracle not in ("simulated", "file"):
+        _fail(f"unknown --oracle {oracle!r}; use simulated or file")
+    if oracle == "simulated" and ground_truth is None:
+        _fail("--oracle simulated needs --ground-truth GT.json")
+    if oracle == "file" and labels is None:
+        _fail("--oracle file needs --labels FILE.json")
+    if fmt not in ("coco", "label-studio"):
+        _fail(f"unknown --format {fmt!r}; use coco or label-studio")
+    with _open_project(project) as proj:
+        current = proj.current_round()
+        if current is None:
+            _fail(f"{project}: no open round to label")
+        r = current.id
+        if current.state != "open":
+            console.print(f"round {r} is already {current.state!r}: nothing new added")
+            return
+        try:
+            if oracle == "simulated":
+                gt = _load(ground_truth, check_images=False)
+                n = SimulatedOracle(gt, seed=seed).label(proj, r)
+                message = f"simulated oracle labelled {n} image(s) of round {r}"
+            elif fmt == "coco":
+                result = proj.import_coco(labels, round=r, include_empty=include_empty)
+                n, message = result.new_labels, result.message
+            else:
+                res = import_label_studio(proj, labels, round_id=r)
+                n = res.new_labels
+                message = f"{labels}: {res.images} image(s), {res.people} people, {n} new label(s)"
+                if res.skipped_tasks:
+                    message += f"; {len(res.skipped_tasks)} task(s) without an annotation skipped"
+            console.print(escape(message), soft_wrap=True)
+            if n == 0:
+                console.print("nothing new added")
+            items = [i for i, _, _ in proj.round(r).items]
+            left = [i for i in items if proj.image(i).state != "labelled"]
+            if not left:
+                proj.set_round_state(r, "labelled")
+        except StoreError as exc:
+            _fail(str(exc))
+    state = "labelled" if not left else "open"
+    console.print(f"round {r}: {len(items) - len(left)}/{len(items)} images labelled; round is {state}")
+
+
 if __name__ == "__main__":
     app()

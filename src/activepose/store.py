@@ -749,6 +749,36 @@ class Project:
             return None
         return ModelInfo(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
 
+    def models(self) -> list[ModelInfo]:
+        """Return every registered model, oldest first."""
+        rows = self._conn.execute(
+            "SELECT id, checkpoint, round, train_size, metrics, created_at FROM models ORDER BY id"
+        ).fetchall()
+        return [ModelInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    def round_summary(self) -> dict[int | None, dict[str, float]]:
+        """Return {round (None: outside any round): {"images", "people", "seconds"}} of the stored labels.
+
+        `images` counts the round's chosen images that are now labelled (for None: labelled images without a
+        round), `people` the label rows and `seconds` the summed labelling time (unknown times count 0).
+        """
+        out: dict[int | None, dict[str, float]] = {}
+        for r, people, secs in self._conn.execute(
+            "SELECT round, COUNT(*), COALESCE(SUM(seconds), 0) FROM labels GROUP BY round"
+        ):
+            out[r] = {"images": 0, "people": int(people), "seconds": float(secs)}
+        for r, n in self._conn.execute(
+            "SELECT ri.round_id, COUNT(*) FROM round_items ri JOIN images i ON i.id = ri.image_id "
+            "WHERE i.state = 'labelled' GROUP BY ri.round_id"
+        ):
+            out.setdefault(r, {"images": 0, "people": 0, "seconds": 0.0})["images"] = int(n)
+        n = self._conn.execute(
+            "SELECT COUNT(*) FROM images WHERE state = 'labelled' AND round IS NULL"
+        ).fetchone()[0]
+        if n:
+            out.setdefault(None, {"images": 0, "people": 0, "seconds": 0.0})["images"] = int(n)
+        return out
+
     # --- export ------------------------------------------------------------------------------------
     def export_coco(self, path: str | Path, image_ids: Sequence[int] | None = None) -> Path:
         """Write the labels (each image's most recent source) as COCO keypoint JSON, atomically.

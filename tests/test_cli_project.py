@@ -1,0 +1,163 @@
+"""The project commands end to end on tiny synthetic data: init -> status -> export -> label."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from activepose.cli import app
+from activepose.coco import load_coco
+from activepose.store import Project
+from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+runner = CliRunner()
+
+
+def _run(*args) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    cfg = SyntheticConfig(num_images=10, image_size=(64, 64), max_people=2, min_people=1)
+    gt = make_synthetic_coco(root, "lsp14", cfg, seed=3)
+    raw = json.loads(gt.read_text())
+    initial = {**raw, "images": raw["images"][:3]}
+    initial["annotations"] = [a for a in raw["annotations"] if a["image_id"] <= 3]
+    (root / "initial.json").write_text(json.dumps(initial))
+    test = {**raw, "images": raw["images"][-2:]}
+    test["annotations"] = [a for a in raw["annotations"] if a["image_id"] >= 9]
+    (root / "test.json").write_text(json.dumps(test))
+    return root, gt
+
+
+def _init(tmp_path, data, *extra):
+    root, gt = data
+    proj = tmp_path / "proj"
+    code, out = _run("init", proj, "--pool", gt, *extra)
+    assert code == 0, out
+    return proj
+
+
+def test_init_from_pool_with_labels_and_test(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json", "--test", root / "test.json")
+    with Project.open(proj) as p:
+        assert p.image_ids() == list(range(1, 11))
+        assert p.counts()["labelled"] == 3 and p.counts()["test"] == 2
+        assert p.image(1).content_hash and p.image_path(1).is_file()
+    code, out = _run("status", proj)
+    assert code == 0, out
+    assert "3 labelled" in out and "2 test" in out and "5 unlabelled" in out
+    assert "initial labels" in out
+    # a second init of the same folder is refused and changes nothing
+    before = (proj / "project.db").read_bytes()
+    code, out = _run("init", proj, "--pool", gt)
+    assert code == 2 and "already exists" in out
+    assert (proj / "project.db").read_bytes() == before
+
+
+def test_init_summary_counts(tmp_path, data):
+    root, gt = data
+    code, out = _run("init", tmp_path / "p", "--pool", gt, "--labels", root / "initial.json")
+    assert code == 0, out
+    assert "10 images, 3 labelled, 0 test, 7 unlabelled" in " ".join(out.split())
+    assert "imported" in out
+
+
+def test_init_from_images_lists_corrupt_files(tmp_path, data):
+    root, _ = data
+    folder = tmp_path / "photos"
+    shutil.copytree(root / "images", folder / "a")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "notes.txt").write_text("hello")
+    code, out = _run("init", tmp_path / "p", "--images", folder)
+    assert code == 2 and "--skeleton is required" in out
+    assert not (tmp_path / "p").exists()
+    code, out = _run("init", tmp_path / "p", "--images", folder, "--skeleton", "lsp14")
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert "10 images" in flat and "2 file(s) skipped" in flat
+    assert "broken.png" in flat and "notes.txt" in flat
+    with Project.open(tmp_path / "p") as p:
+        assert p.image_ids() == list(range(1, 11))
+        assert p.image_path(1).name == "000001.png" and p.image(1).width == 64
+
+
+def test_init_bad_labels_leaves_no_project(tmp_path, data):
+    root, gt = data
+    bad = json.loads((root / "initial.json").read_text())
+    bad["images"][0]["file_name"] = "images/nowhere.png"
+    bad_path = root / "bad_initial.json"
+    bad_path.write_text(json.dumps(bad))
+    code, out = _run("init", tmp_path / "p", "--pool", gt, "--labels", bad_path)
+    assert code == 2 and "bad_initial.json" in out
+    assert not (tmp_path / "p").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.init")]
+
+
+def test_round_export_label_status(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json")
+    with Project.open(proj) as p:
+        r = p.open_round("random", {"seed": 0}, [(4, 0.9), (5, 0.5), (6, None)])
+    code, out = _run("export", proj, "--round", r, "--format", "coco", "--out", tmp_path / "ex" / "r1.json")
+    assert code == 0, out
+    exported = load_coco(tmp_path / "ex" / "r1.json")
+    assert exported.image_ids == [4, 5, 6]
+    ls = tmp_path / "ex" / "r1_ls.json"
+    code, out = _run("export", proj, "--round", r, "--format", "label-studio", "--out", ls)
+    assert code == 0, out
+    assert len(json.loads(ls.read_text())) == 3
+    assert (tmp_path / "ex" / "r1_ls.config.xml").read_text().startswith("<View>")
+    code, out = _run("export", proj, "--round", 9, "--out", tmp_path / "x.json")
+    assert code == 2 and "no round 9" in out
+
+    # bad ground truth: an image of the round is missing -> exit 2, store unchanged
+    raw = json.loads(gt.read_text())
+    raw["images"] = [i for i in raw["images"] if i["id"] != 5]
+    raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] != 5]
+    bad = root / "gt_missing.json"
+    bad.write_text(json.dumps(raw))
+    with Project.open(proj) as p:
+        before = p.dump()
+    code, out = _run("label", proj, "--oracle", "simulated", "--ground-truth", bad)
+    assert code == 2 and "image id 5" in out and "not in the ground truth" in out
+    with Project.open(proj) as p:
+        assert p.dump() == before
+
+    code, out = _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)
+    assert code == 0, out
+    assert "3/3 images labelled; round is labelled" in " ".join(out.split())
+    with Project.open(proj) as p:
+        assert p.round(r).state == "labelled"
+        after = p.dump()
+    code, out = _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)
+    assert code == 0 and "nothing new added" in out
+    with Project.open(proj) as p:
+        assert p.dump() == after
+    code, out = _run("status", proj)
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert "random" in flat and "3/3" in flat and "labelled" in flat
+    assert "total label cost" in flat and "total label cost: 0 s" not in flat
+    assert "6 labelled" in flat
+
+
+def test_label_file_oracle_is_idempotent(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data)
+    with Project.open(proj) as p:
+        p.open_round("random", {}, [(1, None), (2, None), (3, None)])
+    code, out = _run("label", proj, "--oracle", "file", "--labels", root / "initial.json")
+    assert code == 0, out
+    assert "round is labelled" in " ".join(out.split())
+    code, out = _run("label", proj, "--oracle", "file", "--labels", root / "initial.json")
+    assert code == 0 and "nothing new added" in out
+    code, out = _run("label", proj, "--oracle", "file")
+    assert code == 2 and "--labels" in out
