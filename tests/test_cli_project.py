@@ -161,3 +161,35 @@ def test_label_file_oracle_is_idempotent(tmp_path, data):
     assert code == 0 and "nothing new added" in out
     code, out = _run("label", proj, "--oracle", "file")
     assert code == 2 and "--labels" in out
+
+
+def test_select_project_opens_one_round_then_label_completes_it(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json")
+    code, out = _run("select", proj, "--budget", 3, "--strategy", "random", "--extractor", "mobilenet_v2")
+    assert code == 0, out
+    assert "opened round 1" in out
+    with Project.open(proj) as p:
+        rnd = p.current_round()
+        chosen = [i for i, _, _ in rnd.items]
+        assert rnd.id == 1 and len(chosen) == 3 and rnd.strategy == "random"
+        assert not set(chosen) & set(p.labelled_ids())
+        assert p.counts()["queued"] == 3
+        before = p.dump()
+    # a second select (an accident, or a re-run after a crash) does not open another round
+    code, out = _run("select", proj, "--budget", 2, "--strategy", "random")
+    assert code == 2 and "round 1" in out and "still open" in out
+    with Project.open(proj) as p:
+        assert p.dump() == before
+    code, out = _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)
+    assert code == 0, out
+    with Project.open(proj) as p:
+        assert p.round(1).state == "labelled" and p.counts()["labelled"] == 6
+
+
+def test_select_needs_exactly_one_of_project_and_pool(tmp_path, data):
+    _, gt = data
+    code, out = _run("select", "--budget", 1)
+    assert code == 2 and "either a PROJECT folder or --pool" in out
+    code, out = _run("select", _init(tmp_path, data), "--pool", gt, "--budget", 1)
+    assert code == 2 and "either a PROJECT folder or --pool" in out

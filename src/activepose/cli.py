@@ -374,10 +374,14 @@ def _show_report(report: dict, out: Path | None, title: str) -> None:
 
 @app.command()
 def select(
-    pool: Annotated[
-        Path, typer.Option("--pool", "-p", help="COCO JSON of the unlabelled pool (labels ignored).")
-    ],
     budget: Annotated[int, typer.Option("--budget", "-b", help="How many images to choose.")],
+    project: Annotated[
+        Path | None,
+        typer.Argument(help="Project folder: choose among its unlabelled images and open a round with them."),
+    ] = None,
+    pool: Annotated[
+        Path | None, typer.Option("--pool", "-p", help="COCO JSON of the unlabelled pool (labels ignored).")
+    ] = None,
     strategy: Annotated[
         str, typer.Option("--strategy", "-s", help="random, uncertainty, diversity, coreset, hybrid.")
     ] = "hybrid",
@@ -418,8 +422,36 @@ def select(
     from .sampling.strategies import SelectionConfig, SelectionContext, SelectionError, select_batch
     from .sampling.uncertainty import UncertaintyConfig
 
-    pool_set = _load(pool)
-    lab_set = _load(labelled) if labelled is not None else None
+    proj = None
+    if (project is None) == (pool is None):
+        _fail("give either a PROJECT folder or --pool POOL.json")
+    if project is not None:
+        from .store import Project, StoreError
+
+        try:
+            proj = Project.open(project)
+        except StoreError as exc:
+            _fail(str(exc))
+        current = proj.current_round()
+        if current is not None:
+            # One round at a time: a re-run after a crash or by accident must not open a second one.
+            _fail(
+                f"{project}: round {current.id} ({current.strategy}, {len(current.items)} images) is still "
+                f"{current.state}; label it (`activepose label`) and close it before selecting again"
+            )
+        pool_set = proj.to_coco(proj.unlabelled_ids())
+        lab_set = proj.to_coco(proj.labelled_ids()) if proj.labelled_ids() else None
+        latest = proj.latest_model()
+        if model is None and latest is not None:  # the project's newest model scores the pool
+            model = (
+                Path(latest.checkpoint)
+                if Path(latest.checkpoint).is_absolute()
+                else proj.folder / latest.checkpoint
+            )
+        cache = cache or proj.folder / "caches"
+    else:
+        pool_set = _load(pool)
+        lab_set = _load(labelled) if labelled is not None else None
     net, size = None, input_size or 256
     if model is not None:
         net, skeleton, state = _load_model(model, device)
@@ -446,6 +478,18 @@ def select(
         except (SelectionError, FileNotFoundError) as exc:
             _fail(str(exc))
     stats = result.stats
+    if proj is not None:
+        from .store import StoreError
+
+        params = {"th_hm": th_hm, "th_kp": th_kp, "extractor": extractor, "ann": ann, "fill": fill, "seed": seed,
+                  "model": str(model) if model else None, "stats": stats}  # fmt: skip
+        try:
+            round_id = proj.open_round(
+                strategy, params, list(zip(result.ids, result.scores, strict=True)), budget=budget
+            )
+        except StoreError as exc:
+            _fail(str(exc))
+        console.print(f"opened round {round_id} in {project} with {len(result.ids)} images")
     table = Table(title=f"{strategy}: {len(result.ids)} of {stats['candidates']} unlabelled images")
     table.add_column("what")
     table.add_column("value", justify="right")

@@ -780,31 +780,38 @@ class Project:
         return out
 
     # --- export ------------------------------------------------------------------------------------
+    def to_coco(
+        self, image_ids: Sequence[int] | None = None, relative_to: str | Path | None = None
+    ) -> CocoKeypoints:
+        """Return images with their labels (each image's most recent source) as an in-memory data set.
+
+        `image_ids` default: every labelled image. File names are relative to `relative_to` (default: the
+        project folder), which becomes the data set's root.
+        """
+        root = Path(relative_to) if relative_to is not None else self.folder
+        ids = self.labelled_ids() if image_ids is None else [int(i) for i in image_ids]
+        problems = self._unknown(self._conn, ids)
+        if problems:
+            raise StoreError(f"{self.folder}: unknown images", problems)
+        frames = []
+        for image_id in ids:
+            img = self.image(image_id)
+            name = os.path.relpath(self.image_path(image_id).resolve(), root.resolve())
+            kps = self.keypoints_of(image_id).astype(np.float32)
+            frames.append(Frame(image_id, Path(name).as_posix(), img.width, img.height, kps))
+        return CocoKeypoints(frames=frames, skeleton=self.skeleton, root=root)
+
     def export_coco(self, path: str | Path, image_ids: Sequence[int] | None = None) -> Path:
         """Write the labels (each image's most recent source) as COCO keypoint JSON, atomically.
 
         `image_ids` default: every labelled image. File names are relative to the exported file's folder.
         """
         path = Path(path)
-        ids = self.labelled_ids() if image_ids is None else [int(i) for i in image_ids]
-        problems = self._unknown(self._conn, ids)
-        if problems:
-            raise StoreError(f"{path}: nothing exported", problems)
-        frames = []
-        for image_id in ids:
-            img = self.image(image_id)
-            fp = self.image_path(image_id)
-            name = os.path.relpath(fp.resolve(), path.parent.resolve())
-            frames.append(
-                Frame(
-                    image_id,
-                    Path(name).as_posix(),
-                    img.width,
-                    img.height,
-                    self.keypoints_of(image_id).astype(np.float32),
-                )
-            )
-        return save_coco(CocoKeypoints(frames=frames, skeleton=self.skeleton, root=path.parent), path)
+        try:
+            data = self.to_coco(image_ids, relative_to=path.parent)
+        except StoreError as exc:
+            raise StoreError(f"{path}: nothing exported", exc.problems) from exc
+        return save_coco(data, path)
 
     def dump(self) -> str:
         """Return the whole database as SQL text (for comparisons and debugging)."""
