@@ -193,3 +193,44 @@ def test_select_needs_exactly_one_of_project_and_pool(tmp_path, data):
     assert code == 2 and "either a PROJECT folder or --pool" in out
     code, out = _run("select", _init(tmp_path, data), "--pool", gt, "--budget", 1)
     assert code == 2 and "either a PROJECT folder or --pool" in out
+
+
+TINY = (
+    "--input-size",
+    64,
+    "--width",
+    0.25,
+    "--head-channels",
+    32,
+    "--workers",
+    0,
+    "--no-pretrained",
+    "--device",
+    "cpu",
+)
+
+
+def test_train_project_records_models_and_continues_after_a_round(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json")
+    code, out = _run("train", proj, "--epochs", 1, *TINY)
+    assert code == 0, out
+    assert "recorded model 1" in out
+    code, out = _run("train", proj, "--epochs", 1, *TINY)  # a re-run: nothing new
+    assert code == 0 and "already complete" in out and "already recorded" in out
+    assert _run("select", proj, "--budget", 2, "--strategy", "random")[0] == 0
+    assert _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)[0] == 0
+    code, out = _run("train", proj, "--epochs", 1, *TINY)  # more labels: a new session from the last weights
+    assert code == 0, out
+    assert "session 2" in out and "recorded model 2" in out
+    with Project.open(proj) as p:
+        models = p.models()
+        assert [m.train_size for m in models] == [3, 5]
+        assert all((proj / m.checkpoint).is_file() for m in models)
+        assert p.round(1).state == "trained" and p.round(1).model_id == models[-1].id
+
+
+def test_train_project_without_labels_is_a_clear_error(tmp_path, data):
+    proj = _init(tmp_path, data)
+    code, out = _run("train", proj, "--epochs", 1, *TINY)
+    assert code == 2 and "no labelled images" in out

@@ -111,8 +111,16 @@ class _RichTrainCallbacks:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON with the labelled images.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, history).")],
+    project: Annotated[
+        Path | None,
+        typer.Argument(help="Project folder: train on all its labels, resuming its run; records the model."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="COCO keypoint JSON with the labelled images.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, history).")
+    ] = None,
     backbone: Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")] = "vgg_tiny",
     width: Annotated[
         float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny), e.g. 0.5.")
@@ -152,8 +160,18 @@ def train(
 
     if input_size % 8:
         _fail(f"--input-size must be a multiple of 8, got {input_size}")
-    # Image headers are read up front: a corrupt file fails here, named, not in a worker mid-epoch.
-    coco = _limit(_load(data, read_headers=True), max_images, seed)
+    proj = None
+    if project is not None:
+        if data is not None or out is not None:
+            _fail("with a PROJECT folder, --data and --out come from the project")
+        proj, coco = _project_training_set(project)
+        data, out = project, project / "checkpoints" / "run"
+    elif data is None or out is None:
+        _fail("give a PROJECT folder, or --data and --out")
+    else:
+        # Image headers are read up front: a corrupt file fails here, named, not in a worker mid-epoch.
+        coco = _load(data, read_headers=True)
+    coco = _limit(coco, max_images, seed)
     cfg = TrainConfig(
         backbone=backbone, width=width, head_channels=head_channels, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
         lr_step_epochs=lr_step, lr_gamma=lr_gamma, input_size=input_size, steps_per_epoch=steps_per_epoch,
@@ -170,6 +188,49 @@ def train(
         f"session {result.session}: {result.epochs_run} epochs, best val loss {result.best_val_loss:.5f}, "
         f"stopped by {result.stopped.replace('_', ' ')}; checkpoints in {out}"
     )
+    if proj is not None and result.stopped != "time_budget":
+        _record_project_model(proj, out / "best.pt", len(coco))
+
+
+def _project_training_set(project: Path):
+    """Return (open project, its labelled images as a data set); fails clearly when nothing is labelled."""
+    from .store import Project, StoreError
+
+    try:
+        proj = Project.open(project)
+    except StoreError as exc:
+        _fail(str(exc))
+    ids = proj.labelled_ids()
+    if not ids:
+        _fail(f"{project}: no labelled images to train on (import labels or label a round first)")
+    return proj, proj.to_coco(ids)
+
+
+def _record_project_model(proj, best: Path, train_size: int) -> None:
+    """Copy the session's best weights to checkpoints/model_<n>.pt and record them once (re-runs add nothing)."""
+    import shutil
+
+    from .fileio import atomic_write, file_sha1
+
+    digest = file_sha1(best)
+    for m in proj.models():
+        if m.metrics.get("sha1") == digest:
+            console.print(f"model {m.id} ({m.checkpoint}) already recorded")
+            return
+    current = proj.current_round()
+    n = len(proj.models()) + 1
+    target = proj.folder / "checkpoints" / f"model_{n}.pt"
+
+    def copy(fh) -> None:
+        with best.open("rb") as src:
+            shutil.copyfileobj(src, fh)
+
+    atomic_write(target, copy)
+    round_id = current.id if current is not None else None
+    model_id = proj.add_model(target, train_size, round=round_id, metrics={"sha1": digest})
+    if current is not None and current.state == "labelled":
+        proj.set_round_state(current.id, "trained", model_id=model_id)
+    console.print(f"recorded model {model_id}: {target} (trained on {train_size} images)")
 
 
 @app.command("lr-find")
