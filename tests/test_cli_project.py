@@ -234,3 +234,29 @@ def test_train_project_without_labels_is_a_clear_error(tmp_path, data):
     proj = _init(tmp_path, data)
     code, out = _run("train", proj, "--epochs", 1, *TINY)
     assert code == 2 and "no labelled images" in out
+
+
+def test_evaluate_project_records_metrics_and_closes_the_round(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json", "--test", root / "test.json")
+    assert _run("select", proj, "--budget", 2, "--strategy", "random")[0] == 0
+    assert _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)[0] == 0
+    assert _run("train", proj, "--epochs", 1, *TINY)[0] == 0
+    code, out = _run("evaluate", proj, "--tta", "clean", "--device", "cpu")
+    assert code == 0, out
+    assert "round 1 evaluated and closed" in out
+    with Project.open(proj) as p:
+        model = p.latest_model()
+        assert model.metrics["clean"]["images"] == 2 and "sha1" in model.metrics
+        assert p.round(1).state == "closed"
+    assert (proj / "exports" / f"metrics_model_{model.id}.json").is_file()
+    code, out = _run("status", proj)
+    assert code == 0 and "closed" in out
+    code, out = _run("select", proj, "--budget", 1, "--strategy", "random")  # the next round can open now
+    assert code == 0 and "opened round 2" in out
+
+
+def test_evaluate_project_without_test_set_or_model(tmp_path, data):
+    proj = _init(tmp_path, data)
+    code, out = _run("evaluate", proj)
+    assert code == 2 and "no model yet" in out

@@ -377,8 +377,18 @@ def predict(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (best.pt / last.pt).")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="COCO keypoint JSON with ground truth.")],
+    project: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Project folder: evaluate its newest model on its test set, record it, close the round."
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Checkpoint (best.pt / last.pt).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="COCO keypoint JSON with ground truth.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the metrics JSON here.")] = None,
     tta: Annotated[str, typer.Option(help="Comma-separated TTAs, 'all' or 'none'.")] = "all",
     input_size: Annotated[int | None, typer.Option(help="Default: the training input size.")] = None,
@@ -389,6 +399,24 @@ def evaluate(
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Evaluate a model: person count accuracy, OKS AP/AR, PCK@0.2, clean and under test-time augmentations."""
+    proj = latest = None
+    if project is not None:
+        from .store import Project, StoreError
+
+        try:
+            proj = Project.open(project)
+        except StoreError as exc:
+            _fail(str(exc))
+        latest = proj.latest_model()
+        if latest is None:
+            _fail(f"{project}: no model yet (run `activepose train {project}`)")
+        model = model or proj.folder / latest.checkpoint
+        data = data or (Path(proj.meta["test"]) if "test" in proj.meta else None)
+        if data is None:
+            _fail(f"{project}: no test set (give --data TEST.json, or create the project with --test)")
+        out = out or proj.folder / "exports" / f"metrics_model_{latest.id}.json"
+    elif model is None or data is None:
+        _fail("give a PROJECT folder, or --model and --data")
     net, skeleton, state = _load_model(model, device)
     coco = _limit(_load(data), max_images)
     if list(coco.skeleton.keypoints) != list(skeleton.keypoints):
@@ -399,6 +427,14 @@ def evaluate(
     report = run_evaluation(net, coco, _decoder_for(skeleton, min_parts, min_score), size, tta, batch_size,
                             str(next(net.parameters()).device))  # fmt: skip
     _show_report(report, out, title=f"{model} on {data} ({len(coco)} images)")
+    if proj is not None:
+        # Metrics stay next to the weights' fingerprint; the round the model came from is done.
+        proj.set_model_metrics(latest.id, {**latest.metrics, **report})
+        current = proj.current_round()
+        if current is not None and current.state == "trained" and current.model_id == latest.id:
+            proj.set_round_state(current.id, "evaluated")
+            proj.set_round_state(current.id, "closed")
+            console.print(f"round {current.id} evaluated and closed")
 
 
 def run_evaluation(net, coco, decoder, input_size: int, tta: str, batch_size: int, device: str) -> dict:
