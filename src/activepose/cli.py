@@ -194,12 +194,7 @@ def train(
 
 def _project_training_set(project: Path):
     """Return (open project, its labelled images as a data set); fails clearly when nothing is labelled."""
-    from .store import Project, StoreError
-
-    try:
-        proj = Project.open(project)
-    except StoreError as exc:
-        _fail(str(exc))
+    proj = _open_project(project)
     ids = proj.labelled_ids()
     if not ids:
         _fail(f"{project}: no labelled images to train on (import labels or label a round first)")
@@ -401,12 +396,7 @@ def evaluate(
     """Evaluate a model: person count accuracy, OKS AP/AR, PCK@0.2, clean and under test-time augmentations."""
     proj = latest = None
     if project is not None:
-        from .store import Project, StoreError
-
-        try:
-            proj = Project.open(project)
-        except StoreError as exc:
-            _fail(str(exc))
+        proj = _open_project(project)
         latest = proj.latest_model()
         if latest is None:
             _fail(f"{project}: no model yet (run `activepose train {project}`)")
@@ -523,12 +513,7 @@ def select(
     if (project is None) == (pool is None):
         _fail("give either a PROJECT folder or --pool POOL.json")
     if project is not None:
-        from .store import Project, StoreError
-
-        try:
-            proj = Project.open(project)
-        except StoreError as exc:
-            _fail(str(exc))
+        proj = _open_project(project)
         current = proj.current_round()
         if current is not None:
             # One round at a time: a re-run after a crash or by accident must not open a second one.
