@@ -171,12 +171,22 @@ def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
 
 
 def _isolation(emb: np.ndarray, chosen: np.ndarray, labelled: np.ndarray | None) -> np.ndarray:
-    """Return, per chosen row, the distance to its nearest other chosen or labelled embedding."""
+    """Return, per chosen row, the distance to its nearest other chosen or labelled embedding.
+
+    Uses the exact backend's chunked nearest-neighbour search: memory stays bounded for large budgets.
+    """
+    from .ann import create_index
+
     sel = emb[chosen]
     others = sel if labelled is None else np.concatenate([sel, labelled])
-    d2 = (sel**2).sum(1)[:, None] + (others**2).sum(1)[None, :] - 2.0 * sel @ others.T
-    d2[np.arange(len(sel)), np.arange(len(sel))] = np.inf  # not itself
-    return np.sqrt(np.maximum(d2.min(1), 0.0)) if others.shape[0] > 1 else np.full(len(sel), np.inf)
+    if len(others) < 2:
+        return np.full(len(sel), np.inf)
+    index = create_index("exact", dim=emb.shape[1])
+    index.add(others)
+    index.build()
+    idx, dist = index.query(sel, 2)
+    own = np.arange(len(sel))
+    return np.where(idx[:, 0] == own, dist[:, 1], dist[:, 0]).astype(np.float64)  # skip the row itself
 
 
 @register_strategy("random")
