@@ -140,3 +140,28 @@ def test_select_budget_too_large_and_missing_model(trained):
     assert code == 2 and "budget 13 is larger than the 12 unlabelled images left" in out
     code, out = _run("select", "--pool", str(data), "--budget", "2", "--strategy", "uncertainty")
     assert code == 2 and "needs the pose model (--model)" in out
+
+
+def test_subset_is_seeded_disjoint_and_relocatable(trained, tmp_path):
+    from activepose.coco import load_coco
+
+    root, data = trained
+    a, rest = tmp_path / "x" / "a.json", tmp_path / "y" / "rest.json"
+    code, out = _run("subset", str(data), "--size", "5", "--seed", "2", "--out", str(a), "--rest", str(rest))
+    assert code == 0, out
+    full, part, others = (
+        load_coco(data),
+        load_coco(a),
+        load_coco(rest),
+    )  # check_images: names resolve elsewhere
+    assert len(part) == 5 and len(others) == 7
+    assert sorted(part.image_ids + others.image_ids) == sorted(full.image_ids)
+    for f in part:  # ids and labels are kept
+        assert (f.keypoints == full.frame(f.image_id).keypoints).all()
+    again = tmp_path / "again.json"
+    assert _run("subset", str(data), "--size", "5", "--seed", "2", "--out", str(again))[0] == 0
+    assert load_coco(again).image_ids == part.image_ids  # same seed, same draw
+    assert _run("subset", str(data), "--size", "5", "--seed", "3", "--out", str(again))[0] == 0
+    assert load_coco(again).image_ids != part.image_ids
+    code, out = _run("subset", str(data), "--size", "13", "--out", str(again))
+    assert code == 2 and "between 1 and its 12 images" in out

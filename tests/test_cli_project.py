@@ -55,6 +55,10 @@ def test_init_from_pool_with_labels_and_test(tmp_path, data):
     assert code == 0, out
     assert "3 labelled" in out and "2 test" in out and "5 unlabelled" in out
     assert "initial labels" in out
+    people = len(
+        json.loads((root / "initial.json").read_text())["annotations"]
+    )  # imported: no labelling time
+    assert "unknown" in out and f"{people} person label(s) without a recorded time" in " ".join(out.split())
     # a second init of the same folder is refused and changes nothing
     before = (proj / "project.db").read_bytes()
     code, out = _run("init", proj, "--pool", gt)
@@ -163,6 +167,18 @@ def test_label_file_oracle_is_idempotent(tmp_path, data):
     assert code == 2 and "--labels" in out
 
 
+def test_label_file_oracle_refuses_images_outside_the_round(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data)
+    with Project.open(proj) as p:
+        p.open_round("random", {}, [(1, None), (2, None)])
+        before = p.dump()
+    code, out = _run("label", proj, "--oracle", "file", "--labels", root / "initial.json")  # images 1, 2, 3
+    assert code == 2 and "image id 3: not in round 1" in out and "nothing stored" in out
+    with Project.open(proj) as p:
+        assert p.dump() == before
+
+
 def test_select_project_opens_one_round_then_label_completes_it(tmp_path, data):
     root, gt = data
     proj = _init(tmp_path, data, "--labels", root / "initial.json")
@@ -260,3 +276,38 @@ def test_evaluate_project_without_test_set_or_model(tmp_path, data):
     proj = _init(tmp_path, data)
     code, out = _run("evaluate", proj)
     assert code == 2 and "no model yet" in out
+
+
+def test_label_file_oracle_imports_a_cvat_coco_keypoints_export(tmp_path, data):
+    """CVAT's "COCO Keypoints 1.0" export of a round: its own image ids (1..n), bare file names, extra fields."""
+    root, gt = data
+    proj = _init(tmp_path, data)
+    with Project.open(proj) as p:
+        p.open_round("random", {}, [(5, None), (6, None), (7, None)])
+    raw = json.loads(gt.read_text())
+    cat = {**raw["categories"][0], "supercategory": "", "id": 1}
+    images, anns = [], []
+    for new_id, old_id in enumerate((7, 5, 6), start=1):  # CVAT numbers images in its own task order
+        im = next(i for i in raw["images"] if i["id"] == old_id)
+        images.append({"id": new_id, "width": im["width"], "height": im["height"],
+                       "file_name": im["file_name"].rsplit("/", 1)[-1], "license": 0, "flickr_url": "",
+                       "coco_url": "", "date_captured": 0})  # fmt: skip
+        for a in (a for a in raw["annotations"] if a["image_id"] == old_id):
+            anns.append({**a, "id": len(anns) + 1, "image_id": new_id, "category_id": 1, "segmentation": [],
+                         "iscrowd": 0, "attributes": {"occluded": False, "keyframe": False}})  # fmt: skip
+    export = {"licenses": [{"name": "", "id": 0, "url": ""}],
+              "info": {"contributor": "", "date_created": "", "description": "", "url": "", "version": "", "year": ""},
+              "categories": [cat], "images": images, "annotations": anns}  # fmt: skip
+    cvat = tmp_path / "cvat_export" / "annotations" / "person_keypoints_default.json"
+    cvat.parent.mkdir(parents=True)
+    cvat.write_text(json.dumps(export))
+    code, out = _run("label", proj, "--oracle", "file", "--labels", cvat)
+    assert code == 0, out
+    assert "round is labelled" in " ".join(out.split())
+    truth = load_coco(gt, check_images=False)
+    with Project.open(proj) as p:
+        assert p.round(1).state == "labelled"
+        for image_id in (5, 6, 7):  # each person landed on the right project image
+            got = p.keypoints_of(image_id)
+            want = truth.frame(image_id).keypoints
+            assert got.shape == want.shape and abs(got - want).max() < 1e-3

@@ -173,3 +173,14 @@ def test_select_diverse_accepts_memmap(tmp_path):
     np.save(path, x)
     mm = np.load(path, mmap_mode="r")
     np.testing.assert_array_equal(select_diverse(mm, 60, dim=16, chunk=128), select_diverse(x, 60, dim=16))
+
+
+@pytest.mark.parametrize("n", [2, 3, 9, 40, 80])
+def test_few_high_dimensional_rows(n):
+    """Fewer rows than the sketch (a small project's candidates in 1,280-d): no singular PCA, exact answer."""
+    x, _ = clustered(n, 1280, 3, seed=n)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    k = max(1, n // 4)
+    sel = select_diverse(x, k, dim=64, seed=0)
+    assert len(np.unique(sel)) == k and sel.max() < n
+    assert coverage(x, sel)["max"] <= 1.5 * coverage(x, kcenter_greedy(x, k))["max"] + 1e-6

@@ -23,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from . import faults
+
 app = typer.Typer(
     help="Hybrid active learning for bottom-up human pose estimation.",
     no_args_is_help=True,
@@ -138,7 +140,11 @@ def train(
     ] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Cap batches per epoch.")] = None,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch crossing this wall time.")
+        float | None,
+        typer.Option(
+            help="Stop after the epoch crossing this wall time (resumable; with a PROJECT it ends the session "
+            "and records the model)."
+        ),
     ] = None,
     val_fraction: Annotated[float, typer.Option()] = 0.1,
     grayscale: Annotated[bool, typer.Option(help="Train on grayscale input, as the paper's data.")] = False,
@@ -176,7 +182,7 @@ def train(
         backbone=backbone, width=width, head_channels=head_channels, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
         lr_step_epochs=lr_step, lr_gamma=lr_gamma, input_size=input_size, steps_per_epoch=steps_per_epoch,
         max_minutes=max_minutes, val_fraction=val_fraction, grayscale=grayscale, pretrained=pretrained,
-        num_workers=workers, seed=seed, device=device,
+        num_workers=workers, seed=seed, device=device, budget_ends_session=proj is not None,
         augment=AugmentConfig(grayscale=grayscale) if not no_augment else None,
     )  # fmt: skip
     console.print(
@@ -188,7 +194,7 @@ def train(
         f"session {result.session}: {result.epochs_run} epochs, best val loss {result.best_val_loss:.5f}, "
         f"stopped by {result.stopped.replace('_', ' ')}; checkpoints in {out}"
     )
-    if proj is not None and result.stopped != "time_budget":
+    if proj is not None:
         _record_project_model(proj, out / "best.pt", len(coco))
 
 
@@ -221,11 +227,12 @@ def _record_project_model(proj, best: Path, train_size: int) -> None:
             shutil.copyfileobj(src, fh)
 
     atomic_write(target, copy)
+    faults.point("record")
     round_id = current.id if current is not None else None
-    model_id = proj.add_model(target, train_size, round=round_id, metrics={"sha1": digest})
-    if current is not None and current.state == "labelled":
-        proj.set_round_state(current.id, "trained", model_id=model_id)
+    model_id = proj.add_model(target, train_size, round=round_id, metrics={"sha1": digest}, mark_trained=True)
     console.print(f"recorded model {model_id}: {target} (trained on {train_size} images)")
+    if current is not None and current.state == "labelled":
+        console.print(f"round {current.id} trained")
 
 
 @app.command("lr-find")
@@ -418,12 +425,18 @@ def evaluate(
                             str(next(net.parameters()).device))  # fmt: skip
     _show_report(report, out, title=f"{model} on {data} ({len(coco)} images)")
     if proj is not None:
-        # Metrics stay next to the weights' fingerprint; the round the model came from is done.
-        proj.set_model_metrics(latest.id, {**latest.metrics, **report})
+        faults.point("evaluate")
+        # Metrics stay next to the weights' fingerprint; the round the model came from is done (one transaction).
         current = proj.current_round()
-        if current is not None and current.state == "trained" and current.model_id == latest.id:
-            proj.set_round_state(current.id, "evaluated")
-            proj.set_round_state(current.id, "closed")
+        closing = (
+            current is not None
+            and current.state in ("trained", "evaluated")
+            and current.model_id == latest.id
+        )
+        proj.set_model_metrics(
+            latest.id, {**latest.metrics, **report}, close_round=current.id if closing else None
+        )
+        if closing:
             console.print(f"round {current.id} evaluated and closed")
 
 
@@ -521,6 +534,13 @@ def select(
                 f"{project}: round {current.id} ({current.strategy}, {len(current.items)} images) is still "
                 f"{current.state}; label it (`activepose label`) and close it before selecting again"
             )
+        if budget > len(proj.unlabelled_ids()):
+            counts = proj.counts()
+            _fail(
+                f"{project}: budget {budget} is larger than the {counts['unlabelled']} unlabelled images left ("
+                + ", ".join(f"{n} {state}" for state, n in counts.items())
+                + ")"
+            )
         pool_set = proj.to_coco(proj.unlabelled_ids())
         lab_set = proj.to_coco(proj.labelled_ids()) if proj.labelled_ids() else None
         latest = proj.latest_model()
@@ -550,6 +570,7 @@ def select(
         tasks: dict[str, int] = {}
 
         def report(stage: str, done: int, total: int) -> None:
+            faults.point("select")
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total, info="")
             progress.update(tasks[stage], completed=done)
@@ -607,6 +628,43 @@ def select(
                 activation_montage(pool_set, u.image_ids, u.peaks, th_hm, montage / "activations.png")
             )
         console.print("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command()
+def subset(
+    data: Annotated[Path, typer.Argument(help="COCO keypoint JSON to draw from.")],
+    size: Annotated[int, typer.Option("--size", "-n", help="How many images to keep.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Write the subset here.")],
+    rest: Annotated[
+        Path | None, typer.Option(help="Also write the images not drawn (a disjoint split) here.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a seeded random subset of a COCO file (ids and labels kept), e.g. a pool sample or an initial set.
+
+    Image file names are rewritten relative to the output file's folder, so the subset works from anywhere.
+    """
+    import dataclasses
+    import os
+
+    from .coco import save_coco
+
+    coco = _load(data, check_images=False)
+    if not 0 < size <= len(coco):
+        _fail(f"{data}: --size must be between 1 and its {len(coco)} images, got {size}")
+    chosen = _limit(coco, size, seed)
+    drawn = set(chosen.image_ids)
+    others = coco.subset([i for i in coco.image_ids if i not in drawn])
+    written = []
+    for part, path in ((chosen, out), (others, rest)):
+        if path is None:
+            continue
+        folder = path.resolve().parent
+        frames = [dataclasses.replace(f, file_name=Path(os.path.relpath(coco.image_path(f).resolve(), folder)).as_posix())
+                  for f in part]  # fmt: skip
+        written.append(f"{len(frames)} images ({sum(f.num_people for f in frames)} people) -> {path}")
+        save_coco(dataclasses.replace(part, frames=frames, root=folder, path=path), path)
+    console.print("wrote " + "; ".join(written))
 
 
 @app.command()
@@ -936,14 +994,16 @@ def _duration(seconds: float) -> str:
 
 
 def _metrics_text(metrics: dict) -> str:
-    """count_acc / AP / PCK from a metrics dict: flat, or an evaluation report {tta: {...}} (clean)."""
+    """count_acc / AP / PCK (in %) from a metrics dict: flat, or an evaluation report {tta: {...}} (clean)."""
     flat = metrics.get("clean") if isinstance(metrics.get("clean"), dict) else metrics
     shown = []
     for key in ("count_acc", "AP", "PCK"):
         value = flat.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            shown.append(f"{key} {value:.3f}")
-    return ", ".join(shown) or ("-" if not metrics else "(other metrics)")
+            shown.append(f"{key} {100 * value:.1f}")
+    if not shown:
+        return "not evaluated" if metrics else "-"
+    return ", ".join(shown)
 
 
 @app.command()
@@ -958,14 +1018,23 @@ def status(project: Annotated[Path, typer.Argument(help="Project folder.")]) -> 
     table = Table(title=f"{project}: {len(rounds)} round(s)")
     for col, justify in (("round", "right"), ("strategy", "left"), ("budget", "right"), ("state", "left"),
                          ("labelled", "right"), ("people", "right"), ("label cost", "right"),
-                         ("model metrics", "left")):  # fmt: skip
+                         ("model (train images)", "left"), ("clean metrics, %", "left")):  # fmt: skip
         table.add_column(col, justify=justify)
-    empty = {"images": 0, "people": 0, "seconds": 0.0}
-    if None in summary:
-        s = summary[None]
-        table.add_row(
-            "-", "initial labels", "", "", str(s["images"]), str(s["people"]), _duration(s["seconds"]), ""
-        )
+
+    def model_cells(model) -> tuple[str, str]:
+        return (f"{model.id} ({model.train_size})", _metrics_text(model.metrics)) if model else ("-", "-")
+
+    def cost(s: dict) -> str:  # labels imported from files carry no time: say so rather than "0 s"
+        if s["people"] and not s["timed"]:
+            return "unknown"
+        return _duration(s["seconds"]) + ("" if s["timed"] == s["people"] else " (partly unknown)")
+
+    empty = {"images": 0, "people": 0, "seconds": 0.0, "timed": 0}
+    initial = next((m for m in reversed(models) if m.round is None), None)
+    if None in summary or initial is not None:
+        s = summary.get(None, empty)
+        table.add_row("-", "initial labels", "", "", str(s["images"]), str(s["people"]), cost(s),
+                      *model_cells(initial))  # fmt: skip
     for r in rounds:
         s = summary.get(r.id, empty)
         model = by_id.get(r.model_id) if r.model_id is not None else None
@@ -973,7 +1042,7 @@ def status(project: Annotated[Path, typer.Argument(help="Project folder.")]) -> 
             model = next((m for m in reversed(models) if m.round == r.id), None)
         table.add_row(
             str(r.id), r.strategy, str(r.budget), r.state, f"{s['images']}/{len(r.items)}", str(s["people"]),
-            _duration(s["seconds"]), _metrics_text(model.metrics) if model else "-",
+            cost(s), *model_cells(model),
         )  # fmt: skip
     console.print(table)
     total = sum(s["seconds"] for s in summary.values())
@@ -982,7 +1051,9 @@ def status(project: Annotated[Path, typer.Argument(help="Project folder.")]) -> 
         + ", ".join(f"{n} {state}" for state, n in counts.items())
         + f"; total {sum(counts.values())}"
     )
-    console.print(f"total label cost: {_duration(total)} ({total:.0f} s)")
+    untimed = sum(s["people"] - s["timed"] for s in summary.values())
+    note = f"; {untimed} person label(s) without a recorded time not counted" if untimed else ""
+    console.print(f"total label cost: {_duration(total)} ({total:.0f} s){note}")
 
 
 @app.command()
@@ -1127,6 +1198,164 @@ def label(
             _fail(str(exc))
     state = "labelled" if not left else "open"
     console.print(f"round {r}: {len(items) - len(left)}/{len(items)} images labelled; round is {state}")
+
+
+_NEEDS_MODEL = frozenset({"uncertainty", "hybrid"})
+
+
+@app.command("run")
+def run_loop(
+    project: Annotated[Path, typer.Argument(help="Project folder (from `activepose init`).")],
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Stop when the project has this many closed rounds (earlier rounds count: the same command "
+            "again finishes an interrupted run and then does nothing)."
+        ),
+    ],
+    budget: Annotated[int, typer.Option("--budget", "-b", help="Images chosen per round.")],
+    oracle: Annotated[str, typer.Option(help="simulated (reveals --ground-truth).")] = "simulated",
+    ground_truth: Annotated[
+        Path | None, typer.Option("--ground-truth", help="COCO JSON with the pool's true labels.")
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option("--strategy", "-s", help="random, uncertainty, diversity, coreset, hybrid.")
+    ] = "hybrid",
+    test: Annotated[
+        Path | None, typer.Option("--test", help="Test set (default: the project's, from `init --test`).")
+    ] = None,
+    tta: Annotated[str, typer.Option(help="Evaluation TTAs: comma-separated, 'all' or 'none'.")] = "all",
+    eval_max_images: Annotated[
+        int | None, typer.Option(help="Evaluate on a seeded subset of the test set.")
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")] = "vgg_tiny",
+    width: Annotated[float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny).")] = None,
+    head_channels: Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")] = 128,
+    input_size: Annotated[int, typer.Option(help="Network input side in pixels (multiple of 8).")] = 256,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per round's training session.")] = 200,
+    batch_size: Annotated[int, typer.Option()] = 4,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 35,
+    lr_step: Annotated[int, typer.Option(help="Epochs between learning-rate drops.")] = 30,
+    lr_gamma: Annotated[float, typer.Option(help="Step decay factor.")] = 0.5,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Training time per round (ends the session, records the model).")
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option(help="ImageNet weights for the backbone when available.")
+    ] = True,
+    extractor: Annotated[
+        str, typer.Option(help="Embeddings: mobilenet_v2, resnet50, pose_backbone.")
+    ] = "mobilenet_v2",
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the extractor (resnet50).")] = None,
+    ann: Annotated[str, typer.Option(help="ANN backend: annoy, faiss, exact.")] = "annoy",
+    th_hm: Annotated[float, typer.Option(help="Heatmap peak threshold thHM.")] = 0.3,
+    th_kp: Annotated[
+        int | None, typer.Option(help="Keypoint count threshold thKP (default 6 of 18, scaled).")
+    ] = None,
+    fill: Annotated[
+        str, typer.Option(help="hybrid with too few uncertain images: diversity or uncertainty.")
+    ] = "diversity",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seeds training, selection (seed + round) and oracle cost.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Run the active-learning loop: select -> label -> train -> evaluate, round after round.
+
+    Every step stores its outcome in the project in one transaction, and the next step is read back from the
+    project: after a crash, kill -9 or Ctrl-C, the same command continues where it stopped (a round is never
+    opened twice, no label is lost or stored twice, training resumes from its last epoch). Before the first
+    round, initial labels are trained on and evaluated; with no labels at all, round 1 is chosen by diversity.
+    Writes exports/learning_curve.png and .json at the end.
+    """
+    from .loop import ACTIONS, next_step
+
+    if oracle != "simulated":
+        _fail(
+            f"unknown --oracle {oracle!r}: the loop runs with 'simulated' (humans label with `activepose label`)"
+        )
+    if ground_truth is None:
+        _fail("--oracle simulated needs --ground-truth GT.json")
+    if rounds < 0 or budget < 1:
+        _fail(f"--rounds must be >= 0 and --budget >= 1, got {rounds} and {budget}")
+    if input_size % 8:
+        _fail(f"--input-size must be a multiple of 8, got {input_size}")
+    with _open_project(project) as proj:
+        if test is None and "test" not in proj.meta:
+            _fail(
+                f"{project}: no test set to evaluate rounds on (give --test TEST.json, or init with --test)"
+            )
+    _load(ground_truth, check_images=False)  # a broken ground truth fails now, not after the first training
+    t_start, last = time.monotonic(), None
+    while True:
+        with _open_project(project) as proj:
+            step = next_step(proj, rounds)
+            has_model = proj.latest_model() is not None
+        assert step.action in ACTIONS
+        if step.action == "done":
+            console.print(f"[bold green]done:[/] {step.reason}")
+            break
+        if (step.action, step.round) == last:  # every step must move the project forward
+            _fail(f"{project}: step {step.action!r} did not advance the project ({step.reason})")
+        last = (step.action, step.round)
+        where = f"round {step.round}" if step.round is not None else "initial labels"
+        console.rule(f"[bold]{where}: {step.action}[/] ({step.reason})")
+        t0 = time.monotonic()
+        if step.action == "select":
+            chosen = strategy
+            if strategy in _NEEDS_MODEL and not has_model:
+                chosen = "diversity"
+                console.print(
+                    f"no model yet: round {step.round} is chosen by diversity instead of {strategy}"
+                )
+            select(
+                budget=budget, project=project, strategy=chosen, extractor=extractor, weights=weights, ann=ann,
+                th_hm=th_hm, th_kp=th_kp, fill=fill, seed=seed + step.round, device=device,
+                montage=project / "exports" / f"round_{step.round}",
+            )  # fmt: skip
+        elif step.action == "label":
+            label(project=project, oracle="simulated", ground_truth=ground_truth, seed=seed)
+        elif step.action == "train":
+            train(
+                project=project, backbone=backbone, width=width, head_channels=head_channels, epochs=epochs,
+                batch_size=batch_size, lr=lr, patience=patience, lr_step=lr_step, lr_gamma=lr_gamma,
+                input_size=input_size, max_minutes=max_minutes, pretrained=pretrained, workers=workers,
+                seed=seed, device=device,
+            )  # fmt: skip
+        else:
+            evaluate(project=project, data=test, tta=tta, max_images=eval_max_images, device=device)
+        console.print(f"{step.action} took {_duration(time.monotonic() - t0)}")
+    curve = _write_learning_curve(project)
+    status(project)
+    if curve is not None:
+        console.print(f"wrote {curve} and {curve.with_suffix('.json')}")
+    console.print(f"loop finished in {_duration(time.monotonic() - t_start)}")
+
+
+def _write_learning_curve(project: Path) -> Path | None:
+    """Write exports/learning_curve.{json,png}: each evaluated model's metrics against its training-set size."""
+    from .fileio import atomic_write_json
+    from .loop import is_evaluated
+    from .plots import plot_learning_curve
+
+    with _open_project(project) as proj:
+        summary, models = proj.round_summary(), proj.models()
+    points = []
+    for m in models:
+        if not is_evaluated(m.metrics):
+            continue
+        # label cost so far: initial labels plus every round up to the model's own
+        cost = sum(
+            s["seconds"] for r, s in summary.items() if r is None or (m.round is not None and r <= m.round)
+        )
+        metrics = {k: v for k, v in m.metrics.items() if isinstance(v, dict)}
+        points.append({"model": m.id, "round": m.round, "train_size": m.train_size, "label_seconds": cost,
+                       "metrics": metrics})  # fmt: skip
+    if not points:
+        return None
+    out = project / "exports" / "learning_curve.png"
+    atomic_write_json(out.with_suffix(".json"), points, indent=1)
+    return plot_learning_curve(points, out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import faults
 from .coco import OUTSIDE_TOLERANCE, CocoError, CocoKeypoints, Frame, parse_coco, save_coco
 from .fileio import _strict, file_sha1
 from .skeleton import Skeleton
@@ -220,7 +221,7 @@ class Project:
     """An active-learning project folder: `project.db` plus checkpoints/, caches/ and exports/."""
 
     def __init__(self, folder: Path, conn: sqlite3.Connection):
-        self.folder = folder
+        self.folder = Path(folder).absolute()  # stored paths stay valid whatever the working directory
         self.db_path = folder / DB_NAME
         self._conn = conn
         meta = dict(conn.execute("SELECT key, value FROM meta"))
@@ -508,6 +509,7 @@ class Project:
                 "UPDATE images SET state = 'labelled', round = COALESCE(?, round) WHERE id = ?",
                 (round, image_id),
             )
+            faults.point("label")  # a crash here must leave no partial labelling behind
         return n
 
     def labels_of(self, image_id: int) -> list[LabelRow]:
@@ -544,7 +546,8 @@ class Project:
         that id exists and its file name (last path component) matches; else by a unique file name match;
         else by content hash when the image file is readable next to the JSON. Unmatched images are
         errors (nothing imported). Images without annotations are skipped unless `include_empty`, which
-        records them as labelled with nobody in them. `source` defaults to 'file:<file name>'.
+        records them as labelled with nobody in them. With `round`, every labelled image must belong to
+        that round. `source` defaults to 'file:<file name>'.
         """
         path = Path(path)
         try:
@@ -572,6 +575,19 @@ class Project:
             if problems:
                 raise StoreError(f"{path}: cannot import, nothing stored", problems)
             labels = {mapping[f.image_id]: f.keypoints for f in data.frames if f.num_people or include_empty}
+            if round is not None:  # a round's export must come back with that round's images only
+                items = {
+                    i
+                    for (i,) in c.execute(
+                        "SELECT image_id FROM round_items WHERE round_id = ?", (int(round),)
+                    )
+                }
+                outside = sorted(i for i in labels if i not in items)
+                if outside:
+                    raise StoreError(
+                        f"{path}: cannot import, nothing stored",
+                        [f"image id {i}: not in round {round}" for i in outside],
+                    )
             cur = c.execute(
                 "INSERT INTO imports (content_hash, name, imported_at, n_labels) VALUES (?, ?, ?, 0)",
                 (digest, path.name, _now()),
@@ -718,20 +734,40 @@ class Project:
         train_size: int,
         round: int | None = None,
         metrics: Mapping[str, Any] | None = None,
+        mark_trained: bool = False,
     ) -> int:
+        """Register a checkpoint; return the model id.
+
+        With `mark_trained`, a `round` that is 'labelled' moves to 'trained' with this model in the same
+        transaction, so a crash can never leave a recorded model whose round still waits for training.
+        """
         with self._write() as c:
-            if (
-                round is not None
-                and c.execute("SELECT 1 FROM rounds WHERE id = ?", (int(round),)).fetchone() is None
-            ):
-                raise StoreError(f"{self.folder}: no round {round}")
+            row = None
+            if round is not None:
+                row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round),)).fetchone()
+                if row is None:
+                    raise StoreError(f"{self.folder}: no round {round}")
+            now = _now()
             cur = c.execute(
                 "INSERT INTO models (checkpoint, round, train_size, metrics, created_at) VALUES (?, ?, ?, ?, ?)",
-                (_relative(checkpoint, self.folder), round, int(train_size), _metrics_json(metrics), _now()),
+                (_relative(checkpoint, self.folder), round, int(train_size), _metrics_json(metrics), now),
             )
-            return int(cur.lastrowid)
+            model_id = int(cur.lastrowid)
+            if mark_trained and row is not None and row[0] == "labelled":
+                c.execute(
+                    "UPDATE rounds SET state = 'trained', model_id = ?, updated_at = ? WHERE id = ?",
+                    (model_id, now, int(round)),
+                )
+            return model_id
 
-    def set_model_metrics(self, model_id: int, metrics: Mapping[str, Any]) -> None:
+    def set_model_metrics(
+        self, model_id: int, metrics: Mapping[str, Any], close_round: int | None = None
+    ) -> None:
+        """Store a model's metrics; with `close_round`, that round (trained with this model) is closed too.
+
+        Both happen in one transaction: a crash leaves either neither or both. Closing is refused unless the
+        round is 'trained' or 'evaluated' and was trained with `model_id`.
+        """
         with self._write() as c:
             if (
                 c.execute(
@@ -740,6 +776,19 @@ class Project:
                 != 1
             ):
                 raise StoreError(f"{self.folder}: no model {model_id}")
+            if close_round is None:
+                return
+            row = c.execute("SELECT state, model_id FROM rounds WHERE id = ?", (int(close_round),)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.folder}: no round {close_round}")
+            if row[0] not in ("trained", "evaluated") or row[1] != model_id:
+                raise StoreError(
+                    f"{self.folder}: round {close_round} is {row[0]!r} with model {row[1]}; only a round "
+                    f"trained with model {model_id} can be closed by its evaluation"
+                )
+            c.execute(
+                "UPDATE rounds SET state = 'closed', updated_at = ? WHERE id = ?", (_now(), int(close_round))
+            )
 
     def latest_model(self) -> ModelInfo | None:
         row = self._conn.execute(
@@ -760,23 +809,25 @@ class Project:
         """Return {round (None: outside any round): {"images", "people", "seconds"}} of the stored labels.
 
         `images` counts the round's chosen images that are now labelled (for None: labelled images without a
-        round), `people` the label rows and `seconds` the summed labelling time (unknown times count 0).
+        round), `people` the label rows, `seconds` the summed labelling time (unknown times count 0) and `timed`
+        the label rows whose time is known.
         """
         out: dict[int | None, dict[str, float]] = {}
-        for r, people, secs in self._conn.execute(
-            "SELECT round, COUNT(*), COALESCE(SUM(seconds), 0) FROM labels GROUP BY round"
+        for r, people, secs, timed in self._conn.execute(
+            "SELECT round, COUNT(*), COALESCE(SUM(seconds), 0), COUNT(seconds) FROM labels GROUP BY round"
         ):
-            out[r] = {"images": 0, "people": int(people), "seconds": float(secs)}
+            out[r] = {"images": 0, "people": int(people), "seconds": float(secs), "timed": int(timed)}
+        empty = {"images": 0, "people": 0, "seconds": 0.0, "timed": 0}
         for r, n in self._conn.execute(
             "SELECT ri.round_id, COUNT(*) FROM round_items ri JOIN images i ON i.id = ri.image_id "
             "WHERE i.state = 'labelled' GROUP BY ri.round_id"
         ):
-            out.setdefault(r, {"images": 0, "people": 0, "seconds": 0.0})["images"] = int(n)
+            out.setdefault(r, dict(empty))["images"] = int(n)
         n = self._conn.execute(
             "SELECT COUNT(*) FROM images WHERE state = 'labelled' AND round IS NULL"
         ).fetchone()[0]
         if n:
-            out.setdefault(None, {"images": 0, "people": 0, "seconds": 0.0})["images"] = int(n)
+            out.setdefault(None, dict(empty))["images"] = int(n)
         return out
 
     # --- export ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import faults
 from .checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from .coco import CocoKeypoints
 from .data import AugmentConfig, PoseDataset
@@ -62,6 +63,7 @@ class TrainConfig:
     max_val_images: int = 500
     steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole training split)
     max_minutes: float | None = None  # stop (resumably) after the epoch that crosses this wall time
+    budget_ends_session: bool = False  # True: hitting max_minutes completes the session (projects, the loop)
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
@@ -340,13 +342,16 @@ class Trainer:
             if t["bad_epochs"] >= cfg.patience:
                 stopped = "early_stopping"
             budget_hit = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
-            t["complete"] = stopped == "early_stopping" or epoch >= cfg.max_epochs
+            t["complete"] = (
+                stopped == "early_stopping"
+                or epoch >= cfg.max_epochs
+                or (budget_hit and cfg.budget_ends_session)
+            )
             self._save(model, opt, sched, t, history, best=improved)
             self.callbacks.on_epoch_end(rec, improved)
-            if t["complete"]:
-                break
-            if budget_hit:
+            if budget_hit and stopped != "early_stopping" and epoch < cfg.max_epochs:
                 stopped = "time_budget"
+            if t["complete"] or budget_hit:
                 break
         return TrainResult(self.run_dir, session, t["epoch"], t["best_val"], stopped, history)
 
@@ -406,6 +411,7 @@ class Trainer:
             total += value * len(images)
             seen += len(images)
             self.callbacks.on_batch_end(value)
+            faults.point("train")
         return total / max(seen, 1), seen
 
     @torch.inference_mode()

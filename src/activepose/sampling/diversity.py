@@ -240,14 +240,17 @@ def _fit_sketch(x: np.ndarray, dim: int, sample: int, rng: np.random.Generator):
     """PCA basis (randomized SVD, 3 power iterations) of a row sample: (mean, (D, dim) basis) or None.
     torch GEMMs throughout (numpy's BLAS path for ``y.T @ y`` is ~20x slower on this kind of shape)."""
     n, d = x.shape
-    if d <= dim:
+    if d <= dim or n <= dim:  # nothing to reduce: a few rows are compared in the original space
         return None
     rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
     s = torch.from_numpy(np.asarray(x[rows], dtype=np.float32))
     mean = s.mean(0)
     s = s - mean
-    q = min(dim, len(rows), d)
-    p = min(q + 16, len(rows), d)
+    rank = len(rows) - 1  # the centred sample's rank: a wider sketch would make _orth's Gram matrix singular
+    if rank < 1:
+        return None
+    q = min(dim, rank, d)
+    p = min(q + 16, rank, d)
     with torch.no_grad():
         y = s @ torch.from_numpy(rng.standard_normal((d, p), dtype=np.float32))
         for _ in range(3):
