@@ -64,6 +64,17 @@ def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
     assert done.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"])
 
 
+def test_time_budget_can_end_the_session(tiny_data, tmp_path):
+    """Projects and the loop: --max-minutes ends the session, so grown data starts the next one cleanly."""
+    cut = train(_cfg(max_minutes=0.0, budget_ends_session=True), tiny_data, tmp_path)
+    assert cut.stopped == "time_budget" and cut.epochs_run == 1
+    again = train(_cfg(max_minutes=0.0, budget_ends_session=True), tiny_data, tmp_path)
+    assert again.stopped == "already_complete" and again.epochs_run == 1
+    grown = tiny_data.subset(tiny_data.image_ids[:20])
+    nxt = train(_cfg(max_minutes=0.0, budget_ends_session=True), grown, tmp_path)
+    assert nxt.session == 2 and nxt.stopped == "time_budget"
+
+
 def test_complete_session_is_not_retrained_and_new_data_starts_a_session(tiny_data, tmp_path):
     first = train(_cfg(max_epochs=1), tiny_data, tmp_path)
     again = train(_cfg(max_epochs=1), tiny_data, tmp_path)
