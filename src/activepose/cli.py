@@ -7,6 +7,8 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -188,14 +190,15 @@ def train(
     console.print(
         f"training [bold]{backbone}[/] on {len(coco)} images of {data} ({coco.skeleton.name}) -> {out}"
     )
-    with _progress() as progress:
-        result = run_train(cfg, coco, out, _RichTrainCallbacks(progress), new_session=new_session)
-    console.print(
-        f"session {result.session}: {result.epochs_run} epochs, best val loss {result.best_val_loss:.5f}, "
-        f"stopped by {result.stopped.replace('_', ' ')}; checkpoints in {out}"
-    )
-    if proj is not None:
-        _record_project_model(proj, out / "best.pt", len(coco))
+    with _project_lock(project, "train") if proj is not None else nullcontext():
+        with _progress() as progress:
+            result = run_train(cfg, coco, out, _RichTrainCallbacks(progress), new_session=new_session)
+        console.print(
+            f"session {result.session}: {result.epochs_run} epochs, best val loss {result.best_val_loss:.5f}, "
+            f"stopped by {result.stopped.replace('_', ' ')}; checkpoints in {out}"
+        )
+        if proj is not None:
+            _record_project_model(proj, out / "best.pt", len(coco))
 
 
 def _project_training_set(project: Path):
@@ -766,6 +769,18 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff
 _MAX_SHOWN = 20
 
 
+@contextmanager
+def _project_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold PROJECT/.lock (one loop / training per project at a time); a busy project is a clear error."""
+    from .lock import ProjectBusy, project_lock
+
+    try:
+        with project_lock(folder, what):
+            yield
+    except ProjectBusy as exc:
+        _fail(str(exc))
+
+
 def _open_project(folder: Path):
     from .store import Project, StoreError
 
@@ -1286,45 +1301,57 @@ def run_loop(
                 f"{project}: no test set to evaluate rounds on (give --test TEST.json, or init with --test)"
             )
     _load(ground_truth, check_images=False)  # a broken ground truth fails now, not after the first training
-    t_start, last = time.monotonic(), None
-    while True:
-        with _open_project(project) as proj:
-            step = next_step(proj, rounds)
-            has_model = proj.latest_model() is not None
-        assert step.action in ACTIONS
-        if step.action == "done":
-            console.print(f"[bold green]done:[/] {step.reason}")
-            break
-        if (step.action, step.round) == last:  # every step must move the project forward
-            _fail(f"{project}: step {step.action!r} did not advance the project ({step.reason})")
-        last = (step.action, step.round)
-        where = f"round {step.round}" if step.round is not None else "initial labels"
-        console.rule(f"[bold]{where}: {step.action}[/] ({step.reason})")
-        t0 = time.monotonic()
-        if step.action == "select":
-            chosen = strategy
-            if strategy in _NEEDS_MODEL and not has_model:
-                chosen = "diversity"
-                console.print(
-                    f"no model yet: round {step.round} is chosen by diversity instead of {strategy}"
-                )
-            select(
-                budget=budget, project=project, strategy=chosen, extractor=extractor, weights=weights, ann=ann,
-                th_hm=th_hm, th_kp=th_kp, fill=fill, seed=seed + step.round, device=device,
-                montage=project / "exports" / f"round_{step.round}",
-            )  # fmt: skip
-        elif step.action == "label":
-            label(project=project, oracle="simulated", ground_truth=ground_truth, seed=seed)
-        elif step.action == "train":
-            train(
-                project=project, backbone=backbone, width=width, head_channels=head_channels, epochs=epochs,
-                batch_size=batch_size, lr=lr, patience=patience, lr_step=lr_step, lr_gamma=lr_gamma,
-                input_size=input_size, max_minutes=max_minutes, pretrained=pretrained, workers=workers,
-                seed=seed, device=device,
-            )  # fmt: skip
-        else:
-            evaluate(project=project, data=test, tta=tta, max_images=eval_max_images, device=device)
-        console.print(f"{step.action} took {_duration(time.monotonic() - t0)}")
+
+    def loop() -> None:
+        last = None
+        while True:
+            with _open_project(project) as proj:
+                step = next_step(proj, rounds)
+                has_model = proj.latest_model() is not None
+            assert step.action in ACTIONS
+            if step.action == "done":
+                console.print(f"[bold green]done:[/] {step.reason}")
+                break
+            if (step.action, step.round) == last:  # every step must move the project forward
+                _fail(f"{project}: step {step.action!r} did not advance the project ({step.reason})")
+            last = (step.action, step.round)
+            where = f"round {step.round}" if step.round is not None else "initial labels"
+            console.rule(f"[bold]{where}: {step.action}[/] ({step.reason})")
+            t0 = time.monotonic()
+            if step.action == "select":
+                chosen = strategy
+                if strategy in _NEEDS_MODEL and not has_model:
+                    chosen = "diversity"
+                    console.print(
+                        f"no model yet: round {step.round} is chosen by diversity instead of {strategy}"
+                    )
+                select(
+                    budget=budget, project=project, strategy=chosen, extractor=extractor, weights=weights, ann=ann,
+                    th_hm=th_hm, th_kp=th_kp, fill=fill, seed=seed + step.round, device=device,
+                    montage=project / "exports" / f"round_{step.round}",
+                )  # fmt: skip
+            elif step.action == "label":
+                label(project=project, oracle="simulated", ground_truth=ground_truth, seed=seed)
+            elif step.action == "train":
+                train(
+                    project=project, backbone=backbone, width=width, head_channels=head_channels, epochs=epochs,
+                    batch_size=batch_size, lr=lr, patience=patience, lr_step=lr_step, lr_gamma=lr_gamma,
+                    input_size=input_size, max_minutes=max_minutes, pretrained=pretrained, workers=workers,
+                    seed=seed, device=device,
+                )  # fmt: skip
+            else:
+                evaluate(project=project, data=test, tta=tta, max_images=eval_max_images, device=device)
+            console.print(f"{step.action} took {_duration(time.monotonic() - t0)}")
+
+    t_start = time.monotonic()
+    try:
+        with _project_lock(project, "run"):
+            loop()
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted:[/] every finished step is stored; run the same command to continue"
+        )
+        raise typer.Exit(code=130) from None
     curve = _write_learning_curve(project)
     status(project)
     if curve is not None:

@@ -7,8 +7,8 @@ Layout of one cache (one directory per *key*, e.g. an extractor's weights or a p
 
 Writes append the vectors, fsync them, and only then commit their index rows, so a crash mid-write leaves
 at worst unindexed bytes past the last indexed row: readers ignore them and the next append truncates them.
-Callers add rows in large chunks (each add costs an fsync).
-One writer at a time (a single process); concurrent readers are fine.
+Callers add rows in large chunks (each add costs an fsync). Appends from several processes are serialised by a
+file lock on `vectors.f32`; readers need no lock.
 """
 
 from __future__ import annotations
@@ -142,26 +142,37 @@ class VectorCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         if len(hashes) != len(vectors):
             raise ValueError(f"{len(hashes)} hashes for {len(vectors)} vectors")
-        present, _ = self.lookup(list(hashes)) if len(hashes) else (np.zeros(0, bool), None)
-        keep, seen = [], set()
-        for i, h in enumerate(hashes):
-            if not present[i] and h not in seen:
-                keep.append(i)
-                seen.add(h)
-        if not keep:
+        if not len(hashes):
             return
-        n = self._indexed_rows()
-        path = self.dir / VECTORS
-        with open(path, "ab") as fh:
+        with open(self.dir / VECTORS, "ab") as fh:
+            _lock_file(fh)  # one appender at a time across processes; released when the file closes
+            present, _ = self.lookup(list(hashes))  # under the lock: rows another process just added count
+            keep, seen = [], set()
+            for i, h in enumerate(hashes):
+                if not present[i] and h not in seen:
+                    keep.append(i)
+                    seen.add(h)
+            if not keep:
+                return
+            n = self._indexed_rows()
             fh.truncate(n * self.dim * 4)  # drop bytes of a write that crashed before its index commit
             fh.seek(n * self.dim * 4)
             fh.write(vectors[keep].tobytes())
             fh.flush()
             os.fsync(fh.fileno())
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO rows VALUES (?, ?)", [(hashes[i], n + j) for j, i in enumerate(keep)]
-            )
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO rows VALUES (?, ?)", [(hashes[i], n + j) for j, i in enumerate(keep)]
+                )
+
+
+def _lock_file(fh) -> None:
+    """Block until this process holds an exclusive lock on the open file (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
 
 
 def prefetch_map(
