@@ -311,3 +311,29 @@ def test_label_file_oracle_imports_a_cvat_coco_keypoints_export(tmp_path, data):
             got = p.keypoints_of(image_id)
             want = truth.frame(image_id).keypoints
             assert got.shape == want.shape and abs(got - want).max() < 1e-3
+
+
+def test_skipped_images_unblock_the_round_and_are_never_selected(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data)
+    with Project.open(proj) as p:
+        p.open_round("random", {}, [(5, None), (6, None), (7, None)])
+        before = p.dump()
+    code, out = _run("label", proj, "--skip", 5, "--skip", 9)  # 9 is not in the round: nothing changes
+    assert code == 2 and "image id 9: not in round 1" in out
+    with Project.open(proj) as p:
+        assert p.dump() == before
+    code, out = _run("label", proj, "--skip", 5)
+    assert code == 0 and "skipped 1 image(s)" in out
+    flat = " ".join(out.split())
+    assert "0/3 images labelled, 1 skipped; round is open" in flat
+    code, out = _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)  # labels 6 and 7 only
+    assert code == 0, out
+    assert "2/3 images labelled, 1 skipped; round is labelled" in " ".join(out.split())
+    with Project.open(proj) as p:
+        assert p.image(5).state == "skipped" and p.labels_of(5) == []
+        assert 5 not in p.unlabelled_ids() and p.round(1).state == "labelled"
+    code, out = _run("status", proj)
+    assert "2/3 (1 skipped)" in out and "1 skipped" in out
+    code, out = _run("label", proj, "--skip", 6)  # the round is no longer open
+    assert code == 2 and "only an open round" in out

@@ -1056,7 +1056,8 @@ def status(project: Annotated[Path, typer.Argument(help="Project folder.")]) -> 
         if model is None:
             model = next((m for m in reversed(models) if m.round == r.id), None)
         table.add_row(
-            str(r.id), r.strategy, str(r.budget), r.state, f"{s['images']}/{len(r.items)}", str(s["people"]),
+            str(r.id), r.strategy, str(r.budget), r.state,
+            f"{s['images']}/{len(r.items)}" + (f" ({s['skipped']} skipped)" if s.get("skipped") else ""), str(s["people"]),
             cost(s), *model_cells(model),
         )  # fmt: skip
     console.print(table)
@@ -1164,19 +1165,28 @@ def label(
         bool, typer.Option(help="file (coco): images without annotations count as labelled with nobody.")
     ] = False,
     seed: Annotated[int, typer.Option(help="simulated: seed of the per-person labelling time.")] = 0,
+    skip: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Image id of the open round that cannot be labelled (repeatable): it stops blocking "
+            "the round and is never selected again."
+        ),  # fmt: skip
+    ] = None,
 ) -> None:
-    """Label the open round with an oracle; when all its images are labelled the round becomes 'labelled'.
+    """Label the open round with an oracle; when all its images are labelled (or skipped) it becomes 'labelled'.
 
-    All-or-nothing per call (bad input changes nothing); re-running adds nothing new.
+    All-or-nothing per call (bad input changes nothing); re-running adds nothing new. `--skip ID` alone only
+    marks images skipped.
     """
     from .oracle import SimulatedOracle, import_label_studio
     from .store import StoreError
 
+    skip_only = bool(skip) and ground_truth is None and labels is None
     if oracle not in ("simulated", "file"):
         _fail(f"unknown --oracle {oracle!r}; use simulated or file")
-    if oracle == "simulated" and ground_truth is None:
+    if oracle == "simulated" and ground_truth is None and not skip_only:
         _fail("--oracle simulated needs --ground-truth GT.json")
-    if oracle == "file" and labels is None:
+    if oracle == "file" and labels is None and not skip_only:
         _fail("--oracle file needs --labels FILE.json")
     if fmt not in ("coco", "label-studio"):
         _fail(f"unknown --format {fmt!r}; use coco or label-studio")
@@ -1186,10 +1196,20 @@ def label(
             _fail(f"{project}: no open round to label")
         r = current.id
         if current.state != "open":
+            if skip:
+                _fail(f"{project}: round {r} is {current.state!r}; only an open round's images can be skipped")
             console.print(f"round {r} is already {current.state!r}: nothing new added")
             return
         try:
-            if oracle == "simulated":
+            if skip:
+                n_skipped = proj.skip_images(r, skip)
+                console.print(
+                    f"skipped {n_skipped} image(s) of round {r}"
+                    + (" (the rest already were)" if n_skipped < len(set(skip)) else "")
+                )
+            if skip_only:
+                n, message = 0, ""
+            elif oracle == "simulated":
                 gt = _load(ground_truth, check_images=False)
                 n = SimulatedOracle(gt, seed=seed).label(proj, r)
                 message = f"simulated oracle labelled {n} image(s) of round {r}"
@@ -1202,17 +1222,24 @@ def label(
                 message = f"{labels}: {res.images} image(s), {res.people} people, {n} new label(s)"
                 if res.skipped_tasks:
                     message += f"; {len(res.skipped_tasks)} task(s) without an annotation skipped"
-            console.print(escape(message), soft_wrap=True)
-            if n == 0:
-                console.print("nothing new added")
+            if message:
+                console.print(escape(message), soft_wrap=True)
+                if n == 0:
+                    console.print("nothing new added")
             items = [i for i, _, _ in proj.round(r).items]
-            left = [i for i in items if proj.image(i).state != "labelled"]
+            states = [proj.image(i).state for i in items]
+            left = [i for i, st in zip(items, states, strict=True) if st not in ("labelled", "skipped")]
             if not left:
                 proj.set_round_state(r, "labelled")
         except StoreError as exc:
             _fail(str(exc))
     state = "labelled" if not left else "open"
-    console.print(f"round {r}: {len(items) - len(left)}/{len(items)} images labelled; round is {state}")
+    skipped = states.count("skipped")
+    console.print(
+        f"round {r}: {states.count('labelled')}/{len(items)} images labelled"
+        + (f", {skipped} skipped" if skipped else "")
+        + f"; round is {state}"
+    )
 
 
 _NEEDS_MODEL = frozenset({"uncertainty", "hybrid"})

@@ -379,6 +379,39 @@ class Project:
                 "UPDATE images SET state = ?, round = NULL WHERE id = ?", [(state, int(i)) for i in image_ids]
             )
 
+    def skip_images(self, round_id: int, image_ids: Sequence[int]) -> int:
+        """Mark queued images of round `round_id` 'skipped' (cannot be labelled); return how many changed.
+
+        A skipped image counts as done when deciding whether the round is fully labelled, and is never
+        selected again. All-or-nothing: ids not in the round, or already labelled, raise StoreError and change
+        nothing. Skipping an already skipped image is a no-op.
+        """
+        with self._write() as c:
+            row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.folder}: no round {round_id}")
+            if row[0] != "open":
+                raise StoreError(
+                    f"{self.folder}: round {round_id} is {row[0]!r}; only an open round's images can be skipped"
+                )
+            items = {
+                i
+                for (i,) in c.execute("SELECT image_id FROM round_items WHERE round_id = ?", (int(round_id),))
+            }
+            problems, todo = [], []
+            for image_id in dict.fromkeys(int(i) for i in image_ids):
+                state = c.execute("SELECT state FROM images WHERE id = ?", (image_id,)).fetchone()
+                if image_id not in items:
+                    problems.append(f"image id {image_id}: not in round {round_id}")
+                elif state[0] == "labelled":
+                    problems.append(f"image id {image_id}: already labelled")
+                elif state[0] == "queued":
+                    todo.append(image_id)
+            if problems:
+                raise StoreError(f"{self.folder}: nothing skipped", problems)
+            c.executemany("UPDATE images SET state = 'skipped' WHERE id = ?", [(i,) for i in todo])
+        return len(todo)
+
     @staticmethod
     def _unknown(c: sqlite3.Connection, image_ids: Sequence[int]) -> list[str]:
         return [
@@ -809,8 +842,8 @@ class Project:
         """Return {round (None: outside any round): {"images", "people", "seconds"}} of the stored labels.
 
         `images` counts the round's chosen images that are now labelled (for None: labelled images without a
-        round), `people` the label rows, `seconds` the summed labelling time (unknown times count 0) and `timed`
-        the label rows whose time is known.
+        round), `people` the label rows, `seconds` the summed labelling time (unknown times count 0), `timed`
+        the label rows whose time is known and `skipped` (when any) the round's images marked skipped.
         """
         out: dict[int | None, dict[str, float]] = {}
         for r, people, secs, timed in self._conn.execute(
@@ -823,6 +856,11 @@ class Project:
             "WHERE i.state = 'labelled' GROUP BY ri.round_id"
         ):
             out.setdefault(r, dict(empty))["images"] = int(n)
+        for r, n in self._conn.execute(
+            "SELECT ri.round_id, COUNT(*) FROM round_items ri JOIN images i ON i.id = ri.image_id "
+            "WHERE i.state = 'skipped' GROUP BY ri.round_id"
+        ):
+            out.setdefault(r, dict(empty))["skipped"] = int(n)
         n = self._conn.execute(
             "SELECT COUNT(*) FROM images WHERE state = 'labelled' AND round IS NULL"
         ).fetchone()[0]
