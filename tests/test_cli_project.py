@@ -337,3 +337,23 @@ def test_skipped_images_unblock_the_round_and_are_never_selected(tmp_path, data)
     assert "2/3 (1 skipped)" in out and "1 skipped" in out
     code, out = _run("label", proj, "--skip", 6)  # the round is no longer open
     assert code == 2 and "only an open round" in out
+
+
+def test_export_pre_annotates_with_the_newest_model_by_default(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json")
+    with Project.open(proj) as p:
+        p.open_round("random", {}, [(5, None), (6, None)])
+    ls = tmp_path / "ex" / "r1.json"
+    code, out = _run("export", proj, "--round", 1, "--format", "label-studio", "--out", ls)
+    assert code == 0 and all("predictions" not in t for t in json.loads(ls.read_text()))  # no model yet
+    assert _run("train", proj, "--epochs", 1, *TINY)[0] == 0
+    code, out = _run("export", proj, "--round", 1, "--format", "label-studio", "--out", ls, "--device", "cpu")
+    assert code == 0 and "pre-annotating with the project's newest model 1" in out
+    tasks = json.loads(ls.read_text())
+    assert [t["data"]["activepose_image_id"] for t in tasks] == [5, 6]
+    assert all(t["predictions"][0]["model_version"] == "model_1.pt" for t in tasks)
+    code, out = _run(
+        "export", proj, "--round", 1, "--format", "label-studio", "--out", ls, "--no-predictions"
+    )
+    assert code == 0 and all("predictions" not in t for t in json.loads(ls.read_text()))

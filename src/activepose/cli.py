@@ -1080,8 +1080,19 @@ def export(
     fmt: Annotated[str, typer.Option("--format", "-f", help="coco or label-studio.")] = "coco",
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Checkpoint whose predictions become pre-annotations."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint whose predictions become pre-annotations (default: the newest model).",
+        ),
     ] = None,
+    predictions_on: Annotated[
+        bool,
+        typer.Option(
+            "--predictions/--no-predictions",
+            help="Pre-annotate with a model's predictions (when there is one).",
+        ),
+    ] = True,
     paths: Annotated[
         str, typer.Option(help="Image paths: relative (to --out's folder) or absolute.")
     ] = "relative",
@@ -1092,9 +1103,10 @@ def export(
     batch_size: Annotated[int, typer.Option()] = 8,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
-    """Write a round's images for labelling (COCO or Label Studio tasks), optionally with model predictions.
+    """Write a round's images for labelling (COCO or Label Studio tasks), pre-annotated with model predictions.
 
-    Label Studio also gets its labelling config next to the file (<stem>.config.xml).
+    The predictions come from --model, else from the project's newest model (none yet: no pre-annotations;
+    --no-predictions: none). Label Studio also gets its labelling config next to the file (<stem>.config.xml).
     """
     from .fileio import ImageReadError, atomic_write_bytes, read_image
     from .oracle import export_round, label_studio_config
@@ -1111,7 +1123,11 @@ def export(
         except StoreError as exc:
             _fail(str(exc))
         predictions, skipped = None, []
-        if model is not None:
+        latest = proj.latest_model()
+        if model is None and predictions_on and latest is not None:
+            model = proj.folder / latest.checkpoint
+            console.print(f"pre-annotating with the project's newest model {latest.id} ({model})")
+        if model is not None and predictions_on:
             net, skeleton, state = _load_model(model, device)
             if list(skeleton.keypoints) != list(proj.skeleton.keypoints):
                 _fail(f"{model}: keypoints {list(skeleton.keypoints)} differ from the project's "
@@ -1134,7 +1150,7 @@ def export(
                     progress.update(task, advance=len(ids[start : start + batch_size]))
         try:
             written = export_round(proj, round_id, out, fmt, predictions, paths=paths, url_prefix=url_prefix,
-                                   model_version=model.name if model else "activepose")  # fmt: skip
+                                   model_version=model.name if predictions is not None else "activepose")  # fmt: skip
         except StoreError as exc:
             _fail(str(exc))
         config = None
@@ -1197,7 +1213,9 @@ def label(
         r = current.id
         if current.state != "open":
             if skip:
-                _fail(f"{project}: round {r} is {current.state!r}; only an open round's images can be skipped")
+                _fail(
+                    f"{project}: round {r} is {current.state!r}; only an open round's images can be skipped"
+                )
             console.print(f"round {r} is already {current.state!r}: nothing new added")
             return
         try:
