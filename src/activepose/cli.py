@@ -48,6 +48,25 @@ def _main(
     )
 
 
+# Options shared by several commands: one definition, one help text.
+Backbone = Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")]
+Width = Annotated[float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny), e.g. 0.5.")]
+HeadChannels = Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")]
+Patience = Annotated[int, typer.Option(help="Early-stopping patience in epochs.")]
+LrStep = Annotated[int, typer.Option(help="Step decay: epochs between learning-rate drops.")]
+LrGamma = Annotated[float, typer.Option(help="Step decay factor.")]
+Pretrained = Annotated[bool, typer.Option(help="Use ImageNet weights for the backbone when available.")]
+Workers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
+Extractor = Annotated[str, typer.Option(help="Embeddings: mobilenet_v2, resnet50, pose_backbone.")]
+ExtractorWeights = Annotated[Path | None, typer.Option(help="Weights file for the extractor (resnet50).")]
+AnnBackend = Annotated[str, typer.Option(help="ANN backend: annoy, faiss, exact.")]
+ThHm = Annotated[float, typer.Option(help="Heatmap peak threshold thHM.")]
+ThKp = Annotated[
+    int | None, typer.Option(help="Keypoint count threshold thKP (default: 6 of 18, scaled to K).")
+]
+Fill = Annotated[str, typer.Option(help="hybrid with too few uncertain images: diversity or uncertainty.")]
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # never break paths
     raise typer.Exit(code=2)
@@ -125,17 +144,15 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, history).")
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")] = "vgg_tiny",
-    width: Annotated[
-        float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny), e.g. 0.5.")
-    ] = None,
-    head_channels: Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")] = 128,
+    backbone: Backbone = "vgg_tiny",
+    width: Width = None,
+    head_channels: HeadChannels = 128,
     epochs: Annotated[int, typer.Option(help="Maximum epochs in this session.")] = 200,
     batch_size: Annotated[int, typer.Option()] = 4,
     lr: Annotated[float, typer.Option(help="Adam learning rate (see `activepose lr-find`).")] = 1e-4,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 35,
-    lr_step: Annotated[int, typer.Option(help="Step decay: epochs between learning-rate drops.")] = 30,
-    lr_gamma: Annotated[float, typer.Option(help="Step decay factor.")] = 0.5,
+    patience: Patience = 35,
+    lr_step: LrStep = 30,
+    lr_gamma: LrGamma = 0.5,
     input_size: Annotated[int, typer.Option(help="Network input side in pixels (multiple of 8).")] = 256,
     max_images: Annotated[
         int | None, typer.Option(help="Use a seeded random subset of this many images.")
@@ -151,13 +168,11 @@ def train(
     val_fraction: Annotated[float, typer.Option()] = 0.1,
     grayscale: Annotated[bool, typer.Option(help="Train on grayscale input, as the paper's data.")] = False,
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Disable training augmentation.")] = False,
-    pretrained: Annotated[
-        bool, typer.Option(help="Use ImageNet weights for the backbone when available.")
-    ] = True,
+    pretrained: Pretrained = True,
     new_session: Annotated[
         bool, typer.Option(help="Start a new session even when the data did not change.")
     ] = False,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
+    workers: Workers = 2,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -244,16 +259,16 @@ def lr_find_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the curve as PNG + JSON here.")
     ] = None,
-    backbone: Annotated[str, typer.Option()] = "vgg_tiny",
-    width: Annotated[float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny).")] = None,
-    head_channels: Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")] = 128,
+    backbone: Backbone = "vgg_tiny",
+    width: Width = None,
+    head_channels: HeadChannels = 128,
     start_lr: Annotated[float, typer.Option()] = 1e-7,
     end_lr: Annotated[float, typer.Option()] = 1.0,
     steps: Annotated[int, typer.Option()] = 100,
     batch_size: Annotated[int, typer.Option()] = 4,
     input_size: Annotated[int, typer.Option()] = 256,
     max_images: Annotated[int | None, typer.Option()] = None,
-    workers: Annotated[int, typer.Option()] = 2,
+    workers: Workers = 2,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Run the learning-rate range test (the paper recommends it) and suggest a starting learning rate."""
@@ -495,18 +510,12 @@ def select(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the chosen ids and scores here.")
     ] = None,
-    extractor: Annotated[
-        str, typer.Option(help="Embeddings: mobilenet_v2, resnet50, pose_backbone.")
-    ] = "mobilenet_v2",
-    weights: Annotated[Path | None, typer.Option(help="Weights file for the extractor (resnet50).")] = None,
-    ann: Annotated[str, typer.Option(help="ANN backend: annoy, faiss, exact.")] = "annoy",
-    th_hm: Annotated[float, typer.Option(help="Heatmap peak threshold thHM.")] = 0.3,
-    th_kp: Annotated[
-        int | None, typer.Option(help="Keypoint count threshold thKP (default: 6 of 18, scaled to K).")
-    ] = None,
-    fill: Annotated[
-        str, typer.Option(help="hybrid with too few uncertain images: diversity or uncertainty.")
-    ] = "diversity",
+    extractor: Extractor = "mobilenet_v2",
+    weights: ExtractorWeights = None,
+    ann: AnnBackend = "annoy",
+    th_hm: ThHm = 0.3,
+    th_kp: ThKp = None,
+    fill: Fill = "diversity",
     cache: Annotated[Path | None, typer.Option(help="Cache folder for scores and embeddings.")] = None,
     montage: Annotated[
         Path | None, typer.Option(help="Write montages (chosen samples; low vs high activation) here.")
@@ -1288,35 +1297,27 @@ def run_loop(
     eval_max_images: Annotated[
         int | None, typer.Option(help="Evaluate on a seeded subset of the test set.")
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone: vgg_tiny, mobilenet_v2, resnet18.")] = "vgg_tiny",
-    width: Annotated[float | None, typer.Option(help="Backbone channel multiplier (vgg_tiny).")] = None,
-    head_channels: Annotated[int, typer.Option(help="Channels of the OpenPose stage convs.")] = 128,
+    backbone: Backbone = "vgg_tiny",
+    width: Width = None,
+    head_channels: HeadChannels = 128,
     input_size: Annotated[int, typer.Option(help="Network input side in pixels (multiple of 8).")] = 256,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per round's training session.")] = 200,
     batch_size: Annotated[int, typer.Option()] = 4,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 35,
-    lr_step: Annotated[int, typer.Option(help="Epochs between learning-rate drops.")] = 30,
-    lr_gamma: Annotated[float, typer.Option(help="Step decay factor.")] = 0.5,
+    patience: Patience = 35,
+    lr_step: LrStep = 30,
+    lr_gamma: LrGamma = 0.5,
     max_minutes: Annotated[
         float | None, typer.Option(help="Training time per round (ends the session, records the model).")
     ] = None,
-    pretrained: Annotated[
-        bool, typer.Option(help="ImageNet weights for the backbone when available.")
-    ] = True,
-    extractor: Annotated[
-        str, typer.Option(help="Embeddings: mobilenet_v2, resnet50, pose_backbone.")
-    ] = "mobilenet_v2",
-    weights: Annotated[Path | None, typer.Option(help="Weights file for the extractor (resnet50).")] = None,
-    ann: Annotated[str, typer.Option(help="ANN backend: annoy, faiss, exact.")] = "annoy",
-    th_hm: Annotated[float, typer.Option(help="Heatmap peak threshold thHM.")] = 0.3,
-    th_kp: Annotated[
-        int | None, typer.Option(help="Keypoint count threshold thKP (default 6 of 18, scaled).")
-    ] = None,
-    fill: Annotated[
-        str, typer.Option(help="hybrid with too few uncertain images: diversity or uncertainty.")
-    ] = "diversity",
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
+    pretrained: Pretrained = True,
+    extractor: Extractor = "mobilenet_v2",
+    weights: ExtractorWeights = None,
+    ann: AnnBackend = "annoy",
+    th_hm: ThHm = 0.3,
+    th_kp: ThKp = None,
+    fill: Fill = "diversity",
+    workers: Workers = 2,
     seed: Annotated[int, typer.Option(help="Seeds training, selection (seed + round) and oracle cost.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
