@@ -30,3 +30,23 @@ def tiny_model(skeleton, seed: int = 0):
         "vgg_tiny", num_keypoints=skeleton.num_keypoints, num_limbs=skeleton.num_limbs, pretrained=False,
         width=0.25, channels=32,
     )  # fmt: skip
+
+
+def synthetic_project_data(root: Path, num_images: int, n_initial: int, n_test: int):
+    """Write a synthetic lsp14 pool (64 px, 1-2 people per image, ids 1..n) with initial.json (the first
+    `n_initial` ids) and test.json (the last `n_test`) beside it; return (root, path of the full file)."""
+    import json
+
+    from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+    cfg = SyntheticConfig(num_images=num_images, image_size=(64, 64), max_people=2, min_people=1)
+    gt = make_synthetic_coco(root, "lsp14", cfg, seed=3)
+    raw = json.loads(gt.read_text())
+    for name, keep in (
+        ("initial.json", lambda i: i <= n_initial),
+        ("test.json", lambda i: i > num_images - n_test),
+    ):
+        part = {**raw, "images": [im for im in raw["images"] if keep(im["id"])]}
+        part["annotations"] = [a for a in raw["annotations"] if keep(a["image_id"])]
+        (root / name).write_text(json.dumps(part))
+    return root, gt

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from activepose.cli import app
 from activepose.coco import load_coco
 from activepose.store import Project
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+from .conftest import synthetic_project_data
 
 runner = CliRunner()
 
@@ -23,17 +24,7 @@ def _run(*args) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    cfg = SyntheticConfig(num_images=10, image_size=(64, 64), max_people=2, min_people=1)
-    gt = make_synthetic_coco(root, "lsp14", cfg, seed=3)
-    raw = json.loads(gt.read_text())
-    initial = {**raw, "images": raw["images"][:3]}
-    initial["annotations"] = [a for a in raw["annotations"] if a["image_id"] <= 3]
-    (root / "initial.json").write_text(json.dumps(initial))
-    test = {**raw, "images": raw["images"][-2:]}
-    test["annotations"] = [a for a in raw["annotations"] if a["image_id"] >= 9]
-    (root / "test.json").write_text(json.dumps(test))
-    return root, gt
+    return synthetic_project_data(tmp_path_factory.mktemp("data"), num_images=10, n_initial=3, n_test=2)
 
 
 def _init(tmp_path, data, *extra):

@@ -18,7 +18,8 @@ import torch
 from activepose.loop import next_step
 from activepose.skeleton import get_skeleton
 from activepose.store import Project
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+from .conftest import synthetic_project_data
 
 SKEL = get_skeleton("lsp14")
 
@@ -102,15 +103,7 @@ ROUNDS, BUDGET = 2, 3
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loopdata")
-    cfg = SyntheticConfig(num_images=16, image_size=(64, 64), max_people=2, min_people=1)
-    gt = make_synthetic_coco(root, "lsp14", cfg, seed=3)
-    raw = json.loads(gt.read_text())
-    for name, keep in (("initial.json", lambda i: i <= 4), ("test.json", lambda i: i >= 14)):
-        part = {**raw, "images": [im for im in raw["images"] if keep(im["id"])]}
-        part["annotations"] = [a for a in raw["annotations"] if keep(a["image_id"])]
-        (root / name).write_text(json.dumps(part))
-    return root, gt
+    return synthetic_project_data(tmp_path_factory.mktemp("loopdata"), num_images=16, n_initial=4, n_test=3)
 
 
 def _cli(*args, env_extra=None, check=True) -> subprocess.CompletedProcess:

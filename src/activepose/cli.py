@@ -425,7 +425,7 @@ def evaluate(
         latest = proj.latest_model()
         if latest is None:
             _fail(f"{project}: no model yet (run `activepose train {project}`)")
-        model = model or proj.folder / latest.checkpoint
+        model = model or proj.checkpoint_path(latest)
         data = data or (Path(proj.meta["test"]) if "test" in proj.meta else None)
         if data is None:
             _fail(f"{project}: no test set (give --data TEST.json, or create the project with --test)")
@@ -546,22 +546,19 @@ def select(
                 f"{project}: round {current.id} ({current.strategy}, {len(current.items)} images) is still "
                 f"{current.state}; label it (`activepose label`) and close it before selecting again"
             )
-        if budget > len(proj.unlabelled_ids()):
+        unlabelled, labelled_ids = proj.unlabelled_ids(), proj.labelled_ids()
+        if budget > len(unlabelled):  # before any model or image is loaded; names every state's count
             counts = proj.counts()
             _fail(
                 f"{project}: budget {budget} is larger than the {counts['unlabelled']} unlabelled images left ("
                 + ", ".join(f"{n} {state}" for state, n in counts.items())
                 + ")"
             )
-        pool_set = proj.to_coco(proj.unlabelled_ids())
-        lab_set = proj.to_coco(proj.labelled_ids()) if proj.labelled_ids() else None
+        pool_set = proj.to_coco(unlabelled)
+        lab_set = proj.to_coco(labelled_ids) if labelled_ids else None
         latest = proj.latest_model()
         if model is None and latest is not None:  # the project's newest model scores the pool
-            model = (
-                Path(latest.checkpoint)
-                if Path(latest.checkpoint).is_absolute()
-                else proj.folder / latest.checkpoint
-            )
+            model = proj.checkpoint_path(latest)
         cache = cache or proj.folder / "caches"
     else:
         pool_set = _load(pool)
@@ -1134,7 +1131,7 @@ def export(
         predictions, skipped = None, []
         latest = proj.latest_model()
         if model is None and predictions_on and latest is not None:
-            model = proj.folder / latest.checkpoint
+            model = proj.checkpoint_path(latest)
             console.print(f"pre-annotating with the project's newest model {latest.id} ({model})")
         if model is not None and predictions_on:
             net, skeleton, state = _load_model(model, device)

@@ -823,6 +823,10 @@ class Project:
                 "UPDATE rounds SET state = 'closed', updated_at = ? WHERE id = ?", (_now(), int(close_round))
             )
 
+    def checkpoint_path(self, model: ModelInfo) -> Path:
+        """Return a model's checkpoint file (stored relative to the project folder when inside it)."""
+        return self.folder / model.checkpoint  # an absolute stored path stays as it is
+
     def latest_model(self) -> ModelInfo | None:
         row = self._conn.execute(
             "SELECT id, checkpoint, round, train_size, metrics, created_at FROM models ORDER BY id DESC LIMIT 1"
