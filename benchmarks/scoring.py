@@ -61,7 +61,7 @@ def main() -> None:
     n = len(coco.frames)
     sk = coco.skeleton
     if args.model:
-        model, _, _ = load_model(args.model, device)
+        model = load_model(args.model, device).net
     else:
         torch.manual_seed(0)
         model = create_model(

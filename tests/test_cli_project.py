@@ -254,7 +254,7 @@ def test_evaluate_project_records_metrics_and_closes_the_round(tmp_path, data):
     assert "round 1 evaluated and closed" in out
     with Project.open(proj) as p:
         model = p.latest_model()
-        assert model.metrics["clean"]["images"] == 2 and "sha1" in model.metrics
+        assert model.metrics["clean"]["images"] == 2 and "sha1" not in model.metrics and len(model.sha1) == 40
         assert p.round(1).state == "closed"
     assert (proj / "exports" / f"metrics_model_{model.id}.json").is_file()
     code, out = _run("status", proj)

@@ -152,3 +152,150 @@ def test_real_lspet_and_sports_files_validate():
     assert len(pool) == 1000 and pool.num_people == 1000
     multi = load_coco(shared_file("sports_multi", "annotations.json"))
     assert multi.skeleton is PRESETS["coco17"] and multi.num_people == 165
+
+
+# --- annotations that used to be dropped silently ---------------------------------------------------------
+def test_annotation_of_an_unknown_category_is_a_listed_problem(tmp_path):
+    data = _make(tmp_path)
+    data["annotations"][1]["category_id"] = 7
+    p = _write(tmp_path, data)
+    with pytest.raises(
+        CocoError, match=r"annotation id 2 \(image id 20\): category_id 7 is not in 'categories' \(ids: 1\)"
+    ) as info:
+        load_coco(p)
+    assert str(p) in str(info.value) and len(info.value.problems) == 1
+
+
+def test_annotation_of_a_second_keypoint_category_and_a_non_integer_category_are_problems(tmp_path):
+    data = _make(tmp_path)
+    data["categories"].append({**data["categories"][0], "id": 2, "name": "person_b"})
+    data["annotations"][0]["category_id"] = 2
+    data["annotations"][1]["category_id"] = "person"
+    with pytest.raises(CocoError) as info:
+        parse_coco(data, root=tmp_path)
+    assert info.value.problems == [
+        "annotation id 1 (image id 10): category_id 2 is a second keypoint category; only one is supported "
+        "(id 1, 'person')",
+        "annotation id 2 (image id 20): 'category_id' must be an integer, got 'person'",
+    ]
+
+
+def test_category_without_an_id_is_a_problem(tmp_path):
+    data = _make(tmp_path)
+    data["categories"][0].pop("id")
+    with pytest.raises(CocoError, match=r"categories\[0\]: needs an integer 'id'"):
+        parse_coco(data, root=tmp_path)
+
+
+def test_annotations_of_non_keypoint_categories_are_ignored_with_a_warning(tmp_path, caplog):
+    data = _make(tmp_path)
+    data["categories"].append({"id": 3, "name": "car", "supercategory": "vehicle"})
+    data["annotations"].append({"id": 9, "image_id": 10, "category_id": 3, "bbox": [0, 0, 5, 5]})
+    with caplog.at_level("WARNING"):
+        ds = parse_coco(data, root=tmp_path)
+    assert ds.num_people == 2 and ds.frame(10).annotation_ids == [1]
+    assert "ignoring 1 annotation(s) of non-keypoint categories [3]" in caplog.text
+
+
+def test_has_scores_tells_predictions_from_labels(tmp_path):
+    data = _make(tmp_path)
+    assert parse_coco(data, root=tmp_path).has_scores is False
+    data["annotations"][1]["score"] = 0.83
+    ds = parse_coco(data, root=tmp_path)
+    assert ds.has_scores is True and ds.subset([10]).has_scores is True
+
+
+def test_a_coco_results_list_is_named_as_such(tmp_path):
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [1, 2, 1] * 14, "score": 0.9}]))
+    with pytest.raises(
+        CocoError, match=r"(?s)results.json: .*a COCO results file \(a list of scored predictions\)"
+    ):
+        load_coco(p)
+
+
+# --- EXIF orientation: the size training sees ---------------------------------------------------------------
+def _exif_image(path, orientation: int, size=(60, 40)):
+    """Write a random RGB image of `size` (stored width, height) with an EXIF Orientation tag; return pixels."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+    return pixels
+
+
+def test_exif_rotated_jpeg_size_is_the_size_read_image_returns(tmp_path):
+    from activepose.fileio import exif_orientation, image_size, read_image
+
+    p = tmp_path / "portrait.jpg"
+    _exif_image(p, 6, size=(60, 40))  # stored 60 x 40, shown rotated 90 degrees: 40 x 60
+    assert exif_orientation(p) == 6
+    assert image_size(p) == (40, 60)
+    assert image_size(p) == read_image(p).shape[1::-1] == read_image(p, grayscale=True).shape[1::-1]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_applies_every_exif_orientation_like_pil(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    from activepose.fileio import image_size, read_image
+
+    p = tmp_path / "o.png"  # lossless, so the pixels can be compared exactly
+    _exif_image(p, orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB"))
+    got = read_image(p)
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert image_size(p) == got.shape[1::-1] == ((40, 60) if orientation >= 5 else (60, 40))
+
+
+def test_headers_check_compares_the_json_size_with_the_oriented_size(tmp_path):
+    data = _make(tmp_path, n_images=1)
+    _exif_image(tmp_path / "img/1.jpg", 6, size=(50, 40))  # shown as 40 x 50
+    data["images"][0]["file_name"] = "img/1.jpg"  # the JSON keeps the unrotated 50 x 40
+    p = _write(tmp_path, data)
+    load_coco(p)  # existence only by default
+    with pytest.raises(CocoError) as info:
+        load_coco(p, read_image_headers=True)
+    (problem,) = info.value.problems
+    assert problem.startswith(
+        f"image id 10 ('img/1.jpg'): image file {tmp_path / 'img/1.jpg'} is 40x50 but the JSON says 50x40 "
+        "(its EXIF orientation 6 turns the stored 50x40 pixels by 90 degrees"
+    )
+    data["images"][0].update(width=40, height=50)
+    data["annotations"][0]["keypoints"] = [5.0, 6.0, 2] * 14
+    assert load_coco(_write(tmp_path, data), read_image_headers=True).frame(10).width == 40
+
+
+def test_probe_image_returns_oriented_size_and_content_hash(tmp_path):
+    from activepose.fileio import file_sha1, probe_image
+
+    p = tmp_path / "a.jpg"
+    _exif_image(p, 8, size=(60, 40))
+    assert probe_image(p) == (40, 60, file_sha1(p))
+    assert probe_image(p, decode=False) == (40, 60, file_sha1(p))
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"not an image", r"bad\.png: not a readable image \(unknown format or corrupt header\)"),
+        (b"", r"bad\.png: empty file, not an image"),
+        (None, r"bad\.png: image file not found"),
+        ("truncated", r"bad\.png: not a readable image \(corrupt or unsupported format\)"),
+    ],
+)
+def test_probe_image_names_unreadable_files(tmp_path, content, message):
+    import cv2
+
+    from activepose.fileio import ImageReadError, probe_image
+
+    p = tmp_path / "bad.png"
+    if content == "truncated":  # a valid header, then the pixel data cut off
+        ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        p.write_bytes(buf.tobytes()[:120])
+    elif content is not None:
+        p.write_bytes(content)
+    with pytest.raises(ImageReadError, match=message):
+        probe_image(p)

@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 
 from activepose.coco import load_coco
 from activepose.decode import Decoder, DecoderConfig
+from activepose.errors import ConfigError
 from activepose.fields import encode_targets
 from activepose.skeleton import PRESETS, Skeleton
 
@@ -283,3 +284,27 @@ def _overlap(decoded: np.ndarray, gt: np.ndarray) -> float:
     has = decoded[:, 2] > 0
     close = has & (gt[:, 2] > 0) & (np.hypot(*(decoded[:, :2] - gt[:, :2]).T) < 0.5 * STRIDE)
     return close.sum() / max(has.sum(), 1)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(min_parts=0), r"^--min-parts must be >= 1, got 0$"),
+        (dict(min_person_score=-0.1), r"^--min-score must be >= 0, got -0.1$"),
+        (dict(peak_threshold=1.5), r"^peak_threshold must be in \[0, 1\], got 1.5$"),
+        (dict(paf_min_ratio=-0.2), r"^paf_min_ratio must be in \[0, 1\], got -0.2$"),
+        (dict(nms_kernel=4), r"^nms_kernel must be an odd number >= 3, got 4$"),
+        (dict(upsample=0), r"^upsample must be >= 1, got 0$"),
+        (dict(paf_samples=1), r"^paf_samples must be >= 2, got 1$"),
+        (dict(max_people=0), r"^max_people must be >= 1, got 0$"),
+        (dict(smooth_sigma=-1.0), r"^smooth_sigma must be >= 0, got -1.0$"),
+        (
+            dict(min_parts=0, max_people=0),
+            r"^--min-parts must be >= 1, got 0; max_people must be >= 1, got 0$",
+        ),
+    ],
+)
+def test_decoder_config_errors_name_the_option(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        DecoderConfig(**kw)
+    assert DecoderConfig(min_parts=1, peak_threshold=0.0, min_person_score=5.0).min_parts == 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activepose.sampling.ann import BACKENDS, create_index
+from activepose.errors import ConfigError, EnvironmentProblem
+from activepose.sampling.ann import BACKENDS, create_index, require_backend
 from activepose.sampling.diversity import coverage, kcenter_greedy, select_diverse
 
 
@@ -62,7 +63,7 @@ def test_faiss_variants(kind):
 
 
 def test_create_index_errors():
-    with pytest.raises(ValueError, match="unknown ANN backend 'nope'"):
+    with pytest.raises(ConfigError, match="^unknown ANN backend 'nope'; choose from annoy, exact, faiss$"):
         create_index("nope", dim=4)
     with pytest.raises(ValueError, match="dim"):
         create_index("exact", dim=0)
@@ -184,3 +185,18 @@ def test_few_high_dimensional_rows(n):
     sel = select_diverse(x, k, dim=64, seed=0)
     assert len(np.unique(sel)) == k and sel.max() < n
     assert coverage(x, sel)["max"] <= 1.5 * coverage(x, kcenter_greedy(x, k))["max"] + 1e-6
+
+
+@pytest.mark.parametrize("backend,module", [("faiss", "faiss"), ("annoy", "annoy")])
+def test_known_backend_without_its_library_is_an_environment_problem(monkeypatch, backend, module):
+    import sys
+
+    require_backend(backend)  # installed here
+    monkeypatch.setitem(sys.modules, module, None)  # now `import module` raises ImportError
+    with pytest.raises(
+        EnvironmentProblem, match=rf"^--ann {backend}: the '{module}' library is not installed"
+    ):
+        require_backend(backend)
+    with pytest.raises(EnvironmentProblem, match=rf"^--ann {backend}: "):
+        create_index(backend, dim=4)
+    require_backend("exact")  # needs nothing but torch

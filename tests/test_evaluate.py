@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from activepose.coco import CocoKeypoints, Frame, annotation_dict
+from activepose.errors import ConfigError
 from activepose.evaluate import (
     METRICS,
+    EvalConfig,
     metrics_for,
     oks_ap,
     pck,
@@ -19,7 +21,7 @@ from activepose.evaluate import (
     report_table,
 )
 from activepose.skeleton import PRESETS, Skeleton
-from activepose.tta import TTA_NAMES, TTAS, apply_tta, get_tta
+from activepose.tta import TTA_NAMES, TTAS, apply_tta, get_tta, parse_ttas
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
@@ -302,3 +304,39 @@ def test_tta_zoom_borders():
     assert (zin == 200).all()
     zout = TTAS["zoom_out"](white, np.zeros((0, 3, 3)))[0]
     assert (zout[:5, :5] == 0).all() and (zout[-5:, -5:] == 0).all() and (zout[25, 40] == 200).all()
+
+
+# --- option validation ---------------------------------------------------------------------------------------
+def test_parse_ttas_reads_the_tta_option():
+    assert parse_ttas("all") == TTA_NAMES and parse_ttas(" ALL ") == TTA_NAMES
+    assert parse_ttas("none") == ("clean",)
+    assert parse_ttas(" blur, clean ,blur") == ("blur", "clean")
+    with pytest.raises(ConfigError) as info:
+        parse_ttas("clean,foo")
+    assert str(info.value) == f"unknown TTA 'foo'; choose from {', '.join(TTA_NAMES)}, 'all' or 'none'"
+    with pytest.raises(ConfigError, match="^--tta names no TTA"):
+        parse_ttas(" , ")
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(ttas=("clean", "sharpen")), r"^unknown TTA 'sharpen'; choose from clean, blur, "),
+        (dict(ttas="clean,sharpen"), r"^unknown TTA 'sharpen'; choose from clean, blur, "),
+        (dict(ttas=()), r"^--tta names no TTA"),
+        (dict(batch_size=0), r"^--batch-size must be >= 1, got 0$"),
+        (dict(input_size=100), r"^--input-size must be a positive multiple of 8, got 100$"),
+        (dict(device="gpu"), r"^--device 'gpu' is not a device: use one of auto, cpu, cuda, cuda:N"),
+        (dict(num_workers=-1), r"^--workers must be >= 0, got -1$"),
+    ],
+)
+def test_eval_config_errors_name_the_option(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        EvalConfig(**kw)
+
+
+def test_eval_config_accepts_the_tta_option_text_and_unknown_get_tta_is_a_config_error():
+    assert EvalConfig(ttas="zoom_in,clean").ttas == ("zoom_in", "clean")
+    assert EvalConfig(ttas=["blur"], device="cuda:0").ttas == ("blur",)
+    with pytest.raises(ConfigError, match=r"^unknown TTA 'sharpen'; choose from clean, blur"):
+        get_tta("sharpen")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.models import create_model
 from activepose.models.mobilenet import deep_sort_weights_path
 from activepose.sampling.cache import VECTORS, VectorCache, image_content_hash, model_fingerprint
@@ -45,7 +46,7 @@ def pose_model():
 
 def test_registry_lists_extractors_and_rejects_unknown():
     assert {"mobilenet_v2", "resnet50", "pose_backbone"} <= set(EXTRACTORS) == set(list_extractors())
-    with pytest.raises(ValueError, match="unknown feature extractor 'nope'.*mobilenet_v2"):
+    with pytest.raises(ConfigError, match="unknown feature extractor 'nope'.*mobilenet_v2"):
         create_extractor("nope")
     with pytest.raises(ValueError, match="needs the pose model"):
         create_extractor("pose_backbone")
@@ -194,3 +195,11 @@ def test_resnet50_loads_weights_from_the_hub_cache(tmp_path, monkeypatch):
     out = ex(random_images(2, seed=3))
     assert out.shape == (2, 2048)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_missing_extractor_weights_are_an_environment_problem_naming_the_file(tmp_path):
+    missing = tmp_path / "weights" / "mobilenet.pth"
+    for name in ("mobilenet_v2", "resnet50"):
+        with pytest.raises(EnvironmentProblem) as info:
+            create_extractor(name, weights=missing)
+        assert str(missing) in str(info.value) and isinstance(info.value, FileNotFoundError)

@@ -282,18 +282,23 @@ def test_run_refuses_bad_requests(tmp_path, data):
                 check=False)  # fmt: skip
     assert proc.returncode == 2 and "unknown --oracle" in proc.stdout
     before = (folder / "project.db").read_bytes()
-    # a budget larger than what is left: 12 unlabelled images, 50 asked, after the initial model is trained
+    # a budget larger than what is left: 12 unlabelled images, 50 asked: refused before any training
     proc = _cli("run", folder, "--rounds", 1, "--budget", 50, "--ground-truth", gt, "--test", root / "test.json",
                 "--strategy", "random", *TINY, check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stdout
-    assert (
-        "budget 50 is larger than the 12 unlabelled images left (12 unlabelled, 0 queued, 4 labelled"
-        in proc.stdout
-    )
+    assert "1 more round(s) of --budget 50 need 50 images but 12 unlabelled images are left" in proc.stdout
     with Project.open(folder) as p:
-        assert p.rounds() == [] and p.counts()["queued"] == 0  # no round opened
-        assert len(p.models()) == 1  # the initial model was trained and kept: nothing done is lost
-    assert before != (folder / "project.db").read_bytes()
+        assert p.rounds() == [] and p.models() == []  # nothing opened, nothing trained
+    assert before == (folder / "project.db").read_bytes()
+    # a ground truth that does not cover the pool: refused before the first step, not after a trained round
+    partial = root / "initial.json"
+    proc = _cli("run", folder, "--rounds", 1, "--budget", 2, "--ground-truth", partial, "--test", root / "test.json",
+                *TINY, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "does not cover the project's pool" in proc.stdout, proc.stdout
+    proc = _cli("run", folder, "--rounds", 1, "--budget", 2, "--ground-truth", gt, "--test", root / "test.json",
+                *TINY[:-4], "--tta", "foo", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "unknown TTA 'foo'" in proc.stdout, proc.stdout
+    assert before == (folder / "project.db").read_bytes()
 
 
 _HOLDER = """
@@ -346,3 +351,27 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path, data, uni
     _invariants(folder)
     _cli(*_run_args(folder, data))
     _assert_same(_state(folder), uninterrupted[1])
+
+
+def test_loop_runs_in_process_and_equals_the_command(tmp_path, data, uninterrupted):
+    """`activepose.loop.run` is the library call behind `activepose run`: driven from Python, same result."""
+    from activepose.loop import RunOptions, run
+    from activepose.workflow import EvalOptions, SelectOptions, SimulatedLabeller, resolve_train_config
+
+    root, gt = data
+    folder = _new_project(tmp_path / "proj", data)
+    train_cfg = resolve_train_config(None, None, input_size=64, width=0.25, head_channels=32, max_epochs=2,
+                                     num_workers=0, pretrained=False, device="cpu")  # fmt: skip
+    opts = RunOptions(budget=BUDGET, oracle=SimulatedLabeller(gt), train=train_cfg,
+                      select=SelectOptions(budget=BUDGET, device="cpu"),
+                      evaluate=EvalOptions(ttas=("clean",), device="cpu"))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess (OMP_NUM_THREADS=1): same float sums, same weights
+    try:
+        outcome = run(folder, ROUNDS, opts)
+    finally:
+        torch.set_num_threads(threads)
+    assert [a for a, _, _ in outcome.steps] == ["train", "evaluate"] + ["select", "label", "train", "evaluate"] * ROUNDS
+    assert outcome.reason.startswith(f"{ROUNDS} round(s) closed") and outcome.curve.is_file()
+    _assert_same(_state(folder), uninterrupted[1])
+    assert run(folder, ROUNDS, opts).steps == []  # done: the same call again does nothing

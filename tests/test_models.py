@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.models import (
     BACKBONES,
     PoseNet,
@@ -21,7 +22,7 @@ from activepose.models import (
     list_backbones,
     register_backbone,
 )
-from activepose.models.base import Backbone, assign_state
+from activepose.models.base import Backbone, WeightsNotFound, assign_state
 from activepose.models.mobilenet import deep_sort_weights_path
 from activepose.models.vgg import VGG_TINY_LAYOUT
 from activepose.skeleton import PRESETS
@@ -57,7 +58,7 @@ def first_conv(model: PoseNet) -> nn.Conv2d:
 
 def test_registry_lists_required_backbones_and_rejects_unknown():
     assert {"vgg_tiny", "mobilenet_v2", "resnet18"} <= set(BACKBONES)
-    with pytest.raises(ValueError, match="unknown backbone 'nope'.*vgg_tiny"):
+    with pytest.raises(ConfigError, match="unknown backbone 'nope'.*vgg_tiny"):
         make("nope")
 
 
@@ -209,6 +210,7 @@ def test_resnet18_missing_explicit_weights_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth.*(copy|pass)") as info:
         make("resnet18", pretrained=missing)
     assert str(missing) in str(info.value)
+    assert isinstance(info.value, WeightsNotFound) and isinstance(info.value, EnvironmentProblem)
 
 
 def test_resnet18_default_weights_absent_warns_and_uses_random_init(tmp_path, monkeypatch, caplog):

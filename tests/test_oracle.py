@@ -126,8 +126,11 @@ def test_export_refuses_predictions_outside_the_round(project, gt, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def accept(tasks, strip=None):
-    """Simulate a human who accepts every pre-annotation in Label Studio: predictions become annotations."""
+def accept(tasks, strip=None, origin=None):
+    """Simulate a human who accepts every pre-annotation in Label Studio: predictions become annotations.
+
+    `origin` is what Label Studio writes on each region: "prediction" (submitted untouched),
+    "prediction-changed" (moved by the annotator), "manual"; None leaves it out (older exports)."""
     tasks = copy.deepcopy(tasks)
     for n, t in enumerate(tasks):
         t["id"] = 100 + n
@@ -135,6 +138,8 @@ def accept(tasks, strip=None):
         for item in result:
             for key in strip or ():
                 item.pop(key, None)
+            if origin is not None:
+                item["origin"] = origin
         t["annotations"] = [{"id": n, "was_cancelled": False, "result": result}]
     return tasks
 
@@ -203,3 +208,85 @@ def test_label_studio_config_names_every_keypoint(project):
     assert kpl is not None and kpl.get("name") == "kp" and kpl.get("toName") == "image"
     assert [lab.get("value") for lab in kpl.findall("Label")] == list(project.skeleton.keypoints)
     assert root.find("Image").get("name") == "image" and root.find("Image").get("value") == "$image"
+
+
+def test_simulated_oracle_completes_the_round_with_its_labels(project, gt):
+    oracle = SimulatedOracle(gt)
+    assert oracle.label(project, 1) == 3 and project.round(1).state == "open"  # default: labels only
+    assert oracle.label(project, 1, complete_round=True) == 0  # nothing left to label: the round completes
+    assert project.round(1).state == "labelled"
+
+
+def test_coco_export_with_predictions_is_not_a_label_file(project, gt, tmp_path):
+    preds = predictions(gt)
+    out = export_round(project, 1, tmp_path / "round1.json", "coco", preds)
+    before = project.dump()
+    with pytest.raises(
+        StoreError, match="carry a 'score': these are model predictions.*--accept-predictions"
+    ):
+        project.import_coco(out, round=1)
+    assert project.dump() == before
+    res = project.import_coco(out, round=1, accept_predictions=True, complete_round=True)
+    assert res.new_labels == sum(len(k) for k, _ in preds.values()) and res.round_completed
+    np.testing.assert_allclose(
+        project.keypoints_of(2), preds[2][0][(preds[2][0][..., 2] > 0).any(1)], atol=0.01
+    )
+
+
+def test_label_studio_untouched_predictions_need_consent(project, gt, tmp_path):
+    preds = predictions(gt)
+    tasks = json.loads(export_round(project, 1, tmp_path / "ls.json", "label-studio", preds).read_text())
+    before = project.dump()
+    untouched = tmp_path / "untouched.json"
+    untouched.write_text(json.dumps(accept(tasks, origin="prediction")))
+    with pytest.raises(StoreError, match="3 task.*model predictions.*--accept-predictions") as err:
+        import_label_studio(project, untouched, round_id=1)
+    assert "task 100 (image id 2)" in str(err.value) and "origin 'prediction'" in str(err.value)
+    mixed = accept(tasks, origin="prediction-changed")
+    mixed[1]["annotations"][0]["result"][0]["origin"] = "prediction"  # one point left as predicted
+    with pytest.raises(StoreError, match="1 task.*model predictions") as err:
+        import_label_studio(project, _write(tmp_path, mixed), round_id=1)
+    assert "task 101 (image id 5): 1 keypoint region" in str(err.value)
+    assert project.dump() == before
+    edited = import_label_studio(
+        project, _write(tmp_path, accept(tasks, origin="prediction-changed")), round_id=1
+    )
+    assert edited.new_labels == sum(len(k) for k, _ in preds.values())
+    res = import_label_studio(project, untouched, round_id=1, accept_predictions=True)
+    assert res.new_labels == 0 and not res.already_imported  # same content as the edited import
+
+
+def test_label_studio_same_labels_under_another_file_name(project, gt, tmp_path):
+    preds = predictions(gt)
+    tasks = accept(
+        json.loads(export_round(project, 1, tmp_path / "ls.json", "label-studio", preds).read_text())
+    )
+    first = tmp_path / "export_monday.json"
+    first.write_text(json.dumps(tasks))
+    res = import_label_studio(project, first, round_id=1, complete_round=True)
+    n = sum(len(k) for k, _ in preds.values())
+    assert res.new_labels == n and res.round_completed and project.round(1).state == "labelled"
+    before = project.dump()
+    assert import_label_studio(project, first, round_id=1).already_imported  # the very same file
+    again = copy.deepcopy(tasks)[::-1]  # a fresh export of the project: other order, ids, bytes
+    for t in again:
+        t["id"] += 1000
+        t["annotations"][0]["result"] = t["annotations"][0]["result"][::-1]
+        t["updated_at"] = "2030-01-01T00:00:00Z"
+    second = tmp_path / "export_tuesday.json"
+    second.write_text(json.dumps(again))
+    res = import_label_studio(project, second, round_id=1)
+    assert (res.new_labels, res.replaced, res.already_imported) == (0, 0, False)
+    assert project.dump() == before
+    # a correction in a later export replaces that image's labels, keeping the old ones as history
+    fixed = copy.deepcopy(tasks)
+    fixed[0]["annotations"][0]["result"][0]["value"]["x"] += 5.0
+    third = tmp_path / "export_wednesday.json"
+    third.write_text(json.dumps(fixed))
+    res = import_label_studio(project, third, round_id=1)
+    people_2 = len(project.keypoints_of(ROUND[0]))
+    assert (res.new_labels, res.replaced) == (people_2, people_2)
+    history = project.labels_of(ROUND[0], history=True)
+    assert len(history) == 2 * people_2 and sum(r.superseded_at is None for r in history) == people_2
+    assert {r.source for r in project.labels_of(ROUND[0])} == {"label-studio:export_wednesday.json"}
+    assert project.round_summary()[1]["people"] == n

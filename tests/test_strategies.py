@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 
 from activepose.coco import load_coco
+from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.sampling.strategies import (
     STRATEGIES,
     SelectionConfig,
     SelectionContext,
     SelectionError,
+    UnknownStrategyError,
+    check_strategy,
+    list_strategies,
     select_batch,
 )
 from activepose.sampling.uncertainty import UncertaintyConfig
@@ -122,3 +126,74 @@ def test_isolation_scores_are_nearest_other_distances():
     emb = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [10.0, 10.0]])
     got = _isolation(emb, np.array([0, 1, 2]), labelled=np.array([[0.0, 1.0]]))
     np.testing.assert_allclose(got, [1.0, 3.0, 3.0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (
+            dict(extractor="nope"),
+            r"--extractor 'nope' is not a known feature extractor; choose from mobilenet_v2, pose_backbone, resnet50",
+        ),
+        (
+            dict(ann_backend="nope"),
+            r"--ann 'nope' is not a known ANN backend; choose from annoy, exact, faiss",
+        ),
+        (dict(fill="random"), r"--fill must be diversity or uncertainty, got 'random'"),
+        (dict(batch_size=0), r"--batch-size must be >= 1, got 0"),
+        (
+            dict(extractor="pose_backbone", weights="w.pt"),
+            r"--weights does not apply to the pose_backbone extractor",
+        ),
+    ],
+)
+def test_selection_config_errors_name_the_option(kw, message):
+    with pytest.raises(ConfigError, match="^" + message):
+        SelectionConfig(**kw)
+
+
+def test_unknown_strategy_is_a_config_error_naming_the_choices(pool, model):
+    with pytest.raises(UnknownStrategyError) as info:
+        check_strategy("smart")
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, SelectionError)
+    assert str(info.value) == f"unknown strategy 'smart': choose from {', '.join(sorted(STRATEGIES))}"
+    assert list_strategies() == sorted(STRATEGIES) and {"random", "hybrid", "diversity"} <= set(
+        list_strategies()
+    )
+    assert check_strategy("hybrid") == "hybrid"
+
+
+@pytest.mark.parametrize("strategy", ["diversity", "hybrid"])
+def test_missing_ann_library_is_an_environment_problem_before_any_scoring(pool, model, monkeypatch, strategy):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    ctx = _ctx(pool, model, pool.image_ids[:10], ann_backend="faiss")  # a known backend: the config is valid
+    with pytest.raises(EnvironmentProblem, match=r"^--ann faiss: the 'faiss' library is not installed"):
+        select_batch(strategy, ctx, 3)
+    assert ctx._uncertainty is None and not ctx._embeddings and not ctx.timings
+
+
+def test_missing_extractor_weights_fail_before_uncertainty_scoring(pool, model, tmp_path):
+    missing = tmp_path / "resnet50.pth"
+    ctx = _ctx(pool, model, ())
+    ctx.cfg = SelectionConfig(
+        uncertainty=UncertaintyConfig(input_size=64), extractor="resnet50", weights=missing
+    )
+    with pytest.raises(
+        EnvironmentProblem, match=r"resnet50 weights file .*resnet50.pth does not exist"
+    ) as info:
+        select_batch("hybrid", ctx, 3)
+    assert isinstance(info.value, FileNotFoundError)
+    assert ctx._uncertainty is None  # the pool was not scored first
+
+
+def test_strategy_needing_the_model_fails_before_any_work(pool):
+    ctx = SelectionContext(pool, None, None, SelectionConfig(extractor="pose_backbone"), device="cpu")
+    with pytest.raises(SelectionError, match=r"^the hybrid strategy needs the pose model \(--model\)"):
+        select_batch("hybrid", ctx, 2)
+    with pytest.raises(
+        SelectionError, match=r"^the pose_backbone extractor needs the pose model \(--model\)"
+    ):
+        select_batch("diversity", ctx, 2)
+    assert len(select_batch("random", ctx, 2).ids) == 2

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.checkpoint import CheckpointError, load_checkpoint, load_model
+from activepose.checkpoint import CheckpointError, load_checkpoint, load_model, resolve_device
 from activepose.coco import load_coco
+from activepose.errors import ConfigError, EnvironmentProblem
+from activepose.fileio import file_sha1
 from activepose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.train import TrainConfig, split_ids, suggest_lr, train
 
@@ -90,17 +92,20 @@ def test_complete_session_is_not_retrained_and_new_data_starts_a_session(tiny_da
 
 def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
     train(_cfg(max_epochs=1), tiny_data, tmp_path)
-    model, skeleton, state = load_model(tmp_path / "best.pt")
-    assert skeleton.keypoints == tiny_data.skeleton.keypoints
+    loaded = load_model(tmp_path / "best.pt")
+    assert loaded.skeleton.keypoints == tiny_data.skeleton.keypoints
+    assert loaded.input_size == 64 and loaded.train_config == _cfg(max_epochs=1)
+    assert loaded.path == tmp_path / "best.pt" and loaded.sha1 == file_sha1(tmp_path / "best.pt")
+    assert not loaded.net.training and loaded.device.type == "cpu"
     with torch.inference_mode():
-        heat, paf = model(torch.zeros(1, 3, 64, 64))[-1]
+        heat, paf = loaded.net(torch.zeros(1, 3, 64, 64))[-1]
     assert heat.shape == (1, tiny_data.skeleton.num_keypoints + 1, 8, 8) and paf.shape == (
         1,
         2 * tiny_data.skeleton.num_limbs,
         8,
         8,
     )
-    assert state["train"]["epoch"] == 1
+    assert loaded.epoch == 1 and loaded.session == 1 and loaded.complete
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):
@@ -154,8 +159,8 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tiny_data, tmp_path):
     )
     history = json.loads(hist.read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]  # none lost, none repeated
-    model, _, state = load_model(run / "last.pt")
-    assert state["train"]["complete"] and all(torch.isfinite(p).all() for p in model.parameters())
+    loaded = load_model(run / "last.pt")
+    assert loaded.complete and all(torch.isfinite(p).all() for p in loaded.net.parameters())
 
 
 def test_training_reduces_loss_on_a_fixed_batch(tiny_data):
@@ -199,7 +204,141 @@ def test_short_lspet_training_beats_untrained_model(tmp_path):
     ecfg = EvalConfig(input_size=128, ttas=("clean",), device="cpu")
     scores = {}
     for name in ("untrained", "trained"):
-        model, sk, _ = load_model(tmp_path / name / "best.pt")
-        scores[name] = evaluate_model(model, test_set, Decoder(sk), ecfg)["clean"]
+        loaded = load_model(tmp_path / name / "best.pt")
+        scores[name] = evaluate_model(loaded.net, test_set, Decoder(loaded.skeleton), ecfg)["clean"]
     assert scores["trained"]["count_acc"] > scores["untrained"]["count_acc"] + 0.3
     assert scores["trained"]["PCK"] > scores["untrained"]["PCK"] + 0.1
+
+
+# --- validation before any work ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(batch_size=0), r"--batch-size must be >= 1, got 0"),
+        (dict(lr=0.0), r"--lr must be > 0, got 0.0"),
+        (dict(lr=float("nan")), r"--lr must be > 0, got nan"),
+        (dict(input_size=100), r"--input-size must be a positive multiple of 8, got 100"),
+        (dict(input_size=0), r"--input-size must be a positive multiple of 8, got 0"),
+        (dict(max_epochs=-1), r"--epochs must be >= 0, got -1"),
+        (dict(patience=-1), r"--patience must be >= 0, got -1"),
+        (dict(lr_step_epochs=0), r"--lr-step must be >= 1, got 0"),
+        (dict(lr_gamma=0.0), r"--lr-gamma must be in \(0, 1\], got 0.0"),
+        (dict(lr_gamma=1.5), r"--lr-gamma must be in \(0, 1\], got 1.5"),
+        (dict(val_fraction=1.0), r"--val-fraction must be in \[0, 1\), got 1.0"),
+        (dict(width=0.0), r"--width must be > 0, got 0.0"),
+        (dict(head_channels=0), r"--head-channels must be >= 1, got 0"),
+        (dict(max_minutes=-1.0), r"--max-minutes must be >= 0, got -1.0"),
+        (dict(num_workers=-1), r"--workers must be >= 0, got -1"),
+        (dict(stages=0), r"--stages must be >= 1, got 0"),
+        (dict(steps_per_epoch=0), r"--steps-per-epoch must be >= 1, got 0"),
+        (dict(device="gpu"), r"--device 'gpu' is not a device: use one of auto, cpu, cuda, cuda:N"),
+        (
+            dict(backbone="nope"),
+            r"--backbone 'nope' is not a known backbone; choose from .*mobilenet_v2.*vgg_tiny",
+        ),
+        (dict(backbone="mobilenet_v2", width=0.5), r"--width applies only to vgg_tiny, not to mobilenet_v2"),
+    ],
+)
+def test_train_config_errors_name_the_option(kw, message):
+    with pytest.raises(ConfigError, match="^" + message + "$"):
+        _cfg(**kw)
+
+
+def test_train_config_lists_every_problem_on_one_line():
+    with pytest.raises(ConfigError) as info:
+        _cfg(batch_size=0, lr=-1.0, device="foo")
+    text = str(info.value)
+    assert "\n" not in text and text.count("; ") == 2
+    assert text.startswith("--batch-size must be >= 1, got 0; --lr must be > 0, got -1.0; --device 'foo'")
+
+
+def test_train_config_boundaries_are_valid_and_round_trip():
+    cfg = _cfg(lr_gamma=1.0, val_fraction=0.0, max_minutes=0.0, max_epochs=0, patience=0, augment=None,
+               device="CUDA:1")  # fmt: skip
+    back = TrainConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back.augment is None  # --no-augment survives the checkpoint
+
+
+def test_device_without_a_gpu_is_an_environment_problem_before_any_work(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    expected = "--device cuda: no CUDA GPU is available on this machine (torch reports none); use --device cpu or auto"
+    with pytest.raises(EnvironmentProblem) as info:
+        resolve_device("cuda")
+    assert str(info.value) == expected
+    with pytest.raises(EnvironmentProblem, match=r"^--device cuda:1: no CUDA GPU"):
+        resolve_device("cuda:1")
+    with pytest.raises(EnvironmentProblem, match=r"^--device cuda: no CUDA GPU"):
+        train(_cfg(device="cuda"), tiny_data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device(" CPU ")
+
+
+def test_device_index_beyond_the_gpus_and_unknown_strings(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        EnvironmentProblem, match=r"^--device cuda:3: this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0$"
+    ):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    for bad in ("gpu", "foo", "cuda:x", "cuda0"):
+        with pytest.raises(
+            ConfigError, match=rf"^--device '{bad}' is not a device: use one of auto, cpu, cuda, cuda:N"
+        ):
+            resolve_device(bad)
+
+
+def test_changed_architecture_on_an_existing_run_is_refused(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(max_epochs=1), tiny_data, run)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(ConfigError) as info:
+        train(_cfg(max_epochs=2, head_channels=16, input_size=128), tiny_data, run)
+    assert str(info.value) == (
+        f"the run in {run} was trained with head_channels=32, input_size=64; this asks for head_channels=16, "
+        "input_size=128 — architecture options cannot change within a run: drop them or use a new --out"
+    )
+    with pytest.raises(ConfigError, match=r"was trained with backbone=vgg_tiny, width=0.25; this asks for "
+                       r"backbone=mobilenet_v2, width=None"):  # fmt: skip
+        train(_cfg(backbone="mobilenet_v2", width=None), tiny_data, run)
+    assert (run / "last.pt").read_bytes() == before  # nothing was trained or written
+    again = train(_cfg(max_epochs=1, lr=5e-4, patience=3), tiny_data, run, new_session=True)
+    assert again.session == 2  # other options may change
+
+
+def test_architecture_defaults_compare_by_their_effective_value():
+    from activepose.train import architecture_changes
+
+    stored = _cfg(width=None, stages=None).to_dict()
+    assert architecture_changes(stored, _cfg(width=1.0, stages=3)) == []  # vgg_tiny's defaults
+    assert architecture_changes(stored, _cfg(width=0.5, stages=2)) == [("width", 1.0, 0.5), ("stages", 3, 2)]
+
+
+def test_run_config_reads_the_runs_own_options(tiny_data, tmp_path):
+    from activepose.train import run_config
+
+    assert run_config(tmp_path / "empty") is None
+    cfg = _cfg(max_epochs=1, head_channels=16)
+    train(cfg, tiny_data, tmp_path / "run")
+    assert run_config(tmp_path / "run") == cfg
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "last.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="last.pt: not a readable checkpoint"):
+        run_config(tmp_path / "bad")
+
+
+def test_loaded_model_without_a_training_config_uses_the_default_input_size(tmp_path):
+    from activepose.checkpoint import DEFAULT_INPUT_SIZE, save_checkpoint
+    from activepose.skeleton import PRESETS
+
+    from .conftest import tiny_model
+
+    net = tiny_model(PRESETS["lsp14"])
+    save_checkpoint(tmp_path / "m.pt", {"model_config": net.config, "model_state": net.state_dict(),
+                                        "skeleton": PRESETS["lsp14"].to_dict()})  # fmt: skip
+    loaded = load_model(tmp_path / "m.pt", "cpu")
+    assert loaded.input_size == DEFAULT_INPUT_SIZE == 256 and loaded.train_config is None
+    assert loaded.session == 0 and not loaded.complete
+    save_checkpoint(tmp_path / "empty.pt", {"skeleton": PRESETS["lsp14"].to_dict()})
+    with pytest.raises(CheckpointError, match=r"empty.pt: checkpoint does not hold a usable pose model"):
+        load_model(tmp_path / "empty.pt")

@@ -9,6 +9,7 @@ import torch
 from activepose.coco import load_coco
 from activepose.data import letterbox
 from activepose.decode import DecoderConfig
+from activepose.errors import ConfigError
 from activepose.fields.heatmap import gaussian_kernel1d, peak_confidences
 from activepose.fileio import read_image
 from activepose.models import create_model
@@ -86,16 +87,29 @@ def test_letterbox_padding_is_masked():
 def test_keypoint_threshold_scales_and_validates():
     assert [keypoint_threshold(k) for k in (14, 17, 18, 1, 2, 36)] == [5, 6, 6, 1, 1, 12]
     assert keypoint_threshold(14, 14) == 14 and keypoint_threshold(14, 1) == 1
-    with pytest.raises(ValueError, match="between 1 and the number of keypoints \\(14\\)"):
+    with pytest.raises(ConfigError, match="--th-kp must be between 1 and the number of keypoints \\(14\\)"):
         keypoint_threshold(14, 15)
-    with pytest.raises(ValueError, match="between 1"):
+    with pytest.raises(ConfigError, match="--th-kp must be between 1"):
         keypoint_threshold(14, 0)
     with pytest.raises(ValueError, match="num_keypoints"):
         keypoint_threshold(0)
-    with pytest.raises(ValueError, match="th_hm"):
-        UncertaintyConfig(th_hm=0.0)
-    with pytest.raises(ValueError, match="th_kp"):
-        UncertaintyConfig(th_kp=0)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(th_hm=0.0), r"^--th-hm must be in \(0, 1\], got 0.0$"),
+        (dict(th_hm=1.5), r"^--th-hm must be in \(0, 1\], got 1.5$"),
+        (dict(th_kp=0), r"^--th-kp must be >= 1, got 0$"),
+        (dict(input_size=100), r"^--input-size must be a positive multiple of 8, got 100$"),
+        (dict(batch_size=0), r"^--batch-size must be >= 1, got 0$"),
+        (dict(th_hm=0.0, th_kp=0), r"^--th-hm must be .*; --th-kp must be >= 1, got 0$"),
+    ],
+)
+def test_uncertainty_config_errors_name_the_option(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        UncertaintyConfig(**kw)
+    assert UncertaintyConfig(th_hm=1.0, th_kp=1).th_hm == 1.0  # the closed end of (0, 1] is valid
 
 
 def test_score_ranks_every_uncertain_image_above_every_certain_one():

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from .fileio import atomic_write
+from .errors import ActiveposeError, ConfigError, EnvironmentProblem
+from .fileio import atomic_write, file_sha1
 from .skeleton import Skeleton
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 LOG = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+# Network input side used when a checkpoint does not record its training input size (the only place).
+DEFAULT_INPUT_SIZE = 256
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ActiveposeError, RuntimeError):
     """A checkpoint file is missing, unreadable or not an activepose checkpoint."""
 
 
@@ -41,19 +51,126 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Return (model in eval mode, skeleton, state) rebuilt from a checkpoint file."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pose model rebuilt from a checkpoint, with what callers need to use it.
+
+    - `net`: the model in eval mode on the requested device.
+    - `skeleton`: the keypoints and limbs it predicts.
+    - `input_size`: the network input side it was trained at (`DEFAULT_INPUT_SIZE` if not recorded).
+    - `train_config`: the `TrainConfig` it was trained with (None when the checkpoint has none usable).
+    - `path`: the checkpoint file; `sha1`: its content hash (computed on first use).
+    - `session`, `epoch`, `complete`: training progress stored with it (session 0 when not recorded).
+    """
+
+    net: nn.Module
+    skeleton: Skeleton
+    input_size: int
+    train_config: TrainConfig | None
+    path: Path
+    session: int = 0
+    epoch: int = 0
+    complete: bool = False
+
+    @cached_property
+    def sha1(self) -> str:
+        return file_sha1(self.path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+
+def checkpoint_train_config(state: dict[str, Any], path: str | Path | None = None) -> TrainConfig | None:
+    """Return the TrainConfig stored in a checkpoint state (None when absent or no longer valid)."""
+    from .train import TrainConfig
+
+    raw = state.get("train_config")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return TrainConfig.from_dict(raw)
+    except (ConfigError, TypeError, ValueError) as exc:
+        LOG.warning("%s: stored training config not usable (%s)", path or "checkpoint", exc)
+        return None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Return the model stored in a checkpoint file (best.pt / last.pt / a project's model_N.pt).
+
+    `device`: a torch device or a `--device` string (auto, cpu, cuda, cuda:N, mps), checked by
+    `resolve_device`. Raises CheckpointError naming the file when it is not a usable checkpoint.
+    """
     from .models import build_model
 
-    state = load_checkpoint(path, map_location=device)
-    model = build_model(state["model_config"])
-    model.load_state_dict(state["model_state"])
-    model.to(device).eval()
-    return model, Skeleton.from_dict(state["skeleton"]), state
+    path = Path(path)
+    dev = resolve_device(device)
+    state = load_checkpoint(path, map_location=dev)
+    try:
+        model = build_model(state["model_config"])
+        model.load_state_dict(state["model_state"])
+        skeleton = Skeleton.from_dict(state["skeleton"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not hold a usable pose model ({exc})") from exc
+    model.to(dev).eval()
+    cfg = checkpoint_train_config(state, path)
+    progress = state.get("train") if isinstance(state.get("train"), dict) else {}
+    return LoadedModel(
+        net=model,
+        skeleton=skeleton,
+        input_size=int(cfg.input_size) if cfg is not None else DEFAULT_INPUT_SIZE,
+        train_config=cfg,
+        path=path,
+        session=int(progress.get("session", 0)),
+        epoch=int(progress.get("epoch", 0)),
+        complete=bool(progress.get("complete", False)),
+    )
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """Return the torch device for 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
-    if device == "auto":
+_DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def check_device(device: str | torch.device) -> str:
+    """Return the normalised `--device` string; ConfigError listing the valid forms when it is none of them.
+
+    Only the form is checked (a config may be written on one machine and used on another); whether the
+    device exists here is `resolve_device`'s job.
+    """
+    spec = str(device).strip().lower()
+    if _DEVICE_FORM.fullmatch(spec) is None:
+        forms = "auto, cpu, cuda, cuda:N" + (", mps" if _mps_available() else "")
+        raise ConfigError(f"--device {str(device)!r} is not a device: use one of {forms}")
+    return spec
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the torch device for 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
+
+    Raises ConfigError for a string that is not a device and EnvironmentProblem when the device asked for
+    is not on this machine, before any work starts.
+    """
+    spec = check_device(device)
+    if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(
+                f"--device {spec}: no CUDA GPU is available on this machine (torch reports none); "
+                "use --device cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        index = int(spec.partition(":")[2] or 0)
+        if index >= count:
+            raise EnvironmentProblem(
+                f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif spec.startswith("mps") and not _mps_available():
+        raise EnvironmentProblem(
+            "--device mps: no Apple MPS device is available on this machine; use --device cpu or auto"
+        )
+    return torch.device(spec)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .fileio import ImageReadError, atomic_write_json, image_size
+from .errors import ActiveposeError
+from .fileio import ImageReadError, atomic_write_json, exif_orientation, image_size
 from .skeleton import Skeleton, SkeletonError, match_preset
 
 LOG = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ OUTSIDE_TOLERANCE = 0.01
 _MAX_LISTED_PROBLEMS = 20
 
 
-class CocoError(ValueError):
+class CocoError(ActiveposeError, ValueError):
     """A COCO keypoint file is malformed or inconsistent. `problems` lists every finding."""
 
     def __init__(self, path: str | Path | None, problems: list[str]):
@@ -64,6 +65,9 @@ class CocoKeypoints:
     path: Path | None = None
     category_id: int = 1
     info: dict[str, Any] = field(default_factory=dict)
+    # True when the file's annotations carry a "score": model predictions (a COCO results file turned into
+    # a data set), not human labels. Callers that need ground truth should refuse such a file.
+    has_scores: bool = False
 
     def __post_init__(self) -> None:
         self._index = {f.image_id: i for i, f in enumerate(self.frames)}
@@ -155,9 +159,12 @@ def load_coco(
     """Return the validated data set in `path`; raise CocoError listing every problem found.
 
     Checks: JSON syntax and structure, one keypoint category, unique image and annotation ids,
-    annotations pointing at known images, keypoint counts matching the skeleton, labelled keypoints
-    inside the image (up to a margin of 1 % of the longer side, clipped onto the border), image files present (`check_images`) and readable with the stated size
-    (`read_image_headers`, slower: opens every file header).
+    annotations pointing at known images and at the keypoint category, keypoint counts matching the
+    skeleton, labelled keypoints inside the image (up to a margin of 1 % of the longer side, clipped onto
+    the border), image files present (`check_images`) and readable with the stated size as training reads
+    them, i.e. with the EXIF orientation applied (`read_image_headers`, slower: opens every file header).
+    No annotation is dropped silently: one that cannot be used is a listed problem. `has_scores` of the
+    result tells whether the annotations carry a "score" (model predictions rather than labels).
     """
     path = Path(path)
     if not path.is_file():
@@ -183,6 +190,12 @@ def parse_coco(
 ) -> CocoKeypoints:
     """Return the validated data set held in a parsed COCO dict (see `load_coco`)."""
     problems: list[str] = []
+    if isinstance(data, list) and data and all(isinstance(a, dict) and "score" in a for a in data):
+        raise CocoError(
+            path,
+            ["this is a COCO results file (a list of scored predictions), not a keypoint data set with "
+             "'images', 'annotations' and 'categories'"],
+        )  # fmt: skip
     if not isinstance(data, dict):
         raise CocoError(path, ["top level must be a JSON object with 'images', 'annotations', 'categories'"])
     for key in ("images", "annotations", "categories"):
@@ -191,12 +204,21 @@ def parse_coco(
     if problems:
         raise CocoError(path, problems)
 
-    cats = [c for c in data["categories"] if isinstance(c, dict) and "keypoints" in c]
+    category_ids: set[int] = set()
+    for n, c in enumerate(data["categories"]):
+        try:
+            category_ids.add(int(c["id"]))
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"categories[{n}]: needs an integer 'id'")
+    if problems:
+        raise CocoError(path, problems)
+    cats = [c for c in data["categories"] if "keypoints" in c]
     if not cats:
         raise CocoError(path, ["no category with a 'keypoints' list"])
     if len(cats) > 1:
         LOG.warning("%s: %d keypoint categories; using the first (%s)", path, len(cats), cats[0].get("name"))
     category = cats[0]
+    other_keypoint_ids = {int(c["id"]) for c in cats[1:]}
     try:
         file_skeleton = Skeleton.from_coco_category(category)
     except SkeletonError as exc:
@@ -210,7 +232,7 @@ def parse_coco(
              f"{list(skeleton.keypoints)}"],
         )  # fmt: skip
     k = skeleton.num_keypoints
-    category_id = int(category.get("id", 1))
+    category_id = int(category["id"])
     root = Path(root) if root is not None else Path(".")
 
     frames: dict[int, Frame] = {}
@@ -237,7 +259,7 @@ def parse_coco(
                 try:
                     w, h = image_size(fp)
                     if (w, h) != (width, height):
-                        problems.append(f"{where}: file is {w}x{h} but JSON says {width}x{height}")
+                        problems.append(f"{where}: {_size_mismatch(fp, w, h, width, height)}")
                 except ImageReadError as exc:
                     problems.append(f"{where}: unreadable image: {exc}")
         frames[image_id] = Frame(image_id, file_name, width, height, np.zeros((0, k, 3), np.float32))
@@ -245,6 +267,8 @@ def parse_coco(
     people: dict[int, list[np.ndarray]] = {i: [] for i in frames}
     ann_ids: dict[int, list[int]] = {i: [] for i in frames}
     seen_ann: set[int] = set()
+    has_scores = False
+    ignored: dict[int, int] = {}  # annotations of non-keypoint categories (e.g. a full instances file)
     for n, ann in enumerate(data["annotations"]):
         try:
             ann_id, image_id = int(ann["id"]), int(ann["image_id"])
@@ -256,7 +280,25 @@ def parse_coco(
             problems.append(f"{where}: duplicate annotation id")
             continue
         seen_ann.add(ann_id)
-        if int(ann.get("category_id", category_id)) != category_id:
+        has_scores = has_scores or "score" in ann
+        try:
+            ann_category = int(ann.get("category_id", category_id))
+        except (TypeError, ValueError):
+            problems.append(f"{where}: 'category_id' must be an integer, got {ann.get('category_id')!r}")
+            continue
+        if ann_category != category_id:
+            if ann_category not in category_ids:
+                problems.append(
+                    f"{where}: category_id {ann_category} is not in 'categories' "
+                    f"(ids: {', '.join(map(str, sorted(category_ids)))})"
+                )
+            elif ann_category in other_keypoint_ids:
+                problems.append(
+                    f"{where}: category_id {ann_category} is a second keypoint category; only one is "
+                    f"supported (id {category_id}, {category.get('name')!r})"
+                )
+            else:
+                ignored[ann_category] = ignored.get(ann_category, 0) + 1
             continue
         if image_id not in frames:
             problems.append(f"{where}: refers to an unknown image id")
@@ -300,6 +342,11 @@ def parse_coco(
 
     if problems:
         raise CocoError(path, problems)
+    if ignored:
+        LOG.warning(
+            "%s: ignoring %d annotation(s) of non-keypoint categories %s",
+            path, sum(ignored.values()), sorted(ignored),
+        )  # fmt: skip
     for image_id, f in frames.items():
         if people[image_id]:
             f.keypoints = np.stack(people[image_id]).astype(np.float32)
@@ -311,7 +358,25 @@ def parse_coco(
         path=path,
         category_id=category_id,
         info=dict(data.get("info") or {}),
+        has_scores=has_scores,
     )
+
+
+def _size_mismatch(path: Path, width: int, height: int, json_width: int, json_height: int) -> str:
+    """Return the problem text for an image whose (EXIF-oriented) size differs from the JSON's."""
+    text = f"image file {path} is {width}x{height} but the JSON says {json_width}x{json_height}"
+    try:
+        orientation = exif_orientation(path)
+    except ImageReadError:
+        orientation = 1
+    if orientation >= 5 and (height, width) == (json_width, json_height):
+        text += (
+            f" (its EXIF orientation {orientation} turns the stored {height}x{width} pixels by 90 degrees; "
+            "the JSON has the unrotated size, so the keypoints would not line up)"
+        )
+    elif orientation != 1:
+        text += f" (EXIF orientation {orientation} applied)"
+    return text
 
 
 def save_coco(dataset: CocoKeypoints, path: str | Path, indent: int | None = None) -> Path:

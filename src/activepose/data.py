@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .coco import CocoKeypoints
+from .errors import ConfigError
 from .fields import TargetConfig, encode_targets
 from .fileio import read_image
 from .skeleton import Skeleton
@@ -58,15 +59,15 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.rotate < 0 or self.shift < 0:
-            raise ValueError("AugmentConfig: rotate and shift are half-ranges and must be >= 0")
+            raise ConfigError("AugmentConfig: rotate and shift are half-ranges and must be >= 0")
         for name in ("scale", "brightness", "contrast"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
-                raise ValueError(
+                raise ConfigError(
                     f"AugmentConfig.{name} must be a range (lo, hi) with 0 < lo <= hi, got {(lo, hi)}"
                 )
         if not 0 <= self.hflip <= 1:
-            raise ValueError(f"AugmentConfig.hflip is a probability, got {self.hflip}")
+            raise ConfigError(f"AugmentConfig.hflip is a probability, got {self.hflip}")
 
     @classmethod
     def geometry_only(cls, **kw: Any) -> AugmentConfig:
@@ -239,8 +240,8 @@ class PoseDataset(Dataset):
         grayscale: bool = False,
     ):
         if input_size <= 0 or input_size % targets.stride:
-            raise ValueError(
-                f"input_size {input_size} must be a positive multiple of the stride {targets.stride}"
+            raise ConfigError(
+                f"--input-size must be a positive multiple of the stride {targets.stride}, got {input_size}"
             )
         self.skeleton = coco.skeleton
         self.input_size = int(input_size)

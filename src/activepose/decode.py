@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .fields.assemble import assemble_people, greedy_match, limb_order
 from .fields.heatmap import find_peaks, single_threaded, smooth_heatmaps
 from .fields.paf import limb_candidates, limb_scores
@@ -58,6 +59,31 @@ class DecoderConfig:
     min_parts: int = 4
     min_person_score: float = 0.3
     max_people: int = 100
+
+    def __post_init__(self) -> None:
+        problems = []
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                problems.append(
+                    f"{DECODER_OPTIONS.get(name, name)} must be {rule}, got {getattr(self, name)!r}"
+                )
+
+        for name in ("peak_threshold", "nms_saddle", "paf_score_threshold", "paf_min_ratio"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]")
+        need(self.smooth_sigma >= 0, "smooth_sigma", ">= 0")
+        need(self.nms_kernel >= 3 and self.nms_kernel % 2 == 1, "nms_kernel", "an odd number >= 3")
+        need(self.upsample >= 1, "upsample", ">= 1")
+        need(self.paf_samples >= 2, "paf_samples", ">= 2")
+        need(self.min_parts >= 1, "min_parts", ">= 1")
+        need(self.min_person_score >= 0, "min_person_score", ">= 0")
+        need(self.max_people >= 1, "max_people", ">= 1")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+# DecoderConfig fields a user sets from the command line -> the option's spelling (others: the field name).
+DECODER_OPTIONS = {"min_parts": "--min-parts", "min_person_score": "--min-score"}
 
 
 class Decoder:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .coco import CocoKeypoints, annotation_dict, results_to_coco
+from .errors import ConfigError
 from .skeleton import Skeleton
-from .tta import TTA_NAMES
+from .tta import TTA_NAMES, parse_ttas
 
 if TYPE_CHECKING:
     import rich.table
@@ -241,6 +242,8 @@ class EvalConfig:
     `count_min_score`: predicted people with a lower score are not counted (they still enter AP).
     `count_min_keypoints`: GT people need this many labelled keypoints (after the TTA) to be counted.
     `device`: where inputs go; None = the model's device. `num_workers`: image-reading threads.
+    `ttas` may be given as a `--tta` string ("clean,blur", "all", "none"; see `tta.parse_ttas`).
+    Invalid values raise ConfigError naming the option.
     """
 
     input_size: int = 256
@@ -251,6 +254,37 @@ class EvalConfig:
     count_min_score: float = 0.0
     count_min_keypoints: int = 1
     num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        from .checkpoint import check_device
+
+        problems = []
+        if isinstance(self.ttas, str):
+            self.ttas = parse_ttas(self.ttas)  # ConfigError for an unknown name
+        else:
+            self.ttas = tuple(self.ttas)
+            unknown = [t for t in self.ttas if t not in TTA_NAMES]
+            if unknown:
+                problems.append(f"unknown TTA {unknown[0]!r}; choose from {', '.join(TTA_NAMES)}")
+            elif not self.ttas:
+                problems.append(f"--tta names no TTA; choose from {', '.join(TTA_NAMES)}")
+        if self.input_size < 8 or self.input_size % 8:
+            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0 < self.pck_alpha:
+            problems.append(f"--pck-alpha must be > 0, got {self.pck_alpha}")
+        if self.count_min_keypoints < 0:
+            problems.append(f"--count-min-keypoints must be >= 0, got {self.count_min_keypoints}")
+        if self.num_workers < 0:
+            problems.append(f"--workers must be >= 0, got {self.num_workers}")
+        if self.device is not None:
+            try:
+                check_device(self.device)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def metrics_for(

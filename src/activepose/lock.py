@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import ActiveposeError
+
 LOCK_NAME = ".lock"
 _HELD: dict[str, int] = {}
 
 
-class ProjectBusy(RuntimeError):
+class ProjectBusy(ActiveposeError, RuntimeError):
     """Another process holds the project's lock."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ActiveposeError
+
 LOG = logging.getLogger(__name__)
 
 # COCO's published per-keypoint OKS sigmas (cocoapi), by keypoint name. Other skeletons reuse them by name.
@@ -43,7 +45,7 @@ _COCO_SIGMAS = {
 _DEFAULT_SIGMA = 0.07
 
 
-class SkeletonError(ValueError):
+class SkeletonError(ActiveposeError, ValueError):
     """A skeleton definition is unknown or inconsistent."""
 
 

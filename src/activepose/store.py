@@ -2,14 +2,27 @@
 
 Holds images (stable ids, paths, content hashes, sizes, states), labels (per person (K, 3) keypoints with
 who labelled them, when, in which round and how long it took), imports (to make file imports idempotent),
-rounds with their chosen items, and models. Every write is one transaction that validates its input first
-(inside the transaction, against the state it will modify): bad input raises `StoreError` and leaves the
-database unchanged. Write transactions start with `BEGIN IMMEDIATE` and connections wait up to
-`BUSY_TIMEOUT_S` for the write lock, so concurrent writers queue instead of failing with "database is locked".
+rounds with their chosen items, and models (checkpoint, content sha1, metrics). Every write is one transaction
+that validates its input first (inside the transaction, against the state it will modify): bad input raises
+`StoreError` and leaves the database unchanged. Write transactions start with `BEGIN IMMEDIATE` and
+connections wait up to `BUSY_TIMEOUT_S` for the write lock, so concurrent writers queue instead of failing
+with "database is locked". Environment failures during a write (disk full, read-only file, I/O error) raise
+`StoreError` naming the database too, after the transaction was rolled back.
+
+Labels keep their history: an image has at most one set of *current* label rows (`superseded_at IS NULL`).
+Storing labels whose content (the multiset of people's keypoints, compared within `LABEL_TOLERANCE_PX`)
+equals the current ones is a no-op whatever their source or file name; different content replaces the
+current rows, which stay in the table marked superseded.
+
+Rounds move through `ROUND_MOVES` only (open -> labelled -> trained -> evaluated -> closed); every method that
+changes a round's state checks that table.
 
 The schema is versioned with `PRAGMA user_version` and the `MIGRATIONS` list (migration i brings the
 database from version i to i + 1); opening an older database migrates it in one transaction, opening a newer
-one is refused. A `Project` holds one connection: use it from one thread (open one per process/thread).
+one is refused. `Project.open` first checks, without writing, that the file is an intact activepose database
+(an empty, foreign, corrupt or newer file is refused and left byte-for-byte unchanged); only
+`Project.create` creates a schema. `Project.open(folder, readonly=True)` never writes (an older schema is
+migrated in memory). A `Project` holds one connection: use it from one thread (open one per process/thread).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import numpy as np
 
 from . import faults
 from .coco import OUTSIDE_TOLERANCE, CocoError, CocoKeypoints, Frame, parse_coco, save_coco
+from .errors import ActiveposeError
 from .fileio import _strict, file_sha1
 from .skeleton import Skeleton
 
@@ -38,6 +52,19 @@ SUBFOLDERS = ("checkpoints", "caches", "exports")
 BUSY_TIMEOUT_S = 30.0
 IMAGE_STATES = ("unlabelled", "queued", "labelled", "skipped", "test")
 ROUND_STATES = ("open", "labelled", "trained", "evaluated", "closed")
+# The only legal round moves: state -> the states it may move to. Every method that changes a round's state
+# goes through `Project._move_round`, which refuses anything else (naming from and to).
+ROUND_MOVES: dict[str, tuple[str, ...]] = {
+    "open": ("labelled",),
+    "labelled": ("trained",),
+    "trained": ("evaluated",),
+    "evaluated": ("closed",),
+    "closed": (),
+}
+# Two labellings of a person are the same when their visibility flags are equal and every coordinate is
+# within this many pixels (COCO exports round to 0.01 px, and keypoints pass through float32 on the way).
+LABEL_TOLERANCE_PX = 0.01
+SQLITE_HEADER = b"SQLite format 3\x00"
 _MAX_LISTED = 20
 
 # Migration i takes the schema from version i to i + 1; each is a list of SQL statements run in one
@@ -97,10 +124,43 @@ MIGRATIONS: list[list[str]] = [
             metrics TEXT NOT NULL DEFAULT '{}',
             created_at TEXT NOT NULL)""",
     ],
+    [  # v2: model sha1 column; label history (superseded rows) instead of one row set per source
+        "ALTER TABLE models ADD COLUMN sha1 TEXT",
+        # v1 kept the checkpoint's sha1 in the metrics JSON: move it into the column
+        "UPDATE models SET sha1 = json_extract(metrics, '$.sha1'), metrics = json_remove(metrics, '$.sha1') "
+        "WHERE json_type(metrics, '$.sha1') = 'text'",
+        "CREATE INDEX models_sha1 ON models(sha1)",
+        """CREATE TABLE labels_v2 (
+            id INTEGER PRIMARY KEY,
+            image_id INTEGER NOT NULL REFERENCES images(id),
+            person INTEGER NOT NULL CHECK (person >= 0),
+            keypoints TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            round INTEGER REFERENCES rounds(id),
+            seconds REAL,
+            import_id INTEGER REFERENCES imports(id),
+            superseded_at TEXT)""",
+        # v1 could hold several sources per image; the most recent one (the source of the image's newest
+        # row, what `keypoints_of` returned) stays current, the others are superseded when it was stored.
+        """INSERT INTO labels_v2
+               (id, image_id, person, keypoints, source, created_at, round, seconds, import_id, superseded_at)
+           SELECT l.id, l.image_id, l.person, l.keypoints, l.source, l.created_at, l.round, l.seconds,
+                  l.import_id,
+                  CASE WHEN l.source = latest.source THEN NULL ELSE latest.created_at END
+           FROM labels l JOIN (
+               SELECT x.image_id, x.source, x.created_at FROM labels x
+               WHERE x.id = (SELECT MAX(y.id) FROM labels y WHERE y.image_id = x.image_id)
+           ) latest ON latest.image_id = l.image_id""",
+        "DROP TABLE labels",
+        "ALTER TABLE labels_v2 RENAME TO labels",
+        "CREATE UNIQUE INDEX labels_current ON labels(image_id, person) WHERE superseded_at IS NULL",
+        "CREATE INDEX labels_image ON labels(image_id)",
+    ],
 ]
 
 
-class StoreError(RuntimeError):
+class StoreError(ActiveposeError, RuntimeError):
     """The project store refused an operation; `problems` lists every finding."""
 
     def __init__(self, message: str, problems: Sequence[str] = ()):
@@ -130,7 +190,8 @@ class LabelRow:
     source: str
     created_at: str
     round: int | None
-    seconds: float | None
+    seconds: float | None  # the labelling time of the whole image (the same on each of its person rows)
+    superseded_at: str | None = None  # None: a current label; else when newer labels replaced it
 
 
 @dataclass(frozen=True)
@@ -154,13 +215,31 @@ class ModelInfo:
     train_size: int
     metrics: dict[str, Any]
     created_at: str
+    sha1: str | None = None  # the checkpoint file's sha1 (its fingerprint), when recorded
 
 
 @dataclass(frozen=True)
 class ImportResult:
-    new_labels: int
-    already_imported: bool
+    new_labels: int  # label rows added (replacements included); 0 when the file brought nothing new
+    already_imported: bool  # this very file (same bytes) was imported before
     message: str
+    replaced: int = 0  # current label rows the import superseded (kept as history)
+    round_completed: bool = (
+        False  # with complete_round: the round moved open -> labelled in the same transaction
+    )
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What one label write changed."""
+
+    new_rows: int = 0
+    superseded: int = 0
+    images: int = 0  # images whose labels or state changed
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_rows or self.superseded or self.images)
 
 
 def _now() -> str:
@@ -169,13 +248,142 @@ def _now() -> str:
 
 def _connect(db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    _setup(conn, db)
+    return conn
+
+
+def _setup(conn: sqlite3.Connection, db: Path) -> None:
+    """Configure a read-write connection: busy timeout, foreign keys, WAL (the only step that may write)."""
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         conn.close()
         raise StoreError(f"{db}: could not switch the database to WAL mode (got {mode!r})")
-    return conn
+
+
+_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
+    13, 8, 10, 11, 14, 26,
+)  # fmt: skip
+
+
+def _environment_error(exc: sqlite3.Error, db: Path, doing: str) -> StoreError | None:
+    """Return a one-line StoreError for an SQLite failure the environment caused (None: a bug, re-raise)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        primary = code & 0xFF
+    else:  # an SQLite error without a code (Python < 3.11 style): go by the standard messages
+        text = str(exc).lower()
+        known = {"disk is full": _SQLITE_FULL, "readonly database": _SQLITE_READONLY,
+                 "disk image is malformed": _SQLITE_CORRUPT, "file is not a database": _SQLITE_NOTADB}  # fmt: skip
+        primary = next((c for t, c in known.items() if t in text), None)
+    if primary == _SQLITE_FULL:
+        return StoreError(f"{db}: disk full ({exc}); {doing}")
+    if primary == _SQLITE_READONLY:
+        return StoreError(f"{db}: read-only (folder or file not writable); {doing}")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreError(f"{db}: not a SQLite database / corrupt ({exc}); {doing}")
+    if primary == _SQLITE_IOERR:
+        return StoreError(f"{db}: I/O error ({exc}); {doing}")
+    if primary == _SQLITE_CANTOPEN:
+        return StoreError(f"{db}: cannot open the database ({exc}); {doing}")
+    return None
+
+
+def _check_file(db: Path) -> None:
+    """Refuse, before any SQLite connection touches it, a file that cannot be an activepose database."""
+    try:
+        size = db.stat().st_size
+        with db.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"{db}: cannot read the project database ({exc.strerror or exc})") from None
+    if size == 0:
+        raise StoreError(f"{db}: not an activepose project (empty database); the file was not changed")
+    if header != SQLITE_HEADER:
+        raise StoreError(
+            f"{db}: not a SQLite database / corrupt (no SQLite header); the file was not changed"
+        )
+
+
+def _folder_writable(db: Path) -> bool:
+    folder = db.parent
+    return os.access(folder, os.W_OK | os.X_OK) and os.access(db, os.W_OK)
+
+
+def _open_readonly(db: Path) -> sqlite3.Connection:
+    """Return a connection that cannot write: `mode=ro`, or `immutable=1` when the folder is not writable.
+
+    A WAL database is read through its `-shm` index, which a `mode=ro` reader creates (and leaves behind) in a
+    writable folder; in a read-only folder it cannot, so the file is opened `immutable` instead. That ignores
+    a `-wal` file, so a non-empty one (commits not yet copied into the database) is refused rather than
+    silently read without them.
+    """
+    uri = db.absolute().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(db.parent, os.W_OK):
+            raise
+    wal = Path(f"{db}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(
+            f"{db}: read-only folder with unfinished write-ahead log {wal.name}; open the project once where "
+            "it is writable (or copy the folder) to read it"
+        )
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
+def _inspect(conn: sqlite3.Connection, db: Path, target: int) -> int:
+    """Return the schema version of an intact activepose database; refuse anything else. Reads only."""
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = [
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+        if version == 0:
+            if not tables:
+                raise StoreError(
+                    f"{db}: not an activepose project (empty database); the file was not changed"
+                )
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(f"{db}: not an activepose project (an SQLite database with tables {shown})")
+        if version > target:
+            raise StoreError(
+                f"{db}: schema version {version} is newer than this activepose knows ({target}); "
+                "upgrade activepose"
+            )
+        check = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.Error as exc:
+        raise _environment_error(exc, db, "the file was not changed") or StoreError(
+            f"{db}: not a SQLite database / corrupt ({exc}); the file was not changed"
+        ) from None
+    if check != ["ok"]:
+        found = " ".join(" ".join(check[:3]).split())[:200]
+        raise StoreError(
+            f"{db}: not a SQLite database / corrupt (integrity check: {found}); the file was not changed"
+        )
+    if "meta" not in tables:
+        raise StoreError(f"{db}: not an activepose project (no meta table)")
+    return version
+
+
+def _migrated_in_memory(conn: sqlite3.Connection, db: Path) -> sqlite3.Connection:
+    """Return an in-memory copy of `conn`'s database migrated to the current schema (`conn` is closed)."""
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.backup(mem)
+        mem.execute("PRAGMA foreign_keys = ON")
+        _migrate(mem, db, MIGRATIONS)
+    except BaseException:
+        mem.close()
+        raise
+    finally:
+        conn.close()
+    return mem
 
 
 def _migrate(conn: sqlite3.Connection, db: Path, migrations: Sequence[Sequence[str]]) -> None:
@@ -196,13 +404,15 @@ def _migrate(conn: sqlite3.Connection, db: Path, migrations: Sequence[Sequence[s
                 try:
                     conn.execute(statement)
                 except sqlite3.Error as exc:
-                    raise StoreError(
+                    doing = f"migration to schema version {i + 1} failed, the database is unchanged"
+                    raise _environment_error(exc, db, doing) or StoreError(
                         f"{db}: migration to schema version {i + 1} failed ({exc}); the database is unchanged"
                     ) from exc
         conn.execute(f"PRAGMA user_version = {target}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
@@ -220,9 +430,10 @@ def _relative(path: str | Path, folder: Path) -> str:
 class Project:
     """An active-learning project folder: `project.db` plus checkpoints/, caches/ and exports/."""
 
-    def __init__(self, folder: Path, conn: sqlite3.Connection):
+    def __init__(self, folder: Path, conn: sqlite3.Connection, readonly: bool = False):
         self.folder = Path(folder).absolute()  # stored paths stay valid whatever the working directory
         self.db_path = folder / DB_NAME
+        self.readonly = readonly
         self._conn = conn
         meta = dict(conn.execute("SELECT key, value FROM meta"))
         if "skeleton" not in meta:
@@ -294,16 +505,53 @@ class Project:
         return cls.open(folder)
 
     @classmethod
-    def open(cls, folder: str | Path) -> Project:
-        """Open the project in `folder`, migrating an older schema; refuse a newer one."""
+    def open(cls, folder: str | Path, readonly: bool = False) -> Project:
+        """Open the project in `folder`, migrating an older schema; refuse a newer one.
+
+        Refused with a one-line StoreError naming the file, which is left byte-for-byte unchanged: no
+        `project.db`; an empty file or an SQLite database without activepose's schema (only `create` makes
+        one); a file that is not an SQLite database or fails SQLite's quick integrity check (corrupt,
+        truncated); a newer schema; and, unless `readonly`, a folder or database file that is not writable.
+
+        `readonly=True` never writes (for `status` and other read commands, and read-only folders): the file
+        is opened with SQLite's `mode=ro` (in a writable folder SQLite may still create the empty `-wal` /
+        `-shm` companions a WAL reader needs; in a read-only folder it is opened `immutable`), an older
+        schema is migrated in memory only, and every write method raises StoreError "read-only".
+        """
         folder = Path(folder)
         db = folder / DB_NAME
         if not db.is_file():
             raise StoreError(f"{folder}: no activepose project here ({DB_NAME} not found)")
-        conn = _connect(db)
+        _check_file(db)
+        if not readonly and not _folder_writable(db):
+            raise StoreError(
+                f"{db}: read-only (folder or file not writable); open it read-only to look at it"
+            )
         try:
-            _migrate(conn, db, MIGRATIONS)
-            return cls(folder, conn)
+            conn = (
+                _open_readonly(db)
+                if readonly
+                else sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            )
+        except sqlite3.Error as exc:
+            raise _environment_error(exc, db, "the file was not changed") or StoreError(
+                f"{db}: cannot open the database ({exc})"
+            ) from None
+        try:
+            version = _inspect(conn, db, len(MIGRATIONS))  # reads only: a refusal changes nothing
+            if readonly:
+                if version < len(MIGRATIONS):
+                    conn = _migrated_in_memory(conn, db)
+                conn.execute("PRAGMA query_only = ON")
+            else:
+                _setup(conn, db)
+                _migrate(conn, db, MIGRATIONS)
+            return cls(folder, conn, readonly=readonly)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _environment_error(exc, db, "nothing changed") or StoreError(
+                f"{db}: cannot open the database ({exc})"
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -323,14 +571,34 @@ class Project:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: takes the write lock up front (waiting for other writers)."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """One write transaction: takes the write lock up front (waiting for other writers).
+
+        Environment failures (disk full, read-only file, I/O error, corruption) roll back and raise a
+        one-line StoreError naming the database; other SQLite errors are bugs and propagate as they are.
+        """
+        if self.readonly:
+            raise StoreError(f"{self.db_path}: read-only (folder or file not writable); nothing written")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            problem = _environment_error(exc, self.db_path, "nothing written")
+            if problem is None:
+                raise
+            raise problem from None
         try:
             yield self._conn
             self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        except BaseException as exc:
+            if self._conn.in_transaction:  # SQLite rolls back by itself on some errors (e.g. disk full)
+                self._conn.execute("ROLLBACK")
+            problem = (
+                _environment_error(exc, self.db_path, "nothing written")
+                if isinstance(exc, sqlite3.Error)
+                else None
+            )
+            if problem is None:
+                raise
+            raise problem from None
 
     # --- images ------------------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRow:
@@ -361,6 +629,10 @@ class Project:
     def unlabelled_ids(self) -> list[int]:
         return self._ids("unlabelled")
 
+    def queued_ids(self) -> list[int]:
+        """Return the ids of images chosen in the open round and not labelled yet."""
+        return self._ids("queued")
+
     def counts(self) -> dict[str, int]:
         """Return the number of images in each state (every state present, zeros included)."""
         out = dict.fromkeys(IMAGE_STATES, 0)
@@ -379,12 +651,14 @@ class Project:
                 "UPDATE images SET state = ?, round = NULL WHERE id = ?", [(state, int(i)) for i in image_ids]
             )
 
-    def skip_images(self, round_id: int, image_ids: Sequence[int]) -> int:
+    def skip_images(self, round_id: int, image_ids: Sequence[int], complete_round: bool = False) -> int:
         """Mark queued images of round `round_id` 'skipped' (cannot be labelled); return how many changed.
 
         A skipped image counts as done when deciding whether the round is fully labelled, and is never
         selected again. All-or-nothing: ids not in the round, or already labelled, raise StoreError and change
-        nothing. Skipping an already skipped image is a no-op.
+        nothing. Skipping an already skipped image is a no-op. With `complete_round`, the round moves
+        open -> labelled in the same transaction when every one of its images is now labelled or skipped
+        (read `round(round_id).state` to see whether it did).
         """
         with self._write() as c:
             row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round_id),)).fetchone()
@@ -410,6 +684,8 @@ class Project:
             if problems:
                 raise StoreError(f"{self.folder}: nothing skipped", problems)
             c.executemany("UPDATE images SET state = 'skipped' WHERE id = ?", [(i,) for i in todo])
+            if complete_round:
+                self._complete_round(c, int(round_id))
         return len(todo)
 
     @staticmethod
@@ -427,18 +703,38 @@ class Project:
         source: str,
         round: int | None = None,
         seconds: float | Mapping[int, float] | None = None,
+        complete_round: bool = False,
     ) -> int:
         """Store {image_id: (N, K, 3) keypoints} from `source`; return the number of new label rows.
 
+        Each image's labels replace its current ones, which are kept as history (marked superseded, see
+        `labels_of(history=True)`), unless they have the same content: the same number of people with the same
+        keypoints, in any person order, within `LABEL_TOLERANCE_PX`, whatever the source. Same content is a
+        no-op (0 new rows, nothing written; an image not yet 'labelled' only becomes 'labelled'), so the same
+        labels re-imported under another file name are not stored twice. An empty (0, K, 3) array records
+        the image as labelled with nobody in it.
+
         All-or-nothing: unknown or test-only images, wrong shapes or keypoint counts, non-finite values,
-        visibility flags other than 0/1/2, labelled keypoints outside the image (beyond the margin of
-        `coco.OUTSIDE_TOLERANCE`) and labels that differ from what `source` already stored for the image
-        raise StoreError listing every problem, and nothing is written. Labels identical to stored ones are
-        a no-op. Keypoints a little past the border are clipped onto it, as `coco.load_coco` does.
-        `seconds` is the labelling time, per image or one number for every image.
+        visibility flags other than 0/1/2 and labelled keypoints outside the image (beyond the margin of
+        `coco.OUTSIDE_TOLERANCE`) raise StoreError listing every problem, and nothing is written. Keypoints a
+        little past the border are clipped onto it, as `coco.load_coco` does. `seconds` is the labelling time,
+        per image or one number for every image (stored on each of the image's person rows).
+
+        Round attribution: new rows belong to `round`, or, when it is None, to the image's round (the round
+        that queued it or last labelled it; None for images outside any round), so a correction imported
+        later stays with the round the image was chosen in. The image's round becomes `round` when given.
+
+        With `complete_round` (needs `round`), the round moves open -> labelled in the same transaction when
+        every one of its images is labelled or skipped: labelling and the state change can never be split by
+        a crash. Read `round(round).state` to see whether it did.
         """
+        if complete_round and round is None:
+            raise StoreError("add_labels: complete_round needs the round")
         with self._write() as c:
-            return self._add_labels(c, labels, source, round, seconds, None)
+            written = self._add_labels(c, labels, source, round, seconds, None)
+            if complete_round:
+                self._complete_round(c, int(round))
+            return written.new_rows
 
     def _add_labels(
         self,
@@ -448,7 +744,7 @@ class Project:
         round: int | None,
         seconds: float | Mapping[int, float] | None,
         import_id: int | None,
-    ) -> int:
+    ) -> _Written:
         k = self.skeleton.num_keypoints
         problems: list[str] = []
         if not isinstance(source, str) or not source:
@@ -458,18 +754,21 @@ class Project:
             and c.execute("SELECT 1 FROM rounds WHERE id = ?", (int(round),)).fetchone() is None
         ):
             problems.append(f"round {round}: no such round")
-        todo: list[tuple[int, np.ndarray, float | None]] = []
+        todo: list[tuple[int, np.ndarray, float | None, int | None]] = []
+        state_only: list[int] = []
         for raw_id, raw in labels.items():
             try:
                 image_id = int(raw_id)
             except (TypeError, ValueError):
                 problems.append(f"image id {raw_id!r}: not an integer")
                 continue
-            row = c.execute("SELECT width, height, state FROM images WHERE id = ?", (image_id,)).fetchone()
+            row = c.execute(
+                "SELECT width, height, state, round FROM images WHERE id = ?", (image_id,)
+            ).fetchone()
             if row is None:
                 problems.append(f"image id {image_id}: unknown image")
                 continue
-            width, height, state = row
+            width, height, state, image_round = row
             if state == "test":
                 problems.append(f"image id {image_id}: test-only image, not labelled for training")
                 continue
@@ -506,34 +805,36 @@ class Project:
                 continue
             kps[..., 0] = np.where(lab, np.clip(x, 0.0, width), 0.0)
             kps[..., 1] = np.where(lab, np.clip(y, 0.0, height), 0.0)
-            old = [
+            current = [
                 np.asarray(json.loads(r[0]), dtype=np.float64)
                 for r in c.execute(
-                    "SELECT keypoints FROM labels WHERE image_id = ? AND source = ? ORDER BY person",
-                    (image_id, source),
+                    "SELECT keypoints FROM labels WHERE image_id = ? AND superseded_at IS NULL ORDER BY person",
+                    (image_id,),
                 )
             ]
-            if old:
-                if len(old) == len(kps) and all(np.array_equal(a, b) for a, b in zip(old, kps, strict=True)):
-                    continue  # identical re-submission: nothing to do
-                problems.append(
-                    f"image id {image_id}: source {source!r} already stored {len(old)} different person label(s)"
-                )
+            if same_people(current, kps):  # already stored, from whichever source or file
+                if state != "labelled":
+                    state_only.append(image_id)
                 continue
             secs = seconds.get(image_id, seconds.get(raw_id)) if isinstance(seconds, Mapping) else seconds
             if secs is not None and (not math.isfinite(float(secs)) or float(secs) < 0):
                 problems.append(f"image id {image_id}: seconds must be a finite number >= 0, got {secs!r}")
                 continue
-            todo.append((image_id, kps, None if secs is None else float(secs)))
+            row_round = int(round) if round is not None else image_round
+            todo.append((image_id, kps, None if secs is None else float(secs), row_round))
         if problems:
             raise StoreError(f"{self.folder}: labels refused, nothing stored", problems)
-        now, n = _now(), 0
-        for image_id, kps, secs in todo:
+        now, n, superseded = _now(), 0, 0
+        for image_id, kps, secs, row_round in todo:
+            superseded += c.execute(
+                "UPDATE labels SET superseded_at = ? WHERE image_id = ? AND superseded_at IS NULL",
+                (now, image_id),
+            ).rowcount
             c.executemany(
                 "INSERT INTO labels (image_id, person, keypoints, source, created_at, round, seconds, import_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (image_id, p, json.dumps(kps[p].tolist()), source, now, round, secs, import_id)
+                    (image_id, p, json.dumps(kps[p].tolist()), source, now, row_round, secs, import_id)
                     for p in range(len(kps))
                 ],
             )
@@ -543,27 +844,31 @@ class Project:
                 (round, image_id),
             )
             faults.point("label")  # a crash here must leave no partial labelling behind
-        return n
+        c.executemany(
+            "UPDATE images SET state = 'labelled', round = COALESCE(?, round) WHERE id = ?",
+            [(round, i) for i in state_only],
+        )
+        return _Written(n, superseded, len(todo) + len(state_only))
 
-    def labels_of(self, image_id: int) -> list[LabelRow]:
-        """Return every stored person label of an image (all sources), oldest first."""
+    def labels_of(self, image_id: int, history: bool = False) -> list[LabelRow]:
+        """Return the image's current person labels, oldest first; with `history`, superseded ones too."""
+        where = "" if history else " AND superseded_at IS NULL"
         rows = self._conn.execute(
-            "SELECT image_id, person, keypoints, source, created_at, round, seconds FROM labels "
-            "WHERE image_id = ? ORDER BY id",
+            "SELECT image_id, person, keypoints, source, created_at, round, seconds, superseded_at FROM labels "
+            f"WHERE image_id = ?{where} ORDER BY id",
             (int(image_id),),
         )
         return [
-            LabelRow(i, p, np.asarray(json.loads(k), dtype=np.float64), s, t, r, sec)
-            for i, p, k, s, t, r, sec in rows
+            LabelRow(i, p, np.asarray(json.loads(k), dtype=np.float64), s, t, r, sec, sup)
+            for i, p, k, s, t, r, sec, sup in rows
         ]
 
     def keypoints_of(self, image_id: int) -> np.ndarray:
-        """Return the (N, K, 3) keypoints of the image's most recent labelling source ((0, K, 3) when none)."""
-        rows = self.labels_of(image_id)
+        """Return the image's current (N, K, 3) keypoints, by person ((0, K, 3) when none)."""
+        rows = sorted(self.labels_of(image_id), key=lambda r: r.person)
         if not rows:
             return np.zeros((0, self.skeleton.num_keypoints, 3))
-        latest = rows[-1].source
-        return np.stack([r.keypoints for r in sorted(rows, key=lambda r: r.person) if r.source == latest])
+        return np.stack([r.keypoints for r in rows])
 
     # --- imports -----------------------------------------------------------------------------------
     def import_coco(
@@ -572,8 +877,10 @@ class Project:
         source: str | None = None,
         round: int | None = None,
         include_empty: bool = False,
+        accept_predictions: bool = False,
+        complete_round: bool = False,
     ) -> ImportResult:
-        """Import a COCO keypoint file's labels; idempotent by the file's content hash.
+        """Import a COCO keypoint file's labels; idempotent by the file's content hash and by label content.
 
         The file must use the project's keypoints. Each file image maps to a project image: by id when
         that id exists and its file name (last path component) matches; else by a unique file name match;
@@ -581,6 +888,14 @@ class Project:
         errors (nothing imported). Images without annotations are skipped unless `include_empty`, which
         records them as labelled with nobody in them. With `round`, every labelled image must belong to
         that round. `source` defaults to 'file:<file name>'.
+
+        Annotations with a `score` key are model predictions (activepose's own exports and prediction files
+        write one per person), not human labels: they are refused unless `accept_predictions`
+        (`--accept-predictions`). Labels are stored as `add_labels` does: an image's changed labels replace
+        its current ones (kept as history), unchanged ones add nothing, so the same labels exported again and
+        re-imported under another file name store nothing (the import is then not recorded either).
+        `complete_round` (needs `round`) is `add_labels`'s: the round becomes 'labelled' in the same
+        transaction once all its images are labelled or skipped (`ImportResult.round_completed`).
         """
         path = Path(path)
         try:
@@ -596,18 +911,73 @@ class Project:
             data = parse_coco(parsed, path=path, root=path.parent, skeleton=self.skeleton, check_images=False)
         except CocoError as exc:
             raise StoreError(f"{path}: cannot import: {exc}") from exc
+        if not accept_predictions:
+            scored = [
+                f"annotation id {a.get('id')} (image id {a.get('image_id')}): score {a['score']!r}"
+                for a in parsed["annotations"]
+                if isinstance(a, dict) and "score" in a
+            ]
+            if scored:
+                raise StoreError(
+                    f"{path}: {len(scored)} annotation(s) carry a 'score': these are model predictions, not "
+                    "human labels; nothing imported (pass --accept-predictions to import them as labels)",
+                    scored,
+                )
         source = source or f"file:{path.name}"
+
+        def labels_of_file(c: sqlite3.Connection) -> dict[int, np.ndarray]:
+            mapping, problems = self._map_frames(c, data)
+            if problems:
+                raise StoreError(f"{path}: cannot import, nothing stored", problems)
+            return {mapping[f.image_id]: f.keypoints for f in data.frames if f.num_people or include_empty}
+
+        return self._import(path, digest, labels_of_file, source, round, complete_round)
+
+    def import_labels(
+        self,
+        path: str | Path,
+        labels: Mapping[int, Any],
+        source: str,
+        round: int | None = None,
+        complete_round: bool = False,
+        content_hash: str | None = None,
+    ) -> ImportResult:
+        """Store labels read from the file `path` (by another importer, e.g. Label Studio) as one import.
+
+        Idempotent by the file's content hash (`content_hash`, default: the sha1 of the file's bytes, read
+        now): a file imported before adds nothing. Otherwise exactly `import_coco`'s rules after parsing:
+        with `round` every image must belong to it, labels are stored as `add_labels` stores them, an import
+        that changes nothing is not recorded, and `complete_round` completes the round in the same
+        transaction.
+        """
+        path = Path(path)
+        if content_hash is None:
+            try:
+                content_hash = file_sha1(path)
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot import: {exc}") from exc
+        return self._import(path, content_hash, lambda c: dict(labels), source, round, complete_round)
+
+    def _import(
+        self,
+        path: Path,
+        digest: str,
+        read_labels: Any,
+        source: str,
+        round: int | None,
+        complete_round: bool,
+    ) -> ImportResult:
+        if complete_round and round is None:
+            raise StoreError(f"{path}: complete_round needs the round")
         with self._write() as c:
             done = c.execute(
                 "SELECT name, imported_at FROM imports WHERE content_hash = ?", (digest,)
             ).fetchone()
             if done is not None:
+                completed = self._complete_round(c, int(round)) if complete_round else False
                 msg = f"{path}: already imported (as {done[0]!r} at {done[1]}); 0 new labels"
-                return ImportResult(0, True, msg)
-            mapping, problems = self._map_frames(c, data)
-            if problems:
-                raise StoreError(f"{path}: cannot import, nothing stored", problems)
-            labels = {mapping[f.image_id]: f.keypoints for f in data.frames if f.num_people or include_empty}
+                return ImportResult(0, True, msg, round_completed=completed)
+            labels = read_labels(c)
             if round is not None:  # a round's export must come back with that round's images only
                 items = {
                     i
@@ -615,7 +985,7 @@ class Project:
                         "SELECT image_id FROM round_items WHERE round_id = ?", (int(round),)
                     )
                 }
-                outside = sorted(i for i in labels if i not in items)
+                outside = sorted(int(i) for i in labels if int(i) not in items)
                 if outside:
                     raise StoreError(
                         f"{path}: cannot import, nothing stored",
@@ -627,11 +997,24 @@ class Project:
             )
             import_id = cur.lastrowid
             try:
-                n = self._add_labels(c, labels, source, round, None, import_id)
+                written = self._add_labels(c, labels, source, round, None, import_id)
             except StoreError as exc:
                 raise StoreError(f"{path}: cannot import, nothing stored", exc.problems) from None
-            c.execute("UPDATE imports SET n_labels = ? WHERE id = ?", (n, import_id))
-        return ImportResult(n, False, f"{path}: imported {n} new person label(s) from {len(labels)} image(s)")
+            if written.changed:
+                c.execute("UPDATE imports SET n_labels = ? WHERE id = ?", (written.new_rows, import_id))
+            else:  # nothing new (the same labels under another file name): leave no trace
+                c.execute("DELETE FROM imports WHERE id = ?", (import_id,))
+            completed = self._complete_round(c, int(round)) if complete_round else False
+        n = written.new_rows
+        if not written.changed:
+            msg = f"{path}: every label of its {len(labels)} image(s) is already stored; 0 new labels"
+        else:
+            msg = f"{path}: imported {n} new person label(s) from {len(labels)} image(s)"
+            if written.superseded:
+                msg += f", replacing {written.superseded} earlier person label(s) (kept as history)"
+        if completed:
+            msg += f"; round {round} is labelled"
+        return ImportResult(n, False, msg, written.superseded, completed)
 
     def _map_frames(self, c: sqlite3.Connection, data: CocoKeypoints) -> tuple[dict[int, int], list[str]]:
         by_name: dict[str, list[int]] = {}
@@ -740,25 +1123,130 @@ class Project:
         row = self._conn.execute("SELECT id FROM rounds WHERE state != 'closed'").fetchone()
         return None if row is None else self.round(row[0])
 
+    def _move_round(self, c: sqlite3.Connection, r: int, to: str, model_id: int | None = None) -> bool:
+        """Move round `r` to `to` inside transaction `c` if `ROUND_MOVES` allows it; return whether it moved.
+
+        Asking for the state the round already has (and its model, if given) is a no-op (False). Moving to
+        'labelled' needs every image of the round labelled or skipped; 'trained' needs a model (`model_id`,
+        or one the round already has).
+        """
+        row = c.execute("SELECT state, model_id FROM rounds WHERE id = ?", (int(r),)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.folder}: no round {r}")
+        frm, current_model = row
+        if frm == to and (model_id is None or model_id == current_model):
+            return False
+        if to not in ROUND_MOVES.get(frm, ()):
+            legal = ", ".join(repr(s) for s in ROUND_MOVES.get(frm, ())) or "nothing (final)"
+            raise StoreError(
+                f"{self.folder}: round {r} cannot move from {frm!r} to {to!r} (from {frm!r} only to {legal})"
+            )
+        if (
+            model_id is not None
+            and c.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is None
+        ):
+            raise StoreError(f"{self.folder}: no model {model_id}")
+        if to == "labelled":
+            left = [
+                i
+                for (i,) in c.execute(
+                    "SELECT ri.image_id FROM round_items ri JOIN images i ON i.id = ri.image_id "
+                    "WHERE ri.round_id = ? AND i.state NOT IN ('labelled', 'skipped') ORDER BY ri.rank",
+                    (int(r),),
+                )
+            ]
+            if left:
+                raise StoreError(
+                    f"{self.folder}: round {r} cannot move from {frm!r} to {to!r}: "
+                    f"{len(left)} of its image(s) are neither labelled nor skipped",
+                    [f"image id {i}: not labelled" for i in left],
+                )
+        if to == "trained" and model_id is None and current_model is None:
+            raise StoreError(f"{self.folder}: round {r} cannot move from {frm!r} to {to!r} without a model")
+        c.execute(
+            "UPDATE rounds SET state = ?, model_id = COALESCE(?, model_id), updated_at = ? WHERE id = ?",
+            (to, model_id, _now(), int(r)),
+        )
+        return True
+
     def set_round_state(self, r: int, state: str, model_id: int | None = None) -> None:
-        """Move round `r` forward to `state` (open -> labelled -> trained -> evaluated -> closed)."""
+        """Move round `r` to `state` along `ROUND_MOVES` (open -> labelled -> trained -> evaluated -> closed).
+
+        Any other move (backwards, skipping a state, out of 'closed') raises StoreError naming from and to;
+        asking for the current state is a no-op. 'labelled' needs all the round's images labelled or
+        skipped, 'trained' a model (`model_id` records it on the round). Prefer the methods that change the
+        state together with what justifies it: `add_labels(..., complete_round=True)` /
+        `complete_round_if_done`, `add_model(..., mark_trained=True)`, `record_evaluation`, `close_round`.
+        """
         if state not in ROUND_STATES:
             raise StoreError(f"unknown round state {state!r}; use one of {', '.join(ROUND_STATES)}")
         with self._write() as c:
-            row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(r),)).fetchone()
+            self._move_round(c, r, state, model_id)
+
+    def _complete_round(self, c: sqlite3.Connection, r: int) -> bool:
+        row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(r),)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.folder}: no round {r}")
+        if row[0] != "open":
+            return False
+        left = c.execute(
+            "SELECT COUNT(*) FROM round_items ri JOIN images i ON i.id = ri.image_id "
+            "WHERE ri.round_id = ? AND i.state NOT IN ('labelled', 'skipped')",
+            (int(r),),
+        ).fetchone()[0]
+        return left == 0 and self._move_round(c, r, "labelled")
+
+    def complete_round_if_done(self, r: int) -> bool:
+        """In one transaction: when round `r` is open and each of its images is labelled or skipped, move it
+        to 'labelled'. Return True when it moved (False: images left, or the round is past 'open')."""
+        with self._write() as c:
+            return self._complete_round(c, r)
+
+    def close_round(self, r: int) -> None:
+        """Move round `r` from 'evaluated' to 'closed' (a no-op when it is closed already; else StoreError).
+
+        `record_evaluation` then `close_round` is the normal end of a round: a crash between them leaves the
+        round 'evaluated', which the loop planner closes.
+        """
+        with self._write() as c:
+            self._move_round(c, r, "closed")
+
+    def record_evaluation(
+        self, model_id: int, metrics: Mapping[str, Any], round: int | None = None
+    ) -> int | None:
+        """Store a model's evaluation and move its round 'trained' -> 'evaluated', in one transaction.
+
+        `metrics` is merged into the model's stored metrics (given keys replace stored ones). `round`
+        defaults to the round trained with this model that is 'trained' or 'evaluated' (none: the model of
+        the initial labels, only the metrics are stored). A round that is 'evaluated' already stays so (the
+        metrics are updated: re-running an evaluation is harmless); any other state, or a round trained with
+        another model, raises StoreError and stores nothing. Return the round that is now 'evaluated', or
+        None.
+        """
+        metrics, sha1 = _split_sha1(metrics, None)
+        with self._write() as c:
+            row = c.execute("SELECT metrics FROM models WHERE id = ?", (int(model_id),)).fetchone()
             if row is None:
-                raise StoreError(f"{self.folder}: no round {r}")
-            if ROUND_STATES.index(state) < ROUND_STATES.index(row[0]):
-                raise StoreError(f"{self.folder}: round {r} is {row[0]!r}; cannot move back to {state!r}")
-            if (
-                model_id is not None
-                and c.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is None
-            ):
                 raise StoreError(f"{self.folder}: no model {model_id}")
-            c.execute(
-                "UPDATE rounds SET state = ?, model_id = COALESCE(?, model_id), updated_at = ? WHERE id = ?",
-                (state, model_id, _now(), int(r)),
-            )
+            if round is None:
+                found = c.execute(
+                    "SELECT id FROM rounds WHERE model_id = ? AND state IN ('trained', 'evaluated') "
+                    "ORDER BY id DESC LIMIT 1",
+                    (int(model_id),),
+                ).fetchone()
+                round = None if found is None else int(found[0])
+            if round is not None:
+                r_row = c.execute("SELECT state, model_id FROM rounds WHERE id = ?", (int(round),)).fetchone()
+                if r_row is None:
+                    raise StoreError(f"{self.folder}: no round {round}")
+                if r_row[1] != model_id:
+                    raise StoreError(
+                        f"{self.folder}: round {round} is {r_row[0]!r} with model {r_row[1]}; only a round "
+                        f"trained with model {model_id} can be evaluated by it"
+                    )
+                self._move_round(c, int(round), "evaluated")
+            self._store_metrics(c, int(model_id), {**json.loads(row[0]), **metrics}, sha1)
+        return round
 
     # --- models ------------------------------------------------------------------------------------
     def add_model(
@@ -768,93 +1256,133 @@ class Project:
         round: int | None = None,
         metrics: Mapping[str, Any] | None = None,
         mark_trained: bool = False,
+        sha1: str | None = None,
     ) -> int:
-        """Register a checkpoint; return the model id.
+        """Register a checkpoint (with its file's `sha1`, see `model_by_sha1`); return the model id.
 
-        With `mark_trained`, a `round` that is 'labelled' moves to 'trained' with this model in the same
-        transaction, so a crash can never leave a recorded model whose round still waits for training.
+        With `mark_trained` and a `round`, that round moves 'labelled' -> 'trained' with this model in the
+        same transaction, so a crash can never leave a recorded model whose round still waits for training;
+        a round in any other state refuses the move (StoreError naming from and to, nothing recorded). A
+        'sha1' key in `metrics` (where schema 1 kept it) is stored in the sha1 column instead.
         """
+        metrics, sha1 = _split_sha1(metrics, sha1)
         with self._write() as c:
-            row = None
-            if round is not None:
-                row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round),)).fetchone()
-                if row is None:
-                    raise StoreError(f"{self.folder}: no round {round}")
-            now = _now()
+            if (
+                round is not None
+                and c.execute("SELECT 1 FROM rounds WHERE id = ?", (int(round),)).fetchone() is None
+            ):
+                raise StoreError(f"{self.folder}: no round {round}")
             cur = c.execute(
-                "INSERT INTO models (checkpoint, round, train_size, metrics, created_at) VALUES (?, ?, ?, ?, ?)",
-                (_relative(checkpoint, self.folder), round, int(train_size), _metrics_json(metrics), now),
+                "INSERT INTO models (checkpoint, round, train_size, metrics, created_at, sha1) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    _relative(checkpoint, self.folder),
+                    round,
+                    int(train_size),
+                    _metrics_json(metrics),
+                    _now(),
+                    sha1,
+                ),
             )
             model_id = int(cur.lastrowid)
-            if mark_trained and row is not None and row[0] == "labelled":
-                c.execute(
-                    "UPDATE rounds SET state = 'trained', model_id = ?, updated_at = ? WHERE id = ?",
-                    (model_id, now, int(round)),
-                )
+            if mark_trained and round is not None:
+                self._move_round(c, int(round), "trained", model_id)
             return model_id
 
     def set_model_metrics(
         self, model_id: int, metrics: Mapping[str, Any], close_round: int | None = None
     ) -> None:
-        """Store a model's metrics; with `close_round`, that round (trained with this model) is closed too.
+        """Replace a model's metrics; with `close_round`, that round (trained with this model) is closed too.
 
-        Both happen in one transaction: a crash leaves either neither or both. Closing is refused unless the
-        round is 'trained' or 'evaluated' and was trained with `model_id`.
+        Both happen in one transaction: a crash leaves either neither or both. Closing moves the round
+        'trained' -> 'evaluated' -> 'closed' (or 'evaluated' -> 'closed') and is refused unless the round is
+        in one of those states and was trained with `model_id`. A 'sha1' key in `metrics` goes to the sha1
+        column (refused when the model has a different one). `record_evaluation` + `close_round` are the
+        two-step form.
         """
+        metrics, sha1 = _split_sha1(metrics, None)
         with self._write() as c:
-            if (
-                c.execute(
-                    "UPDATE models SET metrics = ? WHERE id = ?", (_metrics_json(metrics), model_id)
-                ).rowcount
-                != 1
-            ):
+            if c.execute("SELECT 1 FROM models WHERE id = ?", (int(model_id),)).fetchone() is None:
                 raise StoreError(f"{self.folder}: no model {model_id}")
-            if close_round is None:
-                return
-            row = c.execute("SELECT state, model_id FROM rounds WHERE id = ?", (int(close_round),)).fetchone()
-            if row is None:
-                raise StoreError(f"{self.folder}: no round {close_round}")
-            if row[0] not in ("trained", "evaluated") or row[1] != model_id:
-                raise StoreError(
-                    f"{self.folder}: round {close_round} is {row[0]!r} with model {row[1]}; only a round "
-                    f"trained with model {model_id} can be closed by its evaluation"
-                )
-            c.execute(
-                "UPDATE rounds SET state = 'closed', updated_at = ? WHERE id = ?", (_now(), int(close_round))
-            )
+            if close_round is not None:
+                row = c.execute(
+                    "SELECT state, model_id FROM rounds WHERE id = ?", (int(close_round),)
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"{self.folder}: no round {close_round}")
+                if row[0] not in ("trained", "evaluated") or row[1] != model_id:
+                    raise StoreError(
+                        f"{self.folder}: round {close_round} is {row[0]!r} with model {row[1]}; only a round "
+                        f"trained with model {model_id} can be closed by its evaluation"
+                    )
+                self._move_round(c, int(close_round), "evaluated")
+                self._move_round(c, int(close_round), "closed")
+            self._store_metrics(c, int(model_id), metrics, sha1)
+
+    def _store_metrics(
+        self, c: sqlite3.Connection, model_id: int, metrics: Mapping[str, Any], sha1: str | None
+    ) -> None:
+        if sha1 is not None:
+            (stored,) = c.execute("SELECT sha1 FROM models WHERE id = ?", (model_id,)).fetchone()
+            if stored not in (None, sha1):
+                raise StoreError(f"{self.folder}: model {model_id} has sha1 {stored}, not {sha1}")
+            c.execute("UPDATE models SET sha1 = ? WHERE id = ?", (sha1, model_id))
+        c.execute("UPDATE models SET metrics = ? WHERE id = ?", (_metrics_json(metrics), model_id))
 
     def checkpoint_path(self, model: ModelInfo) -> Path:
         """Return a model's checkpoint file (stored relative to the project folder when inside it)."""
         return self.folder / model.checkpoint  # an absolute stored path stays as it is
 
+    _MODEL_COLUMNS = "id, checkpoint, round, train_size, metrics, created_at, sha1"
+
+    @staticmethod
+    def _model(row: Sequence[Any]) -> ModelInfo:
+        return ModelInfo(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+
     def latest_model(self) -> ModelInfo | None:
         row = self._conn.execute(
-            "SELECT id, checkpoint, round, train_size, metrics, created_at FROM models ORDER BY id DESC LIMIT 1"
+            f"SELECT {self._MODEL_COLUMNS} FROM models ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        if row is None:
-            return None
-        return ModelInfo(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+        return None if row is None else self._model(row)
 
     def models(self) -> list[ModelInfo]:
         """Return every registered model, oldest first."""
-        rows = self._conn.execute(
-            "SELECT id, checkpoint, round, train_size, metrics, created_at FROM models ORDER BY id"
-        ).fetchall()
-        return [ModelInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+        rows = self._conn.execute(f"SELECT {self._MODEL_COLUMNS} FROM models ORDER BY id").fetchall()
+        return [self._model(r) for r in rows]
+
+    def model_by_sha1(self, sha1: str) -> ModelInfo | None:
+        """Return the (oldest) model whose checkpoint file has this sha1, or None."""
+        row = self._conn.execute(
+            f"SELECT {self._MODEL_COLUMNS} FROM models WHERE sha1 = ? ORDER BY id LIMIT 1", (sha1,)
+        ).fetchone()
+        return None if row is None else self._model(row)
 
     def round_summary(self) -> dict[int | None, dict[str, float]]:
-        """Return {round (None: outside any round): {"images", "people", "seconds"}} of the stored labels.
+        """Return {round (None: outside any round): {"images", "people", "seconds", "timed", ...}}.
 
-        `images` counts the round's chosen images that are now labelled (for None: labelled images without a
-        round), `people` the label rows, `seconds` the summed labelling time (unknown times count 0), `timed`
-        the label rows whose time is known and `skipped` (when any) the round's images marked skipped.
+        Current labels only, so each person counts once however often the image was relabelled: `images`
+        counts the round's chosen images that are now labelled (for None: labelled images without a round),
+        `people` the current label rows, `seconds` the labelling time of the current labels (each image's
+        time once, however many people it holds; unknown times count 0), `timed` the current label rows whose
+        time is known, `skipped` (when any) the round's images marked skipped, and `superseded` /
+        `superseded_seconds` (when any) the replaced label rows and the time spent on them.
         """
         out: dict[int | None, dict[str, float]] = {}
+        empty = {"images": 0, "people": 0, "seconds": 0.0, "timed": 0}
+        # one labelling event = (image, created_at): its time is stored on each of its person rows
+        events = (
+            "SELECT round, COUNT(*) AS people, COUNT(seconds) AS timed, MAX(seconds) AS secs FROM labels "
+            "WHERE superseded_at IS {} NULL GROUP BY round, image_id, created_at"
+        )
         for r, people, secs, timed in self._conn.execute(
-            "SELECT round, COUNT(*), COALESCE(SUM(seconds), 0), COUNT(seconds) FROM labels GROUP BY round"
+            f"SELECT round, SUM(people), COALESCE(SUM(secs), 0), SUM(timed) FROM ({events.format('')}) GROUP BY round"
         ):
             out[r] = {"images": 0, "people": int(people), "seconds": float(secs), "timed": int(timed)}
-        empty = {"images": 0, "people": 0, "seconds": 0.0, "timed": 0}
+        for r, people, secs in self._conn.execute(
+            f"SELECT round, SUM(people), COALESCE(SUM(secs), 0) FROM ({events.format('NOT')}) GROUP BY round"
+        ):
+            s = out.setdefault(r, dict(empty))
+            s["superseded"], s["superseded_seconds"] = int(people), float(secs)
         for r, n in self._conn.execute(
             "SELECT ri.round_id, COUNT(*) FROM round_items ri JOIN images i ON i.id = ri.image_id "
             "WHERE i.state = 'labelled' GROUP BY ri.round_id"
@@ -876,7 +1404,7 @@ class Project:
     def to_coco(
         self, image_ids: Sequence[int] | None = None, relative_to: str | Path | None = None
     ) -> CocoKeypoints:
-        """Return images with their labels (each image's most recent source) as an in-memory data set.
+        """Return images with their current labels (see `keypoints_of`) as an in-memory data set.
 
         `image_ids` default: every labelled image. File names are relative to `relative_to` (default: the
         project folder), which becomes the data set's root.
@@ -895,7 +1423,7 @@ class Project:
         return CocoKeypoints(frames=frames, skeleton=self.skeleton, root=root)
 
     def export_coco(self, path: str | Path, image_ids: Sequence[int] | None = None) -> Path:
-        """Write the labels (each image's most recent source) as COCO keypoint JSON, atomically.
+        """Write the current labels as COCO keypoint JSON, atomically.
 
         `image_ids` default: every labelled image. File names are relative to the exported file's folder.
         """
@@ -916,3 +1444,39 @@ def _metrics_json(metrics: Mapping[str, Any] | None) -> str:
         return json.dumps(_strict(dict(metrics or {})), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"metrics must be JSON-serialisable ({exc})") from exc
+
+
+def _split_sha1(metrics: Mapping[str, Any] | None, sha1: str | None) -> tuple[dict[str, Any], str | None]:
+    """Return (metrics without a 'sha1' key, the sha1): schema 1 kept a checkpoint's sha1 in its metrics."""
+    metrics = dict(metrics or {})
+    if "sha1" in metrics:
+        key = metrics.pop("sha1")
+        if not isinstance(key, str) or (sha1 is not None and key != sha1):
+            raise StoreError(f"metrics['sha1'] = {key!r} disagrees with sha1 = {sha1!r}")
+        sha1 = key
+    return metrics, sha1
+
+
+def same_people(stored: Sequence[np.ndarray] | np.ndarray, new: np.ndarray) -> bool:
+    """True when two labellings of an image hold the same people, in any order.
+
+    People match when their visibility flags are equal and each coordinate is within `LABEL_TOLERANCE_PX`
+    (both sides normalised as the store keeps them: unlabelled keypoints at (0, 0)).
+    """
+    b = np.asarray(new, dtype=np.float64)
+    a = np.asarray(stored, dtype=np.float64).reshape((-1, *b.shape[1:]))
+    if a.shape != b.shape:
+        return False
+    if len(a) == 0:
+        return True
+    # match[i, j]: stored person i is new person j
+    match = (a[:, None, :, 2] == b[None, :, :, 2]).all(-1) & (
+        np.abs(a[:, None, :, :2] - b[None, :, :, :2]) <= LABEL_TOLERANCE_PX
+    ).all((-1, -2))
+    free = list(range(len(a)))
+    for j in range(len(b)):
+        i = next((i for i in free if match[i, j]), None)
+        if i is None:
+            return False
+        free.remove(i)
+    return True

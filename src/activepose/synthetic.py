@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ActiveposeError
 from .coco import CocoKeypoints, Frame, save_coco
 from .skeleton import Skeleton, get_skeleton
 
@@ -50,7 +51,7 @@ _OCCLUDER = 255  # label-map value of occluder boxes (people use 1..254)
 _SHIFT = 4  # cv2 sub-pixel bits: coordinates are drawn in 1/16 pixel
 
 
-class SyntheticError(ValueError):
+class SyntheticError(ActiveposeError, ValueError):
     """The synthetic generator cannot produce data for this skeleton or configuration."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import logging
 import math
 import random
@@ -28,9 +29,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import faults
-from .checkpoint import load_checkpoint, resolve_device, save_checkpoint
+from .checkpoint import check_device, load_checkpoint, resolve_device, save_checkpoint
 from .coco import CocoKeypoints
 from .data import AugmentConfig, PoseDataset
+from .errors import ConfigError
 from .fields import TargetConfig
 from .fileio import atomic_write_json
 
@@ -68,8 +70,13 @@ class TrainConfig:
     num_workers: int = 2
     device: str = "auto"
     grayscale: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     targets: TargetConfig = field(default_factory=TargetConfig)
+
+    def __post_init__(self) -> None:
+        problems = train_config_problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,15 +84,116 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
+        has_aug = "augment" in d
         aug = d.pop("augment", None)
         tgt = d.pop("targets", None)
         known = {f.name for f in dataclasses.fields(cls)}
         cfg = cls(**{k: tuple(v) if k == "betas" else v for k, v in d.items() if k in known})
         if aug is not None:
             cfg.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        elif has_aug:  # trained with --no-augment
+            cfg.augment = None
         if tgt is not None:
             cfg.targets = TargetConfig(**tgt)
         return cfg
+
+
+# TrainConfig field -> the option a user types (CLI spelling); fields not listed are `--field-name`.
+OPTION_NAMES = {"max_epochs": "--epochs", "lr_step_epochs": "--lr-step", "num_workers": "--workers"}
+# Options that fix the network (or its training resolution): they cannot change within a run directory.
+ARCHITECTURE_OPTIONS = ("backbone", "width", "head_channels", "stages", "input_size")
+
+
+def option_name(field_name: str) -> str:
+    """Return the option spelling of a TrainConfig field, e.g. 'batch_size' -> '--batch-size'."""
+    return OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _backbone_takes(backbone: str) -> dict[str, inspect.Parameter]:
+    from .models import get_backbone_builder
+
+    return dict(inspect.signature(get_backbone_builder(backbone)).parameters)
+
+
+def train_config_problems(cfg: TrainConfig) -> list[str]:
+    """Return one short line per invalid value of `cfg`, naming the option as a user types it."""
+    from .models import list_backbones  # importing the package registers the built-in backbones
+    from .models.base import INIT_SCHEMES
+
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{option_name(name)} must be {rule}, got {getattr(cfg, name)!r}")
+
+    backbones = list_backbones()
+    if cfg.backbone not in backbones:
+        problems.append(
+            f"--backbone {cfg.backbone!r} is not a known backbone; choose from {', '.join(backbones)}"
+        )
+    elif cfg.width is not None and "width" not in _backbone_takes(cfg.backbone):
+        takes = [b for b in backbones if "width" in _backbone_takes(b)]
+        problems.append(f"--width applies only to {', '.join(takes) or 'no backbone'}, not to {cfg.backbone}")
+    need(cfg.stages is None or cfg.stages >= 1, "stages", ">= 1")
+    need(cfg.init in INIT_SCHEMES, "init", " or ".join(INIT_SCHEMES))
+    need(cfg.head_channels >= 1, "head_channels", ">= 1")
+    need(cfg.width is None or cfg.width > 0, "width", "> 0")
+    need(cfg.input_size >= 8 and cfg.input_size % 8 == 0, "input_size", "a positive multiple of 8")
+    need(cfg.batch_size >= 1, "batch_size", ">= 1")
+    need(cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "> 0")
+    need(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)")
+    need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
+    need(cfg.lr_step_epochs >= 1, "lr_step_epochs", ">= 1")
+    need(0 < cfg.lr_gamma <= 1, "lr_gamma", "in (0, 1]")
+    need(cfg.max_epochs >= 0, "max_epochs", ">= 0")
+    need(cfg.patience >= 0, "patience", ">= 0")
+    need(cfg.min_delta >= 0, "min_delta", ">= 0")
+    need(0 <= cfg.val_fraction < 1, "val_fraction", "in [0, 1)")
+    need(cfg.max_val_images >= 0, "max_val_images", ">= 0")
+    need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch", ">= 1")
+    # 0 is allowed: stop (resumably) after the first epoch.
+    need(cfg.max_minutes is None or cfg.max_minutes >= 0, "max_minutes", ">= 0")
+    need(cfg.num_workers >= 0, "num_workers", ">= 0")
+    try:
+        check_device(cfg.device)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def run_config(run_dir: str | Path) -> TrainConfig | None:
+    """Return the TrainConfig of the run in `run_dir` (from its last.pt), or None when it holds no model yet.
+
+    Raises CheckpointError naming the file when last.pt exists but is unreadable.
+    """
+    from .checkpoint import checkpoint_train_config
+
+    last = Path(run_dir) / LAST
+    if not last.exists():
+        return None
+    return checkpoint_train_config(load_checkpoint(last), last)
+
+
+def _effective_architecture(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Return the architecture options of a (stored) TrainConfig dict with defaults resolved."""
+    from .models.base import Backbone
+
+    out = {k: cfg.get(k) for k in ARCHITECTURE_OPTIONS}
+    try:
+        takes = _backbone_takes(out["backbone"])
+    except ValueError:  # a backbone unknown here: compare as stored
+        return out
+    if out["width"] is None and "width" in takes:
+        out["width"] = takes["width"].default
+    if out["stages"] is None:
+        out["stages"] = Backbone.default_stages
+    return out
+
+
+def architecture_changes(stored: dict[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """Return (option, stored value, asked value) for each architecture option that differs."""
+    before, after = _effective_architecture(stored), _effective_architecture(cfg.to_dict())
+    return [(k, before[k], after[k]) for k in ARCHITECTURE_OPTIONS if before[k] != after[k]]
 
 
 @dataclass
@@ -242,7 +350,7 @@ class Trainer:
         else:
             saved = state["skeleton"]["keypoints"]
             if list(saved) != list(self.skeleton.keypoints):
-                raise ValueError(
+                raise ConfigError(
                     f"{self.run_dir / LAST}: checkpoint skeleton {saved} does not match the data's "
                     f"{list(self.skeleton.keypoints)}"
                 )
@@ -274,6 +382,8 @@ class Trainer:
         fingerprint = data_fingerprint(self.data.image_ids)
         last_path = self.run_dir / LAST
         state = load_checkpoint(last_path, map_location=self.device) if last_path.exists() else None
+        if state is not None:
+            self._check_architecture(state)
 
         if (
             state is not None
@@ -296,7 +406,7 @@ class Trainer:
                 LOG.info("session %d: continuing from %s with %d images", session, last_path, len(self.data))
         else:
             if state["train"]["fingerprint"] != fingerprint:
-                raise ValueError(
+                raise ConfigError(
                     f"{last_path}: an unfinished session was trained on a different image set; finish it with the "
                     f"same data, or start a new run directory"
                 )
@@ -311,7 +421,7 @@ class Trainer:
 
         train_set, val_set = self._datasets(t["train_ids"], t["val_ids"])
         if len(train_set) == 0:
-            raise ValueError(f"{self.data.path}: no training images")
+            raise ConfigError(f"{self.data.path}: no training images")
         start = time.monotonic()
         stopped = "max_epochs"
         if cfg.max_epochs == 0 and t["epoch"] == 0:  # `--epochs 0`: store the initialised (untrained) model
@@ -354,6 +464,20 @@ class Trainer:
             if t["complete"] or budget_hit:
                 break
         return TrainResult(self.run_dir, session, t["epoch"], t["best_val"], stopped, history)
+
+    def _check_architecture(self, state: dict[str, Any]) -> None:
+        """Raise ConfigError when `cfg` asks for another architecture than the run's model has."""
+        stored = state.get("train_config")
+        if not isinstance(stored, dict):
+            return
+        changes = architecture_changes(stored, self.cfg)
+        if changes:
+            was = ", ".join(f"{k}={old}" for k, old, _ in changes)
+            asked = ", ".join(f"{k}={new}" for k, _, new in changes)
+            raise ConfigError(
+                f"the run in {self.run_dir} was trained with {was}; this asks for {asked} — architecture "
+                "options cannot change within a run: drop them or use a new --out"
+            )
 
     def _save(self, model, opt, sched, t: dict[str, Any], history: list[dict[str, Any]], best: bool) -> None:
         state = {

@@ -10,11 +10,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from activepose.errors import EnvironmentProblem
+
 LOG = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INIT_SCHEMES = ("glorot", "kaiming")
+
+
+class WeightsNotFound(EnvironmentProblem, FileNotFoundError):
+    """A weights file that was asked for (or that an extractor needs) is not on this machine."""
+
 
 # Key prefixes that wrap a backbone's own names in common checkpoint layouts.
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.", "features.", "trunk.")
@@ -98,9 +105,7 @@ class Backbone(nn.Module):
         else:
             path = Path(pretrained).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"pretrained weights file {path} does not exist: {self.weights_hint()}"
-                )
+                raise WeightsNotFound(f"pretrained weights file {path} does not exist: {self.weights_hint()}")
         state = load_state_file(path)
         loaded = assign_state(self.body, state, source=str(path))
         LOG.info("%s: loaded %d tensors from %s", type(self).__name__, loaded, path)

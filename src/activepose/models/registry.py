@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from activepose.errors import ConfigError
+
 if TYPE_CHECKING:
     from activepose.models.base import Backbone
 
@@ -27,11 +29,11 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
 
 
 def get_backbone_builder(name: str) -> BackboneBuilder:
-    """Return the builder registered as `name` (ValueError listing the known names otherwise)."""
+    """Return the builder registered as `name` (ConfigError, a ValueError, listing the known names otherwise)."""
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}") from None
+        raise ConfigError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}") from None
 
 
 def list_backbones() -> list[str]:

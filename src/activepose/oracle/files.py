@@ -22,10 +22,18 @@ pre-annotation is accepted or moved). Points with neither: when the task has no 
 form one person (one person per task; a keypoint name used twice is then an error); otherwise each goes to
 the one person that lacks that keypoint, and it is an error when zero or several do. Imported points get
 v = 2 (Label Studio has no occluded flag); keypoints not placed get v = 0.
+
+Model output is not a human label: Label Studio marks each region of an annotation with `origin`
+("prediction": a pre-annotation submitted untouched, "prediction-changed": one the annotator edited,
+"manual": drawn by hand). Regions with origin "prediction" are refused unless `accept_predictions`
+(`--accept-predictions`); a task's `predictions` themselves are never imported. Labels are stored as
+`Project.add_labels` stores them (changed labels replace an image's current ones, kept as history; the same
+labels under another file name add nothing), and each file is recorded once (`Project.import_labels`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -202,6 +210,9 @@ class LabelStudioImport:
     people: int
     new_labels: int  # label rows the store added (0 when the same labels were imported before)
     skipped_tasks: list[Any] = field(default_factory=list)  # task ids without a usable annotation
+    replaced: int = 0  # current label rows the import superseded (kept as history)
+    already_imported: bool = False  # this very file (same bytes) was imported before
+    round_completed: bool = False  # with complete_round: the round became 'labelled' in the same transaction
 
 
 def _file_name(ref: str) -> str:
@@ -285,7 +296,12 @@ def _annotation(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def import_label_studio(
-    project: Project, path: str | Path, round_id: int | None = None, source: str | None = None
+    project: Project,
+    path: str | Path,
+    round_id: int | None = None,
+    source: str | None = None,
+    accept_predictions: bool = False,
+    complete_round: bool = False,
 ) -> LabelStudioImport:
     """Import a Label Studio JSON export's keypoint annotations into the project (all-or-nothing).
 
@@ -293,12 +309,16 @@ def import_label_studio(
     the unique project image with the file name of `data.image` (Label Studio's `<hash8>-` upload prefix is
     tolerated). Each task's last non-cancelled annotation is used; tasks without one are skipped and listed.
     An annotation with no keypoints records the image as labelled with nobody in it. With `round_id`, every
-    image must belong to that round. `source` defaults to 'label-studio:<file name>'; importing the same
-    labels again adds nothing.
+    image must belong to that round. `source` defaults to 'label-studio:<file name>'. Importing the same file
+    again, or the same labels from another file, adds nothing; changed labels replace an image's current
+    ones (kept as history). Regions Label Studio marks `origin: "prediction"` (pre-annotations submitted
+    untouched) are refused unless `accept_predictions`. `complete_round` (needs `round_id`) moves the round
+    to 'labelled' in the same transaction once all its images are labelled or skipped.
     """
     path = Path(path)
     try:
-        tasks = json.loads(path.read_text())
+        raw = path.read_bytes()
+        tasks = json.loads(raw)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: cannot import: {exc}") from exc
     if isinstance(tasks, dict):
@@ -312,6 +332,7 @@ def import_label_studio(
     in_round = None if round_id is None else {i for i, _, _ in project.round(round_id).items}
     labels: dict[int, np.ndarray] = {}
     problems: list[str] = []
+    predicted: list[str] = []
     skipped: list[Any] = []
     for n, task in enumerate(tasks):
         if not isinstance(task, dict):
@@ -334,17 +355,48 @@ def import_label_studio(
         if image_id in labels:
             problems.append(f"{where}: image id {image_id} appears in more than one task")
             continue
+        result = ann.get("result") or []
+        untouched = sum(
+            1
+            for item in result
+            if isinstance(item, dict)
+            and item.get("type") == "keypointlabels"
+            and item.get("origin") == "prediction"
+        )
+        if untouched and not accept_predictions:
+            predicted.append(
+                f"{where} (image id {image_id}): {untouched} keypoint region(s) are pre-annotations submitted "
+                "untouched (origin 'prediction')"
+            )
         img = project.image(image_id)
-        kps, found = _task_people(task, ann.get("result") or [], project, img.width, img.height, where)
+        kps, found = _task_people(task, result, project, img.width, img.height, where)
         problems += found
         labels[image_id] = kps
+    if predicted:
+        raise StoreError(
+            f"{path}: {len(predicted)} task(s) hold model predictions, not human labels; nothing imported "
+            "(pass --accept-predictions to import them as labels)",
+            predicted + problems,
+        )
     if problems:
         raise StoreError(f"{path}: cannot import, nothing stored", problems)
-    try:
-        new = project.add_labels(labels, source=source, round=round_id) if labels else 0
-    except StoreError as exc:
-        raise StoreError(f"{path}: cannot import, nothing stored", exc.problems) from None
-    return LabelStudioImport(len(labels), sum(len(v) for v in labels.values()), new, skipped)
+    result = project.import_labels(
+        path,
+        labels,
+        source=source,
+        round=round_id,
+        complete_round=complete_round,
+        content_hash=hashlib.sha1(raw).hexdigest(),
+    )
+    return LabelStudioImport(
+        len(labels),
+        sum(len(v) for v in labels.values()),
+        result.new_labels,
+        skipped,
+        result.replaced,
+        result.already_imported,
+        result.round_completed,
+    )
 
 
 def _map_task(

@@ -45,13 +45,15 @@ class SimulatedOracle:
         rng = np.random.default_rng([self.seed, int(image_id) & 0xFFFFFFFFFFFFFFFF])
         return float(rng.uniform(*self.seconds_per_person, size=int(num_people)).sum())
 
-    def label(self, project: Project, round_id: int) -> int:
+    def label(self, project: Project, round_id: int, complete_round: bool = False) -> int:
         """Label every image still queued in round `round_id`; return how many images this call labelled.
 
         All-or-nothing: an image missing from the ground truth (or whose file name disagrees, or a skeleton
         mismatch) raises StoreError naming it, and nothing is written. Images of the round that are already
         labelled (a previous run, or another oracle) are left alone, so a second call returns 0 and adds
-        nothing; labels identical to stored ones are a no-op in the store as well.
+        nothing; labels identical to stored ones are a no-op in the store as well. With `complete_round` the
+        round moves open -> labelled in the same transaction as the labels once every one of its images is
+        labelled or skipped (also when there was nothing left to label).
         """
         gt_names = list(self.ground_truth.skeleton.keypoints)
         if gt_names != list(project.skeleton.keypoints):
@@ -78,8 +80,10 @@ class SimulatedOracle:
             seconds[image_id] = self.seconds(image_id, frame.num_people)
         if problems:
             raise StoreError(f"{self._where()}: round {round_id} not labelled, nothing stored", problems)
-        if labels:
-            project.add_labels(labels, source=SOURCE, round=round_id, seconds=seconds)
+        if labels or complete_round:
+            project.add_labels(
+                labels, source=SOURCE, round=round_id, seconds=seconds, complete_round=complete_round
+            )
         return len(labels)
 
     def _where(self) -> str:

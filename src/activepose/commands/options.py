@@ -1,0 +1,182 @@
+"""Every option that more than one command takes, declared once (help, metavar); defaults come from the
+library's config classes at the parameter (None for training options: the preset / the run's own / TrainConfig)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..sampling.strategies import SelectionConfig
+from ..sampling.uncertainty import UncertaintyConfig
+from ..train import TrainConfig
+from ..tta import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
+from ..workflow.presets import PRESETS
+from ..workflow.rounds import EvalOptions
+
+T = TrainConfig  # defaults shown in help
+
+
+def _train(help_: str, metavar: str | None = None, default=None, **kw):
+    shown = f"{default}" if default is not None else None
+    return typer.Option(help=help_ + (f" (default: {shown}, or the preset's / the run's own)" if shown else ""),
+                        metavar=metavar, show_default=False, rich_help_panel="Training", **kw)  # fmt: skip
+
+
+# --- data and projects -------------------------------------------------------------------------------------------
+ProjectArg = Annotated[
+    Path, typer.Argument(help="Project folder (made by `activepose init`).", metavar="PROJECT")
+]
+Device = Annotated[
+    str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.", metavar="DEVICE")
+]
+Seed = Annotated[int, typer.Option(help="Random seed.", metavar="N")]
+MaxImages = Annotated[
+    int | None, typer.Option(help="Use a seeded random subset of this many images.", metavar="N")
+]
+GroundTruth = Annotated[
+    Path | None,
+    typer.Option(
+        "--ground-truth",
+        help="COCO JSON with the pool's true labels (the simulated oracle).",
+        metavar="GT.json",
+    ),
+]
+AcceptPredictions = Annotated[
+    bool,
+    typer.Option(
+        "--accept-predictions", help="Allow importing model predictions (annotations with a score) as labels."
+    ),
+]
+
+# --- training (None = not given) -----------------------------------------------------------------------------------
+Preset = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Named training settings: {', '.join(PRESETS)} (cpu: mobilenet_v2, 128 px, 8 epochs).",
+        metavar="NAME",
+        rich_help_panel="Training",
+    ),  # fmt: skip
+]
+Backbone = Annotated[str | None, _train("Backbone: vgg_tiny, mobilenet_v2, resnet18.", "NAME", T.backbone)]
+Width = Annotated[float | None, _train("Backbone channel multiplier (vgg_tiny), e.g. 0.5.", "X")]
+HeadChannels = Annotated[
+    int | None, _train("Channels of the OpenPose stage convolutions.", "N", T.head_channels)
+]
+InputSize = Annotated[
+    int | None, _train("Network input side in pixels (a multiple of 8).", "PX", T.input_size)
+]
+Epochs = Annotated[int | None, _train("Maximum epochs per training session.", "N", T.max_epochs)]
+BatchSize = Annotated[int | None, _train("Images per training batch.", "N", T.batch_size)]
+Lr = Annotated[float | None, _train("Adam learning rate (see `activepose lr-find`).", "LR", T.lr)]
+Patience = Annotated[int | None, _train("Early-stopping patience in epochs.", "N", T.patience)]
+LrStep = Annotated[
+    int | None, _train("Step decay: epochs between learning-rate drops.", "N", T.lr_step_epochs)
+]
+LrGamma = Annotated[float | None, _train("Step decay factor.", "X", T.lr_gamma)]
+MaxMinutes = Annotated[
+    float | None,
+    _train("Stop after the epoch that crosses this wall time (a project records the model).", "MIN"),
+]
+StepsPerEpoch = Annotated[int | None, _train("Cap on batches per epoch.", "N")]
+ValFraction = Annotated[
+    float | None, _train("Fraction of images held out for validation.", "X", T.val_fraction)
+]
+Pretrained = Annotated[
+    bool | None, _train("Use ImageNet weights for the backbone when available.", "", T.pretrained)
+]
+Workers = Annotated[int | None, _train("Data-loading worker processes.", "N", T.num_workers)]
+
+# --- selection ------------------------------------------------------------------------------------------------------
+S = SelectionConfig
+Strategy = Annotated[
+    str,
+    typer.Option(
+        "--strategy",
+        "-s",
+        help="random, uncertainty, diversity, coreset or hybrid.",
+        metavar="NAME",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+Budget = Annotated[int, typer.Option("--budget", "-b", help="Images to choose per round.", metavar="N",
+                                     rich_help_panel="Selection")]  # fmt: skip
+Extractor = Annotated[
+    str,
+    typer.Option(
+        help="Embeddings: mobilenet_v2, resnet50, pose_backbone.", metavar="NAME", rich_help_panel="Selection"
+    ),
+]
+ExtractorWeights = Annotated[
+    Path | None,
+    typer.Option(
+        help="Weights file for the extractor (resnet50; default: the torch hub cache).",
+        metavar="FILE",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+AnnBackend = Annotated[
+    str, typer.Option(help="ANN backend: annoy, faiss, exact.", metavar="NAME", rich_help_panel="Selection")
+]
+ThHm = Annotated[
+    float,
+    typer.Option(help="Heatmap peak threshold thHM, in (0, 1].", metavar="X", rich_help_panel="Selection"),
+]
+ThKp = Annotated[
+    int | None,
+    typer.Option(
+        help="Keypoint count threshold thKP (default: 6 of 18, scaled to the skeleton).",
+        metavar="N",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+Fill = Annotated[
+    str,
+    typer.Option(
+        help="hybrid with too few uncertain images: fill by diversity or uncertainty.",
+        metavar="RULE",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+DEFAULTS = {"strategy": "hybrid", "extractor": S.extractor, "ann": S.ann_backend, "th_hm": UncertaintyConfig.th_hm,
+            "fill": S.fill}  # fmt: skip
+
+# --- evaluation -----------------------------------------------------------------------------------------------------
+Tta = Annotated[
+    str,
+    typer.Option(
+        help="Test-time augmentations: comma-separated names, 'all' or 'none'.",
+        metavar="LIST",
+        rich_help_panel="Evaluation",
+    ),  # fmt: skip
+]
+EvalMaxImages = Annotated[
+    int | None,
+    typer.Option(
+        help="Evaluate on a seeded subset of this many test images.",
+        metavar="N",
+        rich_help_panel="Evaluation",
+    ),  # fmt: skip
+]
+EvalBatch = Annotated[
+    int, typer.Option(help="Images per forward pass.", metavar="N", rich_help_panel="Evaluation")
+]
+ModelInput = Annotated[
+    int | None,
+    typer.Option(
+        help="Network input side (default: the model's training size).",
+        metavar="PX",
+        rich_help_panel="Evaluation",
+    ),  # fmt: skip
+]
+MinParts = Annotated[
+    int | None,
+    typer.Option(help="Decoder: minimum parts per person.", metavar="N", rich_help_panel="Evaluation"),
+]
+MinScore = Annotated[
+    float | None,
+    typer.Option(help="Decoder: minimum person score.", metavar="X", rich_help_panel="Evaluation"),
+]
+EVAL_BATCH = EvalOptions.batch_size
+

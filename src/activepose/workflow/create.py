@@ -1,0 +1,179 @@
+"""Creating a project: the pool (a COCO file or an image folder), initial labels and a test set.
+
+Every image is checked as `activepose check` checks it: the header is read (size with EXIF orientation
+applied) and hashed; unreadable images and images whose declared size differs from the file are listed and
+left out, never stored. The project is built in a temporary sibling folder and renamed into place at the end,
+so an error or a crash never leaves a half-made project.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, EnvironmentProblem
+from .common import IMAGE_EXTS, load_data, parallel_map, same_keypoints, stored_path
+from .reporting import SILENT, Reporter
+
+
+@dataclass(frozen=True)
+class ProjectSource:
+    """Where a new project's images and labels come from: exactly one of `pool` and `images`."""
+
+    pool: Path | None = None  # COCO JSON: its image ids are kept, its labels ignored
+    images: Path | None = None  # an image folder: ids 1..n by relative path
+    labels: Path | None = None  # COCO JSON of initial labels (pool images only)
+    skeleton: str | None = None  # preset name or COCO JSON; required with `images`
+    test: Path | None = None  # COCO JSON of test-only images
+    accept_predictions: bool = False  # initial labels may be model output (annotations with a score)
+
+    def __post_init__(self) -> None:
+        if (self.pool is None) == (self.images is None):
+            raise ConfigError("give exactly one of --pool POOL.json or --images DIR")
+        if self.images is not None and self.skeleton is None:
+            raise ConfigError("--skeleton is required with --images (coco17, coco18, lsp14 or a COCO JSON)")
+
+
+@dataclass
+class CreatedProject:
+    folder: Path
+    skeleton: str
+    num_keypoints: int
+    counts: dict[str, int]
+    skipped: list[str] = field(default_factory=list)  # files left out, each with the reason
+    import_message: str | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(self.counts.values())
+
+
+def _probe(path: Path) -> tuple[tuple[int, int, str] | None, str | None]:
+    from ..fileio import ImageReadError, probe_image
+
+    try:
+        return probe_image(path), None
+    except (ImageReadError, OSError) as exc:
+        return None, str(exc)
+
+
+def _check_target(folder: Path) -> Path:
+    from ..store import DB_NAME
+
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "a project already exists there" if (folder / DB_NAME).exists() else "the folder is not empty"
+        raise ConfigError(f"{folder}: refusing to initialise: {what}")
+    return folder.parent.resolve() / folder.name
+
+
+def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter = SILENT) -> CreatedProject:
+    """Create a project (project.db + checkpoints/, caches/, exports/) in `folder` from `source`."""
+    from ..skeleton import get_skeleton
+    from ..store import Project
+
+    folder = Path(folder)
+    target = _check_target(folder)
+    # (stored path, width, height, sha1, id)
+    entries: list[tuple[str, int, int, str, int]] = []
+    skipped: list[str] = []
+    meta: dict[str, str] = {}
+    if source.pool is not None:
+        pool = load_data(source.pool, source.skeleton, check_images=False)
+        skel = pool.skeleton
+        paths = [pool.image_path(f) for f in pool]
+        probes = parallel_map(_probe, paths, "reading pool images", reporter)
+        for f, p, (info, why) in zip(pool, paths, probes, strict=True):
+            if info is None:
+                skipped.append(f"image id {f.image_id}: {why}")
+            elif (info[0], info[1]) != (f.width, f.height):
+                skipped.append(
+                    f"image id {f.image_id}: {p}: {source.pool.name} says {f.width}x{f.height} but the image is "
+                    f"{info[0]}x{info[1]} (EXIF orientation applied)"
+                )
+            else:
+                entries.append((stored_path(p, target), info[0], info[1], info[2], f.image_id))
+        if not entries:
+            raise ConfigError(
+                f"{source.pool}: none of its {len(pool)} images is usable ({len(skipped)} skipped)"
+            )
+        meta["pool"] = str(source.pool.resolve())
+    else:
+        skel = get_skeleton(source.skeleton)
+        images = source.images
+        if not images.is_dir():
+            raise ConfigError(f"{images}: not a folder")
+        files = sorted(
+            (p for p in images.rglob("*") if p.is_file()), key=lambda p: p.relative_to(images).as_posix()
+        )
+        candidates = []
+        for p in files:
+            if p.suffix.lower() in IMAGE_EXTS:
+                candidates.append(p)
+            else:
+                skipped.append(f"{p}: not an image file ({p.suffix or 'no extension'})")
+        probes = parallel_map(_probe, candidates, "reading image headers", reporter)
+        for p, (info, why) in zip(candidates, probes, strict=True):
+            if info is None:
+                skipped.append(why)
+            else:
+                entries.append((stored_path(p, target), info[0], info[1], info[2], len(entries) + 1))
+        if not entries:
+            raise ConfigError(f"{images}: no readable images found")
+        meta["images"] = str(images.resolve())
+
+    test_ids: list[int] = []
+    if source.test is not None:
+        test_ids, extra = _test_images(source.test, skel, entries, target, skipped, reporter)
+        entries += extra
+        meta["test"] = str(source.test.resolve())
+
+    tmp = target.parent / f".{target.name}.init-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    imported = None
+    try:
+        with Project.create(tmp, skel, entries, meta=meta) as proj:
+            if test_ids:
+                proj.set_image_state(test_ids, "test")
+            if source.labels is not None:
+                imported = proj.import_coco(source.labels, accept_predictions=source.accept_predictions)
+            counts = proj.counts()
+        if folder.exists():
+            folder.rmdir()  # an empty folder (checked above); the rename needs it gone
+        os.rename(tmp, target)
+    except OSError as exc:
+        raise EnvironmentProblem(f"{folder}: cannot create the project ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CreatedProject(
+        folder=folder, skeleton=skel.name, num_keypoints=skel.num_keypoints, counts=counts, skipped=skipped,
+        import_message=imported.message if imported is not None else None,
+    )  # fmt: skip
+
+
+def _test_images(test: Path, skel, entries, target: Path, skipped: list[str], reporter: Reporter):
+    """Return (ids of test images, new entries): a test image equal in content to a pool image marks that
+    pool image 'test'; any other becomes a new 'test' image with an id after the largest pool id."""
+    test_set = load_data(test, check_images=False)
+    same_keypoints(str(test), test_set.skeleton, skel, "the project's")
+    by_hash: dict[str, list[int]] = {}
+    for *_, digest, image_id in entries:
+        by_hash.setdefault(digest, []).append(image_id)
+    paths = [test_set.image_path(f) for f in test_set]
+    probes = parallel_map(_probe, paths, "reading test images", reporter)
+    bad = [why for info, why in probes if info is None]
+    if bad:
+        raise ConfigError(f"{test}: {len(bad)} unreadable test image(s): " + "; ".join(bad[:5]))
+    next_id = max((e[4] for e in entries), default=0) + 1
+    ids, extra = [], []
+    for p, (info, _) in zip(paths, probes, strict=True):
+        digest = info[2]
+        if digest in by_hash:
+            ids += by_hash[digest]  # every copy of it in the pool
+            continue
+        extra.append((stored_path(p, target), info[0], info[1], digest, next_id))
+        by_hash[digest] = [next_id]
+        ids.append(next_id)
+        next_id += 1
+    return sorted(set(ids)), extra

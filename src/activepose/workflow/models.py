@@ -1,0 +1,91 @@
+"""Models in the application layer: load one, predict over image files, record a trained one in a project."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import faults
+from .reporting import SILENT, Reporter
+
+
+def decoder_for(skeleton, min_parts: int | None = None, min_score: float | None = None):
+    """Return the default Decoder for `skeleton`, with the minimum parts / person score changed if given."""
+    from ..decode import Decoder, DecoderConfig
+
+    changes = {"min_parts": min_parts, "min_person_score": min_score}
+    return Decoder(
+        skeleton, dataclasses.replace(DecoderConfig(), **{k: v for k, v in changes.items() if v is not None})
+    )
+
+
+def load(path: str | Path, device: str = "auto"):
+    """Return the `LoadedModel` (net, skeleton, input size, ...) of a checkpoint on `device`."""
+    from ..checkpoint import load_model, resolve_device
+
+    return load_model(path, resolve_device(device))
+
+
+def predict_files(
+    loaded, files: Sequence[tuple[int, Path]], *, input_size: int | None = None, batch_size: int = 8,
+    decoder=None, reporter: Reporter = SILENT, on_image=None,
+) -> tuple[dict[int, tuple], list[str]]:  # fmt: skip
+    """Return ({id: (people (N, K, 3), scores (N,))}, [unreadable file: why]) for (id, image file) pairs.
+
+    `on_image(id, path, image, prediction)` is called for each image (e.g. to draw an overlay).
+    """
+    from ..fileio import ImageReadError, read_image
+    from ..predict import model_device, predict_images
+
+    decoder = decoder or decoder_for(loaded.skeleton)
+    size = input_size or loaded.input_size
+    device = model_device(loaded.net)
+    out: dict[int, tuple] = {}
+    unreadable: list[str] = []
+    for start in range(0, len(files), batch_size):
+        chunk, arrays = [], []
+        for image_id, path in files[start : start + batch_size]:
+            try:
+                arrays.append(read_image(path))
+                chunk.append((image_id, path))
+            except ImageReadError as exc:
+                unreadable.append(str(exc))
+        preds = predict_images(loaded.net, arrays, decoder, input_size=size, device=device) if arrays else []
+        for (image_id, path), image, pred in zip(chunk, arrays, preds, strict=True):
+            out[image_id] = pred
+            if on_image is not None:
+                on_image(image_id, path, image, pred)
+        reporter.progress("predicting", min(start + batch_size, len(files)), len(files))
+    return out, unreadable
+
+
+def record_model(project, best: Path, train_size: int, reporter: Reporter = SILENT) -> tuple[int, bool]:
+    """Copy a session's best weights to checkpoints/model_<n>.pt and record them once; return (id, new).
+
+    The weights' sha1 identifies a model: the same weights again (a re-run) record nothing. Recording the
+    model moves a 'labelled' round to 'trained' in the same transaction.
+    """
+    from ..fileio import atomic_write, file_sha1
+
+    digest = file_sha1(best)
+    known = project.model_by_sha1(digest)
+    if known is not None:
+        return known.id, False
+    current = project.current_round()
+    target = project.folder / "checkpoints" / f"model_{len(project.models()) + 1}.pt"
+
+    def copy(fh) -> None:
+        with best.open("rb") as src:
+            shutil.copyfileobj(src, fh)
+
+    atomic_write(target, copy)
+    faults.point("record")
+    # A 'labelled' round is trained by this model (one transaction); one still open is not: it has no labels yet.
+    trains_round = current is not None and current.state == "labelled"
+    model_id = project.add_model(
+        target, train_size, round=current.id if trains_round else None, sha1=digest, mark_trained=trains_round
+    )
+    reporter.note(f"recorded model {model_id}: {target} (trained on {train_size} images)")
+    return model_id, True
