@@ -165,3 +165,24 @@ def test_subset_is_seeded_disjoint_and_relocatable(trained, tmp_path):
     assert load_coco(again).image_ids != part.image_ids
     code, out = _run("subset", str(data), "--size", "13", "--out", str(again))
     assert code == 2 and "between 1 and its 12 images" in out
+
+
+def test_every_option_of_every_command_has_help_and_a_readable_metavar():
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    assert {"init", "status", "select", "label", "export", "train", "evaluate", "run", "predict"} <= set(
+        cmd.commands
+    )
+    missing = []
+    for name, sub in cmd.commands.items():
+        assert sub.help, name
+        for p in sub.params:
+            if not p.help:
+                missing.append(f"{name} {p.name}: no help")
+            flag = getattr(p, "is_flag", False) or getattr(p, "is_bool_flag", False)
+            if not flag and (p.metavar is None or p.metavar.startswith("<")):
+                missing.append(f"{name} {p.name}: metavar {p.metavar!r}")
+    assert missing == []
+    out = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert "(default: 0.0001, or the preset's / the run's own)" in out and "<bool>  Use ImageNet" not in out

@@ -371,7 +371,8 @@ def test_loop_runs_in_process_and_equals_the_command(tmp_path, data, uninterrupt
         outcome = run(folder, ROUNDS, opts)
     finally:
         torch.set_num_threads(threads)
-    assert [a for a, _, _ in outcome.steps] == ["train", "evaluate"] + ["select", "label", "train", "evaluate"] * ROUNDS
+    one_round = ["select", "label", "train", "evaluate"]
+    assert [a for a, _, _ in outcome.steps] == ["train", "evaluate"] + one_round * ROUNDS
     assert outcome.reason.startswith(f"{ROUNDS} round(s) closed") and outcome.curve.is_file()
     _assert_same(_state(folder), uninterrupted[1])
     assert run(folder, ROUNDS, opts).steps == []  # done: the same call again does nothing

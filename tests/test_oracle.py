@@ -101,7 +101,15 @@ def predictions(gt, rng_seed=0):
         kps[..., :2] = np.where(
             lab[..., None], np.clip(kps[..., :2] + rng.normal(0, 1.3, kps[..., :2].shape), 0, 64), 0
         )
+        kps[..., 2] = np.where(lab, rng.uniform(0.05, 1.0, lab.shape), 0)  # a model's keypoint scores
         out[i] = (kps, rng.uniform(0.2, 0.9, len(kps)))
+    return out
+
+
+def as_labels(kps):
+    """A prediction as the labels it becomes: found keypoints labelled and visible (2), the rest not labelled."""
+    out = kps.copy()
+    out[..., 2] = np.where(kps[..., 2] > 0, 2, 0)
     return out
 
 
@@ -113,7 +121,7 @@ def test_export_coco_round_trips(project, gt, tmp_path, paths):
     assert back.image_ids == ROUND
     assert Path(back.frame(2).file_name).is_absolute() == (paths == "absolute")
     for i in ROUND:
-        np.testing.assert_allclose(back.frame(i).keypoints, preds[i][0], atol=0.006)
+        np.testing.assert_allclose(back.frame(i).keypoints, as_labels(preds[i][0]), atol=0.006)
     scores = [a["score"] for a in json.loads(out.read_text())["annotations"]]
     np.testing.assert_allclose(scores, np.concatenate([preds[i][1] for i in ROUND]), atol=1e-5)
     # no predictions: the images alone
@@ -229,7 +237,7 @@ def test_coco_export_with_predictions_is_not_a_label_file(project, gt, tmp_path)
     res = project.import_coco(out, round=1, accept_predictions=True, complete_round=True)
     assert res.new_labels == sum(len(k) for k, _ in preds.values()) and res.round_completed
     np.testing.assert_allclose(
-        project.keypoints_of(2), preds[2][0][(preds[2][0][..., 2] > 0).any(1)], atol=0.01
+        project.keypoints_of(2), as_labels(preds[2][0][(preds[2][0][..., 2] > 0).any(1)]), atol=0.01
     )
 
 

@@ -295,11 +295,12 @@ def test_changed_architecture_on_an_existing_run_is_refused(tiny_data, tmp_path)
     with pytest.raises(ConfigError) as info:
         train(_cfg(max_epochs=2, head_channels=16, input_size=128), tiny_data, run)
     assert str(info.value) == (
-        f"the run in {run} was trained with head_channels=32, input_size=64; this asks for head_channels=16, "
-        "input_size=128 — architecture options cannot change within a run: drop them or use a new --out"
+        f"{run}: this run was trained with --head-channels 32, --input-size 64; --head-channels 16, "
+        "--input-size 128 asks for another architecture, which cannot change within a run: drop the option to "
+        "continue the run as it was set up, or start a new run (another --out, or a new project)"
     )
-    with pytest.raises(ConfigError, match=r"was trained with backbone=vgg_tiny, width=0.25; this asks for "
-                       r"backbone=mobilenet_v2, width=None"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"was trained with --backbone vgg_tiny, --width 0.25; --backbone mobilenet_v2, "
+                       r"--width None asks for another architecture"):  # fmt: skip
         train(_cfg(backbone="mobilenet_v2", width=None), tiny_data, run)
     assert (run / "last.pt").read_bytes() == before  # nothing was trained or written
     again = train(_cfg(max_epochs=1, lr=5e-4, patience=3), tiny_data, run, new_session=True)
@@ -310,8 +311,11 @@ def test_architecture_defaults_compare_by_their_effective_value():
     from activepose.train import architecture_changes
 
     stored = _cfg(width=None, stages=None).to_dict()
-    assert architecture_changes(stored, _cfg(width=1.0, stages=3)) == []  # vgg_tiny's defaults
-    assert architecture_changes(stored, _cfg(width=0.5, stages=2)) == [("width", 1.0, 0.5), ("stages", 3, 2)]
+    assert architecture_changes(stored, _cfg(width=1.0, stages=3).to_dict()) == []  # vgg_tiny's defaults
+    assert architecture_changes(stored, _cfg(width=0.5, stages=2).to_dict()) == [
+        ("width", 1.0, 0.5),
+        ("stages", 3, 2),
+    ]
 
 
 def test_run_config_reads_the_runs_own_options(tiny_data, tmp_path):

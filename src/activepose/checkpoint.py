@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .defaults import INPUT_SIZE
 from .errors import ActiveposeError, ConfigError, EnvironmentProblem
 from .fileio import atomic_write, file_sha1
 from .skeleton import Skeleton
@@ -22,8 +24,8 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
-# Network input side used when a checkpoint does not record its training input size (the only place).
-DEFAULT_INPUT_SIZE = 256
+# Network input side used when a checkpoint does not record its training input size.
+DEFAULT_INPUT_SIZE = INPUT_SIZE
 
 
 class CheckpointError(ActiveposeError, RuntimeError):
@@ -33,7 +35,11 @@ class CheckpointError(ActiveposeError, RuntimeError):
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write `state` (plus a format version) to `path` atomically: a crash never leaves a torn file."""
     state = {"format": "activepose", "version": CHECKPOINT_VERSION, **state}
-    return atomic_write(path, lambda fh: torch.save(state, fh))
+    # Serialised in memory first: torch's zip writer turns a failing file write (disk full) into a RuntimeError
+    # of its own; a plain write of the bytes raises the OSError itself (ENOSPC: a clear error, not a bug).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

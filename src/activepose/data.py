@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .coco import CocoKeypoints
+from .defaults import INPUT_SIZE
 from .errors import ConfigError
 from .fields import TargetConfig, encode_targets
 from .fileio import read_image
@@ -233,7 +234,7 @@ class PoseDataset(Dataset):
     def __init__(
         self,
         coco: CocoKeypoints,
-        input_size: int = 256,
+        input_size: int = INPUT_SIZE,
         targets: TargetConfig = TargetConfig(),
         augment: AugmentConfig | None = None,
         image_ids: list[int] | None = None,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .coco import CocoKeypoints, annotation_dict, results_to_coco
+from .defaults import INPUT_SIZE
 from .errors import ConfigError
 from .skeleton import Skeleton
 from .tta import TTA_NAMES, parse_ttas
@@ -246,7 +247,7 @@ class EvalConfig:
     Invalid values raise ConfigError naming the option.
     """
 
-    input_size: int = 256
+    input_size: int = INPUT_SIZE
     batch_size: int = 8
     ttas: tuple[str, ...] = field(default_factory=lambda: TTA_NAMES)
     pck_alpha: float = 0.2

@@ -34,8 +34,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a failed write (disk full, quota) names no file by itself: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)

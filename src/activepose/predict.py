@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .coco import CocoKeypoints, Frame
+from .defaults import INPUT_SIZE
 from .fileio import read_image
 from .skeleton import Skeleton
 from .tta import TTA, get_tta
@@ -104,7 +105,7 @@ def predict_images(
     model: torch.nn.Module,
     images: Sequence[np.ndarray],
     decoder,
-    input_size: int = 256,
+    input_size: int = INPUT_SIZE,
     device: str | torch.device | None = None,
 ) -> list[Prediction]:
     """Return (people (N, K, 3), scores (N,)) per image, in that image's pixel coordinates.
@@ -159,7 +160,7 @@ def predict_coco(
     model: torch.nn.Module,
     coco: CocoKeypoints,
     decoder,
-    input_size: int = 256,
+    input_size: int = INPUT_SIZE,
     batch_size: int = 8,
     device: str | torch.device | None = None,
     tta: str | TTA = "clean",

@@ -32,6 +32,7 @@ from . import faults
 from .checkpoint import check_device, load_checkpoint, resolve_device, save_checkpoint
 from .coco import CocoKeypoints
 from .data import AugmentConfig, PoseDataset
+from .defaults import INPUT_SIZE
 from .errors import ConfigError
 from .fields import TargetConfig
 from .fileio import atomic_write_json
@@ -51,7 +52,7 @@ class TrainConfig:
     init: str = "glorot"
     head_channels: int = 128  # channels of the OpenPose stage convs
     width: float | None = None  # backbone channel multiplier (vgg_tiny); None: the backbone's default
-    input_size: int = 256
+    input_size: int = INPUT_SIZE
     batch_size: int = 4
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -190,10 +191,27 @@ def _effective_architecture(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def architecture_changes(stored: dict[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """Return (option, stored value, asked value) for each architecture option that differs."""
-    before, after = _effective_architecture(stored), _effective_architecture(cfg.to_dict())
+def architecture_changes(stored: dict[str, Any], asked: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Return (option, stored value, asked value) for each architecture option in `asked` that differs.
+
+    Options missing from `asked` are not compared; defaults compare by their effective value.
+    """
+    before = _effective_architecture(stored)
+    after = _effective_architecture({**stored, **{k: asked[k] for k in ARCHITECTURE_OPTIONS if k in asked}})
     return [(k, before[k], after[k]) for k in ARCHITECTURE_OPTIONS if before[k] != after[k]]
+
+
+def check_same_architecture(run_dir: str | Path, stored: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Raise ConfigError naming each architecture option of `asked` that differs from the run's `stored` one."""
+    changes = architecture_changes(stored, asked)
+    if changes:
+        was = ", ".join(f"{option_name(k)} {old}" for k, old, _ in changes)
+        new = ", ".join(f"{option_name(k)} {value}" for k, _, value in changes)
+        raise ConfigError(
+            f"{run_dir}: this run was trained with {was}; {new} asks for another architecture, which cannot "
+            "change within a run: drop the option to continue the run as it was set up, or start a new run "
+            "(another --out, or a new project)"
+        )
 
 
 @dataclass
@@ -468,16 +486,8 @@ class Trainer:
     def _check_architecture(self, state: dict[str, Any]) -> None:
         """Raise ConfigError when `cfg` asks for another architecture than the run's model has."""
         stored = state.get("train_config")
-        if not isinstance(stored, dict):
-            return
-        changes = architecture_changes(stored, self.cfg)
-        if changes:
-            was = ", ".join(f"{k}={old}" for k, old, _ in changes)
-            asked = ", ".join(f"{k}={new}" for k, _, new in changes)
-            raise ConfigError(
-                f"the run in {self.run_dir} was trained with {was}; this asks for {asked} — architecture "
-                "options cannot change within a run: drop them or use a new --out"
-            )
+        if isinstance(stored, dict):
+            check_same_architecture(self.run_dir, stored, self.cfg.to_dict())
 
     def _save(self, model, opt, sched, t: dict[str, Any], history: list[dict[str, Any]], best: bool) -> None:
         state = {

@@ -179,4 +179,3 @@ MinScore = Annotated[
     typer.Option(help="Decoder: minimum person score.", metavar="X", rich_help_panel="Evaluation"),
 ]
 EVAL_BATCH = EvalOptions.batch_size
-

@@ -141,6 +141,11 @@ def export_round(
             images.append({"id": image_id, "file_name": ref, "width": img.width, "height": img.height})
             kps, scores = preds.get(image_id, (np.zeros((0, 1, 3)), np.zeros(0)))
             for person, score in zip(kps, scores, strict=True):
+                # A prediction's third value is the keypoint's peak score, not a COCO visibility flag (written
+                # as int(score), a found keypoint became 0 "not labelled", or 3+, which no import accepts): a
+                # found keypoint is written as labelled and visible (2), a missing one as not labelled (0).
+                person = np.asarray(person, dtype=np.float64).copy()
+                person[:, 2] = np.where(person[:, 2] > 0, 2, 0)
                 ann = annotation_dict(len(annotations) + 1, image_id, person)
                 ann["score"] = round(float(score), 5)
                 annotations.append(ann)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..defaults import INPUT_SIZE
 from ..errors import ConfigError
 from ..fileio import file_sha1, read_image
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, assign_state, load_state_file
@@ -180,7 +181,9 @@ def resnet50_extractor(weights=None, model=None, device=None) -> FeatureExtracto
 
 
 @register_extractor("pose_backbone")
-def pose_backbone_extractor(weights=None, model=None, device=None, input_size: int = 256) -> FeatureExtractor:
+def pose_backbone_extractor(
+    weights=None, model=None, device=None, input_size: int = INPUT_SIZE
+) -> FeatureExtractor:
     """The pose model's own trunk features (`PoseNet.embed`, normalisation inside), at `input_size`."""
     if model is None:
         raise ValueError(

@@ -33,6 +33,7 @@ import torch
 from ..coco import CocoKeypoints
 from ..data import letterbox
 from ..decode import DecoderConfig
+from ..defaults import INPUT_SIZE, TH_HM
 from ..errors import ConfigError
 from ..fields.heatmap import peak_confidences, single_threaded, smooth_heatmaps
 from ..fileio import read_image
@@ -57,10 +58,10 @@ class UncertaintyConfig:
     - batch_size: images per forward pass.
     """
 
-    th_hm: float = 0.3
+    th_hm: float = TH_HM
     th_kp: int | None = None
     smooth_sigma: float = DecoderConfig().smooth_sigma
-    input_size: int = 256
+    input_size: int = INPUT_SIZE
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -126,7 +127,7 @@ class PoolUncertainty:
     confident: np.ndarray
     uncertain: np.ndarray
     score: np.ndarray
-    th_hm: float = 0.3
+    th_hm: float = TH_HM
     th_kp: int = PAPER_TH_KP
     cache_hits: int = field(default=0)
 

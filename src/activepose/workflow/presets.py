@@ -36,12 +36,16 @@ def preset_values(name: str | None) -> dict[str, Any]:
 
 def resolve_train_config(run_dir: Path | None = None, preset: str | None = None, **given: Any):
     """Return the TrainConfig for a command: `given` options (None = not given) over the preset over the run's."""
-    from ..train import TrainConfig, run_config
+    from ..train import TrainConfig, check_same_architecture, run_config
 
     base = TrainConfig()
     existing = run_config(run_dir) if run_dir is not None else None
+    asked = {**preset_values(preset), **{k: v for k, v in given.items() if v is not None}}
     values: dict[str, Any] = {}
     if existing is not None:
+        # Compared before the run's settings and the options combine: the run's `width` with another backbone
+        # would otherwise be refused as a `--width` the user never gave.
+        check_same_architecture(run_dir, existing.to_dict(), asked)
         values.update(
             {
                 f.name: getattr(existing, f.name)
@@ -49,8 +53,7 @@ def resolve_train_config(run_dir: Path | None = None, preset: str | None = None,
                 if f.name not in _MACHINE
             }
         )
-    values.update(preset_values(preset))
-    values.update({k: v for k, v in given.items() if v is not None})
+    values.update(asked)
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(base)})
     if unknown:
         raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")

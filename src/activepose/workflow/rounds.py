@@ -205,8 +205,10 @@ def train_round(project, cfg, reporter: Reporter = SILENT, new_session: bool = F
     A time budget ends the session (so grown data starts the next one). A 'labelled' round becomes 'trained'
     with the recorded model in one transaction.
     """
+    from ..checkpoint import resolve_device
     from ..train import train
 
+    resolve_device(cfg.device)  # a device this machine lacks is refused before the lock and any work
     ids = project.labelled_ids()
     if not ids:
         raise StateError(
