@@ -51,7 +51,9 @@ def test_next_step_walks_a_round(project):
     m = project.add_model("checkpoints/model_1.pt", 2, round=r, mark_trained=True)
     assert project.round(r).state == "trained" and project.round(r).model_id == m
     assert next_step(project, 1).action == "evaluate"
-    project.set_model_metrics(m, {"clean": {"count_acc": 0.5}}, close_round=r)
+    project.record_evaluation(m, {"clean": {"count_acc": 0.5}})
+    assert project.round(r).state == "evaluated" and next_step(project, 1).action == "close"
+    project.close_round(r)
     assert project.round(r).state == "closed"
     assert next_step(project, 1).action == "done"
     step = next_step(project, 3)
@@ -64,9 +66,9 @@ def test_next_step_trains_and_evaluates_initial_labels_first(project):
     assert (step.action, step.round) == ("train", None) and "no model yet" in step.reason
     m = project.add_model("checkpoints/model_1.pt", 1)
     assert next_step(project, 2).action == "evaluate"
-    project.set_model_metrics(m, {"sha1": "x"})  # a fingerprint alone is not an evaluation
+    project.record_evaluation(m, {"sha1": "x"})  # a fingerprint alone is not an evaluation
     assert next_step(project, 2).action == "evaluate"
-    project.set_model_metrics(m, {"sha1": "x", "clean": {"count_acc": 0.1}})
+    project.record_evaluation(m, {"clean": {"count_acc": 0.1}})
     assert next_step(project, 2).action == "select"
     project.add_labels({4: _people()}, "file:more.json")  # labels imported between rounds: train again
     assert next_step(project, 2).action == "train"
@@ -79,13 +81,14 @@ def test_closing_needs_the_rounds_own_model(project):
     project.add_labels({1: _people()}, "simulated", round=r)
     m0 = project.add_model("checkpoints/old.pt", 0)
     with pytest.raises(StoreError, match="only a round trained with model"):
-        project.set_model_metrics(m0, {"clean": {}}, close_round=r)  # the round is still 'open'
+        project.record_evaluation(m0, {"clean": {}}, round=r)  # the round is still 'open'
     assert project.round(r).state == "open" and project.models()[0].metrics == {}  # nothing half-written
     project.set_round_state(r, "labelled")
     m1 = project.add_model("checkpoints/new.pt", 1, round=r, mark_trained=True)
     with pytest.raises(StoreError, match="only a round trained with model"):
-        project.set_model_metrics(m0, {"clean": {}}, close_round=r)
-    project.set_model_metrics(m1, {"clean": {}}, close_round=r)
+        project.record_evaluation(m0, {"clean": {}}, round=r)
+    project.record_evaluation(m1, {"clean": {}}, round=r)
+    project.close_round(r)
     assert project.round(r).state == "closed"
 
 

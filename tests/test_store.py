@@ -517,8 +517,6 @@ def test_every_illegal_round_move_is_refused(project, state):
         before = project.dump()
         with pytest.raises(StoreError, match="only a round trained with model"):
             project.record_evaluation(other, {"clean": {}}, round=r)
-        with pytest.raises(StoreError, match="only a round trained with model"):
-            project.set_model_metrics(other, {"clean": {}}, close_round=r)
     assert project.dump() == before and project.round(r).state == state
 
 
@@ -553,14 +551,12 @@ def test_record_evaluation_then_close_round(project):
     assert project.models()[-1].metrics == {"clean": {}}
 
 
-def test_set_model_metrics_close_round_goes_through_evaluated(project):
+def test_evaluation_then_close_moves_through_evaluated(project):
     r, m = advance(project, "trained")
-    project.set_model_metrics(m, {"clean": {"ap": 0.3}}, close_round=r)
+    assert project.record_evaluation(m, {"clean": {"ap": 0.3}}) == r  # the round trained with the model
+    assert project.round(r).state == "evaluated"
+    project.close_round(r)
     assert project.round(r).state == "closed" and project.latest_model().metrics == {"clean": {"ap": 0.3}}
-    r2, m2 = advance_second(project)
-    project.record_evaluation(m2, {"clean": {}})
-    project.set_model_metrics(m2, {"clean": {"ap": 1.0}}, close_round=r2)  # evaluated -> closed
-    assert project.round(r2).state == "closed"
 
 
 def advance_second(p: Project) -> tuple[int, int]:
@@ -603,7 +599,7 @@ def test_model_sha1(project):
     with pytest.raises(StoreError, match="disagrees"):
         project.add_model("checkpoints/c.pt", 1, metrics={"sha1": "ccc"}, sha1="ddd")
     with pytest.raises(StoreError, match="has sha1 aaa, not zzz"):
-        project.set_model_metrics(m1, {"sha1": "zzz"})
+        project.record_evaluation(m1, {"sha1": "zzz"})
     assert project.dump() == before
 
 

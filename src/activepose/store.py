@@ -1289,36 +1289,6 @@ class Project:
                 self._move_round(c, int(round), "trained", model_id)
             return model_id
 
-    def set_model_metrics(
-        self, model_id: int, metrics: Mapping[str, Any], close_round: int | None = None
-    ) -> None:
-        """Replace a model's metrics; with `close_round`, that round (trained with this model) is closed too.
-
-        Both happen in one transaction: a crash leaves either neither or both. Closing moves the round
-        'trained' -> 'evaluated' -> 'closed' (or 'evaluated' -> 'closed') and is refused unless the round is
-        in one of those states and was trained with `model_id`. A 'sha1' key in `metrics` goes to the sha1
-        column (refused when the model has a different one). `record_evaluation` + `close_round` are the
-        two-step form.
-        """
-        metrics, sha1 = _split_sha1(metrics, None)
-        with self._write() as c:
-            if c.execute("SELECT 1 FROM models WHERE id = ?", (int(model_id),)).fetchone() is None:
-                raise StoreError(f"{self.folder}: no model {model_id}")
-            if close_round is not None:
-                row = c.execute(
-                    "SELECT state, model_id FROM rounds WHERE id = ?", (int(close_round),)
-                ).fetchone()
-                if row is None:
-                    raise StoreError(f"{self.folder}: no round {close_round}")
-                if row[0] not in ("trained", "evaluated") or row[1] != model_id:
-                    raise StoreError(
-                        f"{self.folder}: round {close_round} is {row[0]!r} with model {row[1]}; only a round "
-                        f"trained with model {model_id} can be closed by its evaluation"
-                    )
-                self._move_round(c, int(close_round), "evaluated")
-                self._move_round(c, int(close_round), "closed")
-            self._store_metrics(c, int(model_id), metrics, sha1)
-
     def _store_metrics(
         self, c: sqlite3.Connection, model_id: int, metrics: Mapping[str, Any], sha1: str | None
     ) -> None:

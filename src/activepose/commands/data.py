@@ -71,6 +71,7 @@ def subset(
         written.append(f"{len(frames)} images ({sum(f.num_people for f in frames)} people) -> {path}")
         save_coco(dataclasses.replace(part, frames=frames, root=folder, path=path), path)
     console.print("wrote " + "; ".join(written))
+    next_step(f"activepose init PROJECT --pool {out}   (or: activepose check {out})")
 
 
 @command()

@@ -226,6 +226,7 @@ def predict(
     )
     for s in unreadable:
         console.print(f"[yellow]skipped[/] {s}", soft_wrap=True, markup=False)
+    next_step(f"activepose evaluate --model {model} --data TEST.json   (accuracy on labelled images)")
 
 
 @command()
@@ -297,3 +298,7 @@ def evaluate(
                 f"round {res.round_id} evaluated and closed; learning curve in {project / 'exports'}"
             )
         next_step(f"activepose select {project} --budget N   (or: activepose run {project} ...)")
+    else:
+        next_step(
+            f"activepose predict --model {model} --images DIR --out pred.json --overlays vis/   (look at them)"
+        )
