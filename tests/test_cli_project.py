@@ -237,6 +237,17 @@ def test_train_project_records_models_and_continues_after_a_round(tmp_path, data
         assert p.round(1).state == "trained" and p.round(1).model_id == models[-1].id
 
 
+def test_train_project_names_missing_image_files_before_training(tmp_path, data):
+    root, _ = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json")
+    moved = tmp_path / "elsewhere" / "deeper" / "proj"  # stored relative paths no longer reach the images
+    shutil.copytree(proj, moved)
+    before = (moved / "project.db").read_bytes()
+    code, out = _run("train", moved, "--epochs", 1, *TINY)
+    assert code == 2 and "3 labelled image file(s) are missing" in out and "Traceback" not in out
+    assert (moved / "project.db").read_bytes() == before and not (moved / "checkpoints" / "run").exists()
+
+
 def test_train_project_without_labels_is_a_clear_error(tmp_path, data):
     proj = _init(tmp_path, data)
     code, out = _run("train", proj, "--epochs", 1, *TINY)

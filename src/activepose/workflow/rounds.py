@@ -218,6 +218,15 @@ def train_round(project, cfg, reporter: Reporter = SILENT, new_session: bool = F
     run_dir = project.folder / RUN_DIR
     with project_lock(project.folder, "train"):
         data = project.to_coco(ids)
+        missing = [str(data.image_path(f)) for f in data if not data.image_path(f).is_file()]
+        if missing:  # found now, named, rather than in a data-loading worker mid-epoch
+            shown = "; ".join(missing[:5]) + (
+                f"; ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            raise StateError(
+                f"{project.folder}: {len(missing)} labelled image file(s) are missing (image paths are stored "
+                f"relative to the project folder: move the project and its images together): {shown}"
+            )
         result = train(cfg, data, run_dir, reporter, new_session=new_session)
         model_id, new = record_model(project, run_dir / "best.pt", len(data), reporter)
     current = project.current_round()
