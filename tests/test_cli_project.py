@@ -274,6 +274,23 @@ def test_evaluate_project_records_metrics_and_closes_the_round(tmp_path, data):
     assert code == 0 and "opened round 2" in out
 
 
+def test_evaluate_closes_a_round_left_evaluated_by_a_crash(tmp_path, data):
+    root, gt = data
+    proj = _init(tmp_path, data, "--labels", root / "initial.json", "--test", root / "test.json")
+    assert _run("select", proj, "--budget", 2, "--strategy", "random")[0] == 0
+    assert _run("label", proj, "--oracle", "simulated", "--ground-truth", gt)[0] == 0
+    assert _run("train", proj, "--epochs", 1, *TINY)[0] == 0
+    with Project.open(proj) as p:  # what a crash between storing the metrics and closing leaves
+        p.record_evaluation(p.latest_model().id, {"clean": {"count_acc": 0.0}})
+        assert p.round(1).state == "evaluated"
+    code, out = _run("status", proj)
+    assert code == 0 and f"activepose evaluate {proj}" in out  # the next step it names
+    code, out = _run("evaluate", proj, "--tta", "clean", "--device", "cpu")
+    assert code == 0 and "round 1 evaluated and closed" in out, out
+    with Project.open(proj) as p:
+        assert p.round(1).state == "closed" and p.latest_model().metrics["clean"]["images"] == 2
+
+
 def test_evaluate_project_without_test_set_or_model(tmp_path, data):
     proj = _init(tmp_path, data)
     code, out = _run("evaluate", proj)

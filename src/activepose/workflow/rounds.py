@@ -328,7 +328,9 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
     out = atomic_write_json(project.folder / "exports" / f"metrics_model_{latest.id}.json", report, indent=1)
     faults.point("evaluate")
     current = project.current_round()
-    closing = current is not None and current.state == "trained" and current.model_id == latest.id
+    closing = (
+        current is not None and current.state in ("trained", "evaluated") and current.model_id == latest.id
+    )
     project.record_evaluation(latest.id, report, round=current.id if closing else None)
     if closing:
         close_round(project, current.id)
