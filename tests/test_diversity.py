@@ -7,7 +7,7 @@ import pytest
 
 from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.sampling.ann import BACKENDS, create_index, require_backend
-from activepose.sampling.diversity import coverage, kcenter_greedy, select_diverse
+from activepose.sampling.diversity import coverage, kcenter_greedy, select_diverse, select_neighbour_drop
 
 
 def clustered(n=2000, dim=32, clusters=20, seed=0):
@@ -200,3 +200,47 @@ def test_known_backend_without_its_library_is_an_environment_problem(monkeypatch
     with pytest.raises(EnvironmentProblem, match=rf"^--ann {backend}: "):
         create_index(backend, dim=4)
     require_backend("exact")  # needs nothing but torch
+
+
+# ------------------------------------------------------------------------------------------ paper-style baseline
+
+
+def _pairs(n_pairs=4):
+    """1-D pool of well separated pairs: 0, 1, 10, 11, 20, 21, ..."""
+    return np.array([[10.0 * p + o] for p in range(n_pairs) for o in (0.0, 1.0)], dtype=np.float32)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_neighbour_drop_known_pairs(backend):
+    x = _pairs(4)  # N=8, k=4 -> each pick drops ceil(8/4)-1 = 1 neighbour: its partner
+    for seed in range(5):
+        sel = select_neighbour_drop(x, 4, backend=backend, seed=seed)
+        assert sorted((sel // 2).tolist()) == [0, 1, 2, 3], (backend, seed, sel)  # one per pair
+    # a labelled point at 0 removes its 2 nearest candidates (the pair 0, 1) before the first pick
+    sel = select_neighbour_drop(x, 4, labelled=np.array([[0.0]], dtype=np.float32), backend=backend, seed=1)
+    assert sorted((sel[:3] // 2).tolist()) == [1, 2, 3]
+    assert len(np.unique(sel)) == 4
+
+
+def test_neighbour_drop_validation_and_passes():
+    x, lab = clustered(300, 6, 5, seed=2)
+    with pytest.raises(ValueError, match=r"k=301.*only 300 candidates"):
+        select_neighbour_drop(x, 301)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        select_neighbour_drop(x, -1)
+    with pytest.raises(ValueError, match="neighbours must be >= 0"):
+        select_neighbour_drop(x, 5, neighbours=-1)
+    assert len(select_neighbour_drop(x, 0)) == 0
+    assert sorted(select_neighbour_drop(x, 300).tolist()) == list(range(300))
+    # each pick drops the whole pool: every pick starts a new pass, picks stay distinct
+    sel = select_neighbour_drop(x, 40, backend="exact", neighbours=10_000)
+    assert len(np.unique(sel)) == 40
+
+
+def test_neighbour_drop_deterministic_and_spread(small_pool):
+    x, lab, _, _ = small_pool
+    a = select_neighbour_drop(x, 50, seed=3)
+    np.testing.assert_array_equal(a, select_neighbour_drop(x, 50, seed=3))
+    assert not np.array_equal(a, select_neighbour_drop(x, 50, seed=4))
+    assert len(np.unique(a)) == 50 and a.min() >= 0 and a.max() < len(x)
+    assert set(lab[a]) == set(lab)  # every cluster gets a pick

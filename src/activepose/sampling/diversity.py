@@ -34,6 +34,7 @@ space, O(N) memory (a distance per candidate) plus one row-chunk, one BLAS mat-v
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "kcenter_greedy",
     "register_backend",
     "select_diverse",
+    "select_neighbour_drop",
 ]
 
 
@@ -437,4 +439,76 @@ def select_diverse(
         update(b, zc[pos])
         for c in hood_cells[b]:
             push(int(c))
+    return picked
+
+
+# --------------------------------------------------------------------------------------------------------
+# paper-style baseline
+
+
+def select_neighbour_drop(
+    candidates: np.ndarray,
+    k: int,
+    labelled: np.ndarray | None = None,
+    backend: str = "annoy",
+    seed: int = 0,
+    *,
+    neighbours: int | None = None,
+    chunk: int = 65536,
+    **options,
+) -> np.ndarray:
+    """Paper-style ANN diversity: pick a candidate, drop its ``neighbours`` nearest candidates, repeat.
+
+    An index (``backend``, see :func:`create_index`; extra ``options`` go to it) is built over all
+    candidates in the space they are given in. Candidates are visited in a seeded random order; each one
+    still available is picked and its ``neighbours`` (default ``ceil(N / k) - 1``, so that ``k`` picks
+    could remove the whole pool) approximate nearest candidates stop being available. Each labelled point
+    first removes its ``neighbours + 1`` nearest candidates (the region a pick would cover). When a pass
+    over the pool ends before ``k`` picks, every candidate not yet picked becomes available again and
+    another pass starts. Returns ``k`` distinct indices in pick order; deterministic for a given ``seed``.
+    Cost: the index build plus ``k`` single queries, no distance to anything but the neighbours.
+    """
+    x = _as_2d(candidates, "candidates")
+    n, d = x.shape
+    _check_k(k, n)
+    if neighbours is not None and neighbours < 0:
+        raise ValueError(f"neighbours must be >= 0, got {neighbours}")
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    lab = _labelled_or_none(labelled, d)
+    nn = max(math.ceil(n / k) - 1, 0) if neighbours is None else int(neighbours)
+    nn = min(nn, n - 1)
+    if backend == "annoy":
+        options.setdefault("seed", seed)
+    index = create_index(backend, d, **options)
+    for s in range(0, n, chunk):
+        index.add(_rows(x, s, s + chunk))
+    index.build()
+
+    available = np.ones(n, dtype=bool)
+    taken = np.zeros(n, dtype=bool)
+    if lab is not None:
+        for s in range(0, len(lab), chunk):
+            ids = index.query(np.ascontiguousarray(lab[s : s + chunk], dtype=np.float32), nn + 1)[0]
+            available[ids[ids >= 0]] = False
+    order = np.random.default_rng(seed).permutation(n)
+    picked = np.empty(k, dtype=np.int64)
+    t, pos = 0, 0
+    while t < k:
+        if pos == n:  # pass over: everything not yet picked is available again
+            available = ~taken
+            pos = 0
+        i = int(order[pos])
+        pos += 1
+        if not available[i]:
+            continue
+        picked[t] = i
+        t += 1
+        taken[i] = True
+        available[i] = False
+        if nn:
+            ids = index.query(_rows(x, i, i + 1), nn + 1)[0][0]
+            available[ids[ids >= 0]] = False
     return picked
