@@ -63,7 +63,9 @@ def test_evaluate_writes_table_and_strict_json(trained, tmp_path):
     assert code == 0, out
     report = json.loads(out_json.read_text())
     assert "NaN" not in out_json.read_text()
-    assert set(report) == {"clean", "zoom_out"}
+    assert set(report) == {"clean", "zoom_out", "scale"}  # which input scale the evaluation used
+    assert report["scale"]["policy"] == "auto" and report["scale"]["factor"] > 0
+    assert "scale: auto" in out
     assert report["clean"]["images"] == 12
     assert 0.0 <= report["clean"]["count_acc"] <= 1.0
     assert "clean" in out and "zoom_out" in out

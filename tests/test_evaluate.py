@@ -19,6 +19,7 @@ from activepose.evaluate import (
     person_count_accuracy,
     reference_sizes,
     report_table,
+    tta_metrics,
 )
 from activepose.skeleton import PRESETS, Skeleton
 from activepose.tta import TTA_NAMES, TTAS, apply_tta, get_tta, parse_ttas
@@ -223,11 +224,30 @@ def test_metrics_for_and_report_table():
     assert m["count_acc"] == 1.0 and m["count_exact"] == 1.0 and m["PCK"] == pytest.approx(1.0)
     assert m["AP"] == pytest.approx(1.0)
     assert m["images"] == len(ds) and m["people"] == ds.num_people
-    report = {"clean": m, "dark": {**m, "AP": math.nan}}
+    scale = {"policy": "auto", "factor": 0.5, "input_sizes": {"min": 8, "median": 8.0, "max": 8}, "capped": 0}
+    report = {"clean": m, "dark": {**m, "AP": math.nan}, "scale": scale}
     console = Console(width=200, record=True)
     console.print(report_table(report))
     text = console.export_text()
     assert "clean" in text and "dark" in text and "count_acc" in text and "–" in text and "100.0" in text
+    assert "scale" not in text and "policy" not in text and "auto" not in text  # not a TTA row or column
+    assert list(tta_metrics(report)) == ["clean", "dark"]
+
+
+def test_eval_config_scale_and_scale_summary():
+    from activepose.evaluate import scale_summary
+
+    ds = make_dataset(PRESETS["coco17"])
+    assert {(f.width, f.height) for f in ds.frames} == {(320, 200)}
+    assert EvalConfig(scale="AUTO").scale == "auto" and EvalConfig(scale="0.5").scale == 0.5
+    fixed = scale_summary(ds, EvalConfig(input_size=64))  # default without a training scale: fixed
+    assert fixed == {"policy": "fixed", "factor": None, "capped": 0,
+                     "input_sizes": {"min": 64, "median": 64.0, "max": 64}}  # fmt: skip
+    auto = scale_summary(ds, EvalConfig(input_size=64, train_scale=0.25))  # default with one: auto
+    assert auto["policy"] == "auto" and auto["factor"] == 0.25
+    assert auto["input_sizes"] == {"min": 80, "median": 80.0, "max": 80}  # 320 x 0.25
+    fallback = scale_summary(ds, EvalConfig(input_size=64, scale="auto"))
+    assert fallback["policy"] == "fixed" and "falls back to fixed" in fallback["note"]
 
 
 # --- test-time augmentations ----------------------------------------------------------------------------
@@ -328,6 +348,9 @@ def test_parse_ttas_reads_the_tta_option():
         (dict(input_size=100), r"^--input-size must be a positive multiple of 8, got 100$"),
         (dict(device="gpu"), r"^--device 'gpu' is not a device: use one of auto, cpu, cuda, cuda:N"),
         (dict(num_workers=-1), r"^--workers must be >= 0, got -1$"),
+        (dict(scale="big"), r"^--scale must be auto, fixed or a factor > 0 \(e.g. 0.5\), got 'big'$"),
+        (dict(scale=-1.0), r"^--scale must be auto, fixed or a factor > 0"),
+        (dict(train_scale=0.0), r"^train_scale must be > 0, got 0.0$"),
     ],
 )
 def test_eval_config_errors_name_the_option(kw, message):

@@ -76,21 +76,25 @@ class GroundTruthOracle(torch.nn.Module):
         super().__init__()
         self.skeleton, self.input_size = skeleton, input_size
         self._targets: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.batches: list[tuple[int, ...]] = []  # input shapes seen by forward
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
 
-    def register(self, image: np.ndarray, people: np.ndarray) -> None:
+    def register(self, image: np.ndarray, people: np.ndarray, size: int | None = None) -> None:
+        """Register `image` as letterboxed to `size` (default: the oracle's input size)."""
         from activepose.data import letterbox
         from activepose.fields import encode_targets
 
-        padded, scale = letterbox(image, self.input_size)
+        size = size or self.input_size
+        padded, scale = letterbox(image, size)
         scaled = np.array(people, np.float32).reshape(-1, self.skeleton.num_keypoints, 3)
         scaled[..., :2] *= scale
-        hm, paf = encode_targets(scaled, self.skeleton, (self.input_size, self.input_size))
+        hm, paf = encode_targets(scaled, self.skeleton, (size, size))
         self._targets[padded.tobytes()] = (torch.from_numpy(hm), torch.from_numpy(paf))
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         # Inputs are uint8 / 255, so rounding recovers the letterboxed image exactly.
         keys = (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        self.batches.append(tuple(x.shape))
         found = [self._targets.get(k.tobytes()) for k in keys]
         assert all(t is not None for t in found), "GroundTruthOracle: input image was not registered"
         hms, pafs = zip(*found, strict=True)
@@ -272,3 +276,151 @@ def test_oracle_on_real_lspet_images():
     )
     for name, m in report.items():
         assert m["count_acc"] == 1.0 and m["PCK"] > 0.9, (name, m)
+
+
+# --- input scale ------------------------------------------------------------------------------------------
+def test_input_scale_sizes_policies_and_parsing():
+    from activepose.errors import ConfigError
+    from activepose.predict import InputScale, describe_scale, median_train_scale, parse_scale
+
+    auto = InputScale(128, 0.5, "auto")
+    assert auto.size_for(256, 200) == 128 and auto.size_for(200, 256) == 128
+    assert auto.size_for(1024, 256) == 512 and not auto.capped(1024, 256)  # 4 x 128: the cap itself
+    assert auto.size_for(250, 100) == 128  # 125 rounded up to a multiple of 8
+    assert auto.size_for(1081, 256) == 512 and auto.capped(1081, 256)  # 541 -> capped at 4 x 128
+    assert auto.size_for(5, 3) == 8  # at least one output cell
+    assert InputScale(128).size_for(1024, 256) == 128  # fixed
+    info = auto.summary([(256, 200), (512, 256), (1081, 256)])
+    assert info == {"policy": "auto", "factor": 0.5, "input_sizes": {"min": 128, "median": 256.0, "max": 512},
+                    "capped": 1}  # fmt: skip
+    assert describe_scale(info) == "auto (x0.50 of each image, network input 128-512 px; 1 image(s) capped)"
+    assert describe_scale(InputScale(128).summary([(5, 5)])) == "fixed (every image letterboxed to 128 px)"
+
+    assert InputScale.resolve(None, 128, None) == (InputScale(128), None)
+    assert InputScale.resolve(None, 128, 0.5) == (auto, None)
+    assert InputScale.resolve("fixed", 128, 0.5) == (InputScale(128), None)
+    assert InputScale.resolve("0.25", 128, 0.5) == (InputScale(128, 0.25, "factor"), None)
+    fallback, note = InputScale.resolve("auto", 128, None)
+    assert fallback == InputScale(128) and "does not record the scale" in note and "fixed" in note
+    assert parse_scale(" AUTO ") == "auto" and parse_scale(2) == 2.0 and parse_scale(None) is None
+    for bad in ("big", "0", "-1", "nan", 0.0):
+        with pytest.raises(ConfigError, match="--scale must be auto, fixed or a factor"):
+            parse_scale(bad)
+    assert median_train_scale([(256, 200), (128, 256), (100, 256), (200, 100)], 128) == 0.5
+    assert median_train_scale([], 128) is None
+
+
+def _scenes(tmp_path: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Return ([a scene 320x240 with two people, that scene twice side by side 640x240], [their people]).
+
+    People keep 40 image px (20 network px at the factor 0.5 used below) from the borders.
+    """
+    rng = np.random.default_rng(seed)
+    w, h = 320, 240
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    people = np.stack([make_person(110, 120, 80, rng), make_person(210, 120, 80, rng)])
+    wide = np.concatenate([img, img], axis=1)
+    shifted = people.copy()
+    shifted[..., 0] += w
+    return [img, wide], [people, np.concatenate([people, shifted])]
+
+
+def _check_mapped_back(pred, gt: np.ndarray, scale: float) -> None:
+    kps, _ = pred
+    assert kps.shape == gt.shape and (kps[..., 2] > 0).all()
+    order = np.lexsort((kps[:, SK.index("neck"), 1], kps[:, SK.index("neck"), 0]))
+    gorder = np.lexsort((gt[:, SK.index("neck"), 1], gt[:, SK.index("neck"), 0]))
+    err = np.abs(kps[order, :, :2] - gt[gorder, :, :2])
+    assert err.max() < 1.0 / scale, err.max() * scale  # within 1 network-input pixel
+
+
+def test_auto_scale_keeps_people_at_the_training_pixel_scale(tmp_path):
+    from activepose.predict import InputScale, predict_images
+
+    images, people = _scenes(tmp_path)
+    factor, size = 0.5, 160  # a model trained at 160 px on 320-px images
+    auto = InputScale(size, factor, "auto")
+    sides = [auto.size_for(im.shape[1], im.shape[0]) for im in images]
+    assert sides == [160, 320]  # long side x 0.5, a multiple of 8: the wide scene gets twice the input
+    oracle = GroundTruthOracle(SK, size)
+    for im, ppl, side in zip(images, people, sides, strict=True):
+        oracle.register(im, ppl, side)  # the oracle only answers for exactly these inputs
+    preds = predict_images(oracle, images, make_decoder(SK), scale=auto)
+    assert sorted(oracle.batches) == [(1, 3, 160, 160), (1, 3, 320, 320)]  # one forward pass per side
+    for pred, ppl, im, side in zip(preds, people, images, sides, strict=True):
+        letterbox_scale = side / max(im.shape[:2])
+        assert letterbox_scale == factor  # the people are as many pixels tall in both inputs
+        _check_mapped_back(pred, ppl, letterbox_scale)
+
+    # fixed: the wide scene is letterboxed to 160 px, its people shrunk to half the training scale
+    fixed = GroundTruthOracle(SK, size)
+    fixed.register(images[1], people[1])
+    (pred,) = predict_images(fixed, images[1:], make_decoder(SK), input_size=size)
+    assert fixed.batches == [(1, 3, 160, 160)]
+    _check_mapped_back(pred, people[1], size / 640)
+
+
+def test_predict_coco_batches_by_input_side_and_keeps_the_order(tmp_path):
+    import cv2
+
+    from activepose.predict import InputScale, predict_coco
+
+    images, people = _scenes(tmp_path)
+    frames = []
+    for i in range(6):  # narrow, wide, narrow, wide, ...
+        im, ppl = images[i % 2], people[i % 2]
+        cv2.imwrite(str(tmp_path / f"s{i}.png"), im[:, :, ::-1])
+        ids = list(range(10 * i, 10 * i + len(ppl)))
+        frames.append(Frame(100 - i, f"s{i}.png", im.shape[1], im.shape[0], ppl.astype(np.float32), ids))
+    coco = CocoKeypoints(frames=frames, skeleton=SK, root=tmp_path)
+    auto = InputScale(160, 0.5, "auto")
+    oracle = GroundTruthOracle(SK, 160)
+    for im, ppl in zip(images, people, strict=True):
+        oracle.register(im, ppl, auto.size_for(im.shape[1], im.shape[0]))
+    seen = []
+    preds = predict_coco(oracle, coco, make_decoder(SK), batch_size=2, scale=auto, progress=seen.append)
+    assert list(preds) == coco.image_ids and sum(seen) == 6
+    # 3 images per input side in batches of 2: 2 passes per side (the fewest), each of one side only
+    assert oracle.batches == [(2, 3, 160, 160), (2, 3, 320, 320), (1, 3, 160, 160), (1, 3, 320, 320)]
+    for f in coco.frames:
+        _check_mapped_back(preds[f.image_id], f.keypoints, 0.5)
+
+
+def test_fixed_scale_reproduces_the_single_letterbox_forward_pass(tmp_path):
+    """`fixed` (and no scale) = every image letterboxed to input_size, one pass per batch, as before."""
+    from activepose.data import letterbox
+    from activepose.evaluate import EvalConfig, evaluate_model
+    from activepose.fileio import read_image
+    from activepose.predict import InputScale, predict_coco, predict_images
+
+    from .conftest import tiny_model
+
+    coco = make_coco(tmp_path)
+    net = tiny_model(SK).eval()
+    decoder = make_decoder(SK)
+
+    images = [read_image(coco.image_path(f)) for f in coco.frames]
+    boxed = [letterbox(im, INPUT) for im in images]
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack([b for b, _ in boxed])).permute(0, 3, 1, 2).float().div_(255.0)
+        ref = decoder(*net(x)[-1])
+    by_default = predict_images(net, images, decoder, input_size=INPUT)
+    fixed = predict_images(net, images, decoder, scale=InputScale(INPUT))
+    coco_fixed = predict_coco(
+        net, coco, decoder, input_size=INPUT, batch_size=len(coco), scale=InputScale(INPUT)
+    )
+    for (kps, scores), (_, s), im, a, b, f in zip(
+        ref, boxed, images, by_default, fixed, coco.frames, strict=True
+    ):
+        kps = np.array(kps, np.float32)
+        if kps.size:
+            kps[..., :2] /= s
+            kps[..., 0] = np.clip(kps[..., 0], 0, im.shape[1])
+            kps[..., 1] = np.clip(kps[..., 1], 0, im.shape[0])
+            kps[kps[..., 2] <= 0] = 0
+        for got in (a, b, coco_fixed[f.image_id]):
+            assert np.array_equal(got[0], kps) and np.array_equal(got[1], np.asarray(scores, np.float32))
+    cfg = dict(input_size=INPUT, batch_size=4, ttas=("clean",), num_workers=0)
+    assert evaluate_model(net, coco, decoder, EvalConfig(**cfg)) == evaluate_model(
+        net, coco, decoder, EvalConfig(scale="fixed", train_scale=0.5, **cfg)
+    )

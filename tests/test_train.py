@@ -106,6 +106,26 @@ def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
         8,
     )
     assert loaded.epoch == 1 and loaded.session == 1 and loaded.complete
+    assert loaded.train_scale == 1.0  # 64-px images at input 64
+
+
+def test_training_records_its_pixel_scale_and_auto_scale_uses_it(tiny_data, tmp_path):
+    from activepose.evaluate import SCALE_KEY
+    from activepose.workflow.rounds import EvalOptions, evaluate_model_on, input_scale
+
+    train(_cfg(max_epochs=1, input_size=32), tiny_data, tmp_path)
+    state = load_checkpoint(tmp_path / "best.pt")
+    assert state["train_scale"] == load_checkpoint(tmp_path / "last.pt")["train_scale"] == 0.5  # 32 / 64
+    loaded = load_model(tmp_path / "best.pt")
+    assert loaded.train_scale == 0.5 and loaded.input_size == 32
+    plan, note = input_scale(loaded, None, None)  # default: auto, as the model records its scale
+    assert (plan.policy, plan.factor, note) == ("auto", 0.5, None)
+    assert input_scale(loaded, 48, None)[0].factor is None  # an explicit --input-size alone: fixed
+    opts = EvalOptions(ttas=("clean",), max_images=3, device="cpu", scale="auto")
+    report = evaluate_model_on(loaded, tiny_data.path, opts)
+    assert list(report) == ["clean", SCALE_KEY]
+    assert report[SCALE_KEY] == {"policy": "auto", "factor": 0.5, "capped": 0,
+                                 "input_sizes": {"min": 32, "median": 32.0, "max": 32}}  # fmt: skip
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):
@@ -343,6 +363,13 @@ def test_loaded_model_without_a_training_config_uses_the_default_input_size(tmp_
     loaded = load_model(tmp_path / "m.pt", "cpu")
     assert loaded.input_size == DEFAULT_INPUT_SIZE == 256 and loaded.train_config is None
     assert loaded.session == 0 and not loaded.complete
+    # No recorded training scale (an older checkpoint): the default and auto fall back to fixed, and say so.
+    from activepose.workflow.rounds import input_scale
+
+    assert loaded.train_scale is None
+    assert input_scale(loaded, None, None) == (input_scale(loaded, None, "fixed")[0], None)
+    plan, note = input_scale(loaded, None, "auto")
+    assert plan.policy == "fixed" and plan.input_size == 256 and "falls back to fixed" in note
     save_checkpoint(tmp_path / "empty.pt", {"skeleton": PRESETS["lsp14"].to_dict()})
     with pytest.raises(CheckpointError, match=r"empty.pt: checkpoint does not hold a usable pose model"):
         load_model(tmp_path / "empty.pt")

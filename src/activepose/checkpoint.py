@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -67,6 +68,9 @@ class LoadedModel:
     - `train_config`: the `TrainConfig` it was trained with (None when the checkpoint has none usable).
     - `path`: the checkpoint file; `sha1`: its content hash (computed on first use).
     - `session`, `epoch`, `complete`: training progress stored with it (session 0 when not recorded).
+    - `train_scale`: the pixel scale it was trained at, the median over its training images of
+      input_size / long side (how much an image was shrunk to enter the network); None for checkpoints
+      written before it was recorded. Prediction's `--scale auto` resizes images by it.
     """
 
     net: nn.Module
@@ -77,6 +81,7 @@ class LoadedModel:
     session: int = 0
     epoch: int = 0
     complete: bool = False
+    train_scale: float | None = None
 
     @cached_property
     def sha1(self) -> str:
@@ -130,7 +135,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         session=int(progress.get("session", 0)),
         epoch=int(progress.get("epoch", 0)),
         complete=bool(progress.get("complete", False)),
+        train_scale=checkpoint_train_scale(state),
     )
+
+
+def checkpoint_train_scale(state: dict[str, Any]) -> float | None:
+    """Return the training pixel scale a checkpoint records (`state["train_scale"]`), None when absent/invalid."""
+    value = state.get("train_scale")
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 _DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")

@@ -244,6 +244,10 @@ class EvalConfig:
     `count_min_keypoints`: GT people need this many labelled keypoints (after the TTA) to be counted.
     `device`: where inputs go; None = the model's device. `num_workers`: image-reading threads.
     `ttas` may be given as a `--tta` string ("clean,blur", "all", "none"; see `tta.parse_ttas`).
+    `scale`: the network input size per image (see `predict.InputScale.resolve`): "fixed" (every image
+    letterboxed to `input_size`), "auto" (each image resized by `train_scale`, the model's training pixel
+    scale, so people appear as large as in training; fixed when `train_scale` is None) or a factor; None =
+    auto when `train_scale` is known, else fixed.
     Invalid values raise ConfigError naming the option.
     """
 
@@ -255,11 +259,20 @@ class EvalConfig:
     count_min_score: float = 0.0
     count_min_keypoints: int = 1
     num_workers: int = 2
+    scale: str | float | None = None
+    train_scale: float | None = None
 
     def __post_init__(self) -> None:
         from .checkpoint import check_device
+        from .predict import parse_scale
 
         problems = []
+        try:
+            self.scale = parse_scale(self.scale)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if self.train_scale is not None and not (math.isfinite(self.train_scale) and self.train_scale > 0):
+            problems.append(f"train_scale must be > 0, got {self.train_scale}")
         if isinstance(self.ttas, str):
             self.ttas = parse_ttas(self.ttas)  # ConfigError for an unknown name
         else:
@@ -286,6 +299,23 @@ class EvalConfig:
                 problems.append(str(exc))
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def input_scale(self):
+        """Return (`predict.InputScale` for these settings, a note to show or None)."""
+        from .predict import InputScale
+
+        return InputScale.resolve(self.scale, self.input_size, self.train_scale)
+
+
+def scale_summary(coco: CocoKeypoints, cfg: EvalConfig | None = None) -> dict[str, Any]:
+    """Return what `evaluate_model` uses as input scale on `coco`: {"policy", "factor", "input_sizes":
+    {"min", "median", "max"}, "capped"} (sizes from the annotated image sizes; a TTA keeps them), plus
+    "note" when auto had to fall back to fixed."""
+    scale, note = (cfg or EvalConfig()).input_scale()
+    info = scale.summary((f.width, f.height) for f in coco.frames)
+    if note:
+        info["note"] = note
+    return info
 
 
 def metrics_for(
@@ -317,20 +347,33 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """Return {tta name: {metric: value}} (metrics as in `METRICS`) of `model` on `coco` for each TTA in `cfg`.
 
-    `progress(n)` is called after each batch with the number of images just processed (len(coco) per TTA).
+    Each image enters the network at the size `cfg.input_scale()` gives (see `scale_summary` for what that
+    was). `progress(n)` is called after each batch with the number of images just processed (len(coco) per
+    TTA).
     """
     from .predict import predict_coco, tta_ground_truth
 
     cfg = cfg or EvalConfig()
+    scale, note = cfg.input_scale()
+    if note:
+        LOG.warning("%s", note)
     report: dict[str, dict[str, float]] = {}
     for name in cfg.ttas:
         preds = predict_coco(
             model, coco, decoder, input_size=cfg.input_size, batch_size=cfg.batch_size, device=cfg.device,
-            tta=name, progress=progress, num_workers=cfg.num_workers,
+            tta=name, progress=progress, num_workers=cfg.num_workers, scale=scale,
         )  # fmt: skip
         report[name] = metrics_for(tta_ground_truth(coco, name), preds, cfg)
         LOG.debug("evaluate %s: %s", name, {k: round(v, 4) for k, v in report[name].items()})
     return report
+
+
+SCALE_KEY = "scale"  # a report's input-scale summary (see `scale_summary`); not a TTA
+
+
+def tta_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Return the {tta: {metric: value}} part of an evaluation report (without "scale" or other entries)."""
+    return {k: v for k, v in report.items() if k != SCALE_KEY and isinstance(v, dict)}
 
 
 _HEADERS = {
@@ -353,9 +396,13 @@ def _fmt(metric: str, value: float) -> str:
 
 
 def report_table(report: dict[str, dict[str, float]], title: str | None = "Evaluation") -> rich.table.Table:
-    """Return a rich table of `report`: one row per TTA, one column per metric (fractions shown as %)."""
+    """Return a rich table of `report`: one row per TTA, one column per metric (fractions shown as %).
+
+    Entries that are not {metric: value} dicts of a TTA (e.g. "scale", see `SCALE_KEY`) are left out.
+    """
     from rich.table import Table
 
+    report = tta_metrics(report)
     columns = [m for m in METRICS if any(m in r for r in report.values())]
     columns += sorted({m for r in report.values() for m in r} - set(columns))
     table = Table(

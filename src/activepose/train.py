@@ -8,6 +8,8 @@ active-learning loop starts a new session from the previous session's weights ea
 (model, optimiser, scheduler, epoch, early-stopping state, RNG states, history), so a run killed at
 any moment resumes with the same command and loses at most the epoch in progress.
 `run_dir/best.pt` holds the weights with the lowest validation loss of the current session.
+Both also record `train_scale`, the median over the training images of input_size / long side: the pixel
+scale people were learnt at, which prediction's `--scale auto` reproduces (`LoadedModel.train_scale`).
 """
 
 from __future__ import annotations
@@ -350,6 +352,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.callbacks = callbacks or _Silent()
         self.device = resolve_device(cfg.device)
+        self._scale_key: tuple[int, ...] | None = None
+        self._scale: float | None = None
 
     # --- construction -------------------------------------------------------------------------
     def _build(self, state: dict[str, Any] | None):
@@ -500,11 +504,23 @@ class Trainer:
             "rng": _rng_state(),
             "skeleton": self.skeleton.to_dict(),
             "train_config": self.cfg.to_dict(),
+            "train_scale": self._train_scale(t["train_ids"]),
         }
         if best:  # best first: a crash between the two writes never leaves best older than last claims
             save_checkpoint(self.run_dir / BEST, {**state, "optimizer": None, "scheduler": None})
         save_checkpoint(self.run_dir / LAST, state)
         atomic_write_json(self.run_dir / "history.json", history, indent=1)
+
+    def _train_scale(self, train_ids: list[int]) -> float | None:
+        """Return the median over the training images of input_size / long side (their pixel scale in training)."""
+        from .predict import median_train_scale
+
+        key = tuple(train_ids)
+        if self._scale_key != key:
+            frames = (self.data.frame(i) for i in train_ids)
+            self._scale_key = key
+            self._scale = median_train_scale(((f.width, f.height) for f in frames), self.cfg.input_size)
+        return self._scale
 
     def _new_session_state(self, session: int) -> dict[str, Any]:
         train_ids, val_ids = split_ids(

@@ -179,6 +179,7 @@ def predict(
         Path | None, typer.Option(help="Write skeleton overlays into this folder.", metavar="DIR")
     ] = None,
     input_size: o.ModelInput = None,
+    scale: o.Scale = None,
     batch_size: o.EvalBatch = o.EVAL_BATCH,
     min_parts: o.MinParts = None,
     min_score: o.MinScore = None,
@@ -189,10 +190,14 @@ def predict(
 
     from ..coco import results_to_coco
     from ..fileio import atomic_write_json
-    from ..predict import draw_overlay
+    from ..predict import describe_scale, draw_overlay
 
-    rounds.EvalOptions(batch_size=batch_size, input_size=input_size)  # validates before loading anything
+    # validates before loading anything
+    rounds.EvalOptions(batch_size=batch_size, input_size=input_size, scale=scale)
     loaded = models.load(model, device)
+    plan, note = rounds.input_scale(loaded, input_size, scale)
+    if note:
+        console.print(f"[yellow]note[/] {note}", soft_wrap=True)
     if images.is_dir():
         files = sorted(p for p in images.rglob("*") if p.suffix.lower() in common.IMAGE_EXTS)
         entries = [(i + 1, p) for i, p in enumerate(files)]
@@ -205,15 +210,20 @@ def predict(
     if not entries:
         raise ConfigError(f"{images}: no images found")
 
-    def overlay(image_id, path, image, pred) -> None:
+    sizes: list[tuple[int, int]] = []
+
+    def on_image(image_id, path, image, pred) -> None:
+        sizes.append((image.shape[1], image.shape[0]))
+        if overlays is None:
+            return
         vis = draw_overlay(image, pred[0], loaded.skeleton, pred[1])
         overlays.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(overlays / f"{Path(path).stem}.jpg"), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
 
     with RichReporter() as rep:
         results, unreadable = models.predict_files(
-            loaded, entries, input_size=input_size, batch_size=batch_size, reporter=rep,
-            decoder=models.decoder_for(loaded.skeleton, min_parts, min_score), on_image=overlay if overlays else None,
+            loaded, entries, batch_size=batch_size, reporter=rep, scale=plan,
+            decoder=models.decoder_for(loaded.skeleton, min_parts, min_score), on_image=on_image,
         )  # fmt: skip
     atomic_write_json(out, results_to_coco(results))
     if images.is_dir():
@@ -221,6 +231,7 @@ def predict(
             out.with_suffix(".images.json"), {i: str(p) for i, p in entries if i in results}, indent=1
         )
     people = sum(len(r[1]) for r in results.values())
+    console.print(f"scale: {describe_scale(plan.summary(sizes))}", markup=False)
     console.print(
         f"{len(results)} images, {people} people -> {out}" + (f"; overlays in {overlays}" if overlays else "")
     )
@@ -258,16 +269,19 @@ def evaluate(
     max_images: o.EvalMaxImages = None,
     batch_size: o.EvalBatch = o.EVAL_BATCH,
     input_size: o.ModelInput = None,
+    scale: o.Scale = None,
     min_parts: o.MinParts = None,
     min_score: o.MinScore = None,
     device: o.Device = "auto",
 ) -> None:
     """Evaluate a model: person count accuracy, OKS AP/AR, PCK@0.2, clean and under test-time augmentations."""
-    from ..evaluate import report_table
+    from ..evaluate import SCALE_KEY, report_table
     from ..fileio import atomic_write_json
+    from ..predict import describe_scale
 
     opts = rounds.EvalOptions(test=data, ttas=o.parse_tta(tta), max_images=max_images, batch_size=batch_size,
-                              input_size=input_size, min_parts=min_parts, min_score=min_score, device=device)  # fmt: skip
+                              input_size=input_size, min_parts=min_parts, min_score=min_score, device=device,
+                              scale=scale)  # fmt: skip
     if project is not None:
         if model is not None:
             raise ConfigError("with a PROJECT folder the model is the project's newest (drop --model)")
@@ -290,6 +304,8 @@ def evaluate(
     table = report_table(report)
     table.title = title
     console.print(table)
+    if SCALE_KEY in report:
+        console.print(f"scale: {describe_scale(report[SCALE_KEY])}", markup=False)
     if written is not None:
         console.print(f"wrote {written}")
     if project is not None:

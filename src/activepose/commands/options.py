@@ -170,6 +170,17 @@ ModelInput = Annotated[
         rich_help_panel="Evaluation",
     ),  # fmt: skip
 ]
+Scale = Annotated[
+    str | None,
+    typer.Option(
+        help="Network input per image: auto (each image x the model's training scale, so people appear as "
+        "large as in training), fixed (every image letterboxed to the input size) or a factor such as 0.5 "
+        "(default: auto when the model records its training scale, else fixed; fixed when --input-size is "
+        "given).",
+        metavar="auto|fixed|X",
+        rich_help_panel="Evaluation",
+    ),  # fmt: skip
+]
 MinParts = Annotated[
     int | None,
     typer.Option(help="Decoder: minimum parts per person.", metavar="N", rich_help_panel="Evaluation"),

@@ -30,35 +30,45 @@ def load(path: str | Path, device: str = "auto"):
 
 def predict_files(
     loaded, files: Sequence[tuple[int, Path]], *, input_size: int | None = None, batch_size: int = 8,
-    decoder=None, reporter: Reporter = SILENT, on_image=None,
+    decoder=None, reporter: Reporter = SILENT, on_image=None, scale=None,
 ) -> tuple[dict[int, tuple], list[str]]:  # fmt: skip
     """Return ({id: (people (N, K, 3), scores (N,))}, [unreadable file: why]) for (id, image file) pairs.
 
-    `on_image(id, path, image, prediction)` is called for each image (e.g. to draw an overlay).
+    `scale`: a `predict.InputScale`, or a `--scale` value ("auto", "fixed", a factor; None: auto when the
+    model records its training scale, fixed when only `input_size` is given; see `rounds.input_scale`).
+    Images are batched by network input side. `on_image(id, path, image, prediction)` is called for each
+    image (e.g. to draw an overlay), in the order batches complete; the result is in `files`' order.
     """
     from ..fileio import ImageReadError, read_image
-    from ..predict import model_device, predict_images
+    from ..predict import InputScale, model_device, predict_stream
+    from .rounds import input_scale
 
     decoder = decoder or decoder_for(loaded.skeleton)
-    size = input_size or loaded.input_size
+    if not isinstance(scale, InputScale):
+        scale, note = input_scale(loaded, input_size, scale)
+        if note:
+            reporter.note(note)
     device = model_device(loaded.net)
+    paths = dict(files)
     out: dict[int, tuple] = {}
     unreadable: list[str] = []
-    for start in range(0, len(files), batch_size):
-        chunk, arrays = [], []
-        for image_id, path in files[start : start + batch_size]:
+
+    def readable():
+        for image_id, path in files:
             try:
-                arrays.append(read_image(path))
-                chunk.append((image_id, path))
+                yield image_id, read_image(path)
             except ImageReadError as exc:
                 unreadable.append(str(exc))
-        preds = predict_images(loaded.net, arrays, decoder, input_size=size, device=device) if arrays else []
-        for (image_id, path), image, pred in zip(chunk, arrays, preds, strict=True):
+
+    done = 0
+    for batch in predict_stream(loaded.net, readable(), decoder, scale, batch_size, device):
+        for image_id, image, pred in batch:
             out[image_id] = pred
             if on_image is not None:
-                on_image(image_id, path, image, pred)
-        reporter.progress("predicting", min(start + batch_size, len(files)), len(files))
-    return out, unreadable
+                on_image(image_id, paths[image_id], image, pred)
+        done += len(batch)
+        reporter.progress("predicting", done + len(unreadable), len(files))
+    return {i: out[i] for i, _ in files if i in out}, unreadable
 
 
 def record_model(project, best: Path, train_size: int, reporter: Reporter = SILENT) -> tuple[int, bool]:

@@ -255,10 +255,16 @@ class EvalOptions:
     min_score: float | None = None
     device: str = "auto"
     seed: int = 0
+    # Network input per image: "auto" (each image x the model's training scale), "fixed" (every image at
+    # the input size) or a factor. None: auto when the model records its training scale, else fixed; a
+    # given input_size alone means fixed at that size (see `input_scale`).
+    scale: str | float | None = None
 
     def __post_init__(self) -> None:
+        from ..predict import parse_scale
         from ..tta import TTA_NAMES
 
+        self.scale = parse_scale(self.scale)
         unknown = [t for t in self.ttas if t not in TTA_NAMES]
         if unknown or not self.ttas:
             raise ConfigError(
@@ -272,6 +278,20 @@ class EvalOptions:
             raise ConfigError(f"--input-size must be a positive multiple of 8, got {self.input_size}")
 
 
+def input_scale(loaded, input_size: int | None, scale: str | float | None):
+    """Return (`predict.InputScale`, note or None) for a loaded model and the --input-size / --scale given.
+
+    --scale not given: auto when the model records its training scale, unless --input-size is given (an
+    explicit size means every image at that size: fixed). With auto or a factor, --input-size only moves
+    the cap (4x it).
+    """
+    from ..predict import InputScale
+
+    if scale is None and input_size is not None:
+        scale = "fixed"
+    return InputScale.resolve(scale, input_size or loaded.input_size, getattr(loaded, "train_scale", None))
+
+
 def test_set_of(project, opts: EvalOptions) -> Path:
     """Return the test file to evaluate on, or raise StateError when the project has none."""
     test = opts.test or (Path(project.meta["test"]) if "test" in project.meta else None)
@@ -283,29 +303,42 @@ def test_set_of(project, opts: EvalOptions) -> Path:
 
 
 def evaluate_model_on(loaded, data_path: Path, opts: EvalOptions, reporter: Reporter = SILENT) -> dict:
-    """Return {tta: metrics} of a loaded model on a COCO test file (checked against the model's skeleton)."""
+    """Return {tta: metrics, "scale": {...}} of a loaded model on a COCO test file (checked against the
+    model's skeleton).
+
+    "scale" (`evaluate.SCALE_KEY`, last) says how large images entered the network: {"policy": auto | fixed
+    | factor, "factor", "input_sizes": {"min", "median", "max"}, "capped"} (+ "note" when auto fell back to
+    fixed); `evaluate.tta_metrics(report)` is the report without it.
+    """
     from ..checkpoint import resolve_device
-    from ..evaluate import EvalConfig, evaluate_model
+    from ..evaluate import SCALE_KEY, EvalConfig, evaluate_model, scale_summary
 
     data = seeded_subset(load_data(data_path), opts.max_images, opts.seed)
     same_keypoints(str(data_path), data.skeleton, loaded.skeleton)
-    cfg = EvalConfig(input_size=opts.input_size or loaded.input_size, batch_size=opts.batch_size, ttas=opts.ttas,
+    scale, note = input_scale(loaded, opts.input_size, opts.scale)
+    resolved = scale.factor if scale.policy == "factor" else scale.policy  # "auto" comes with train_scale
+    cfg = EvalConfig(input_size=scale.input_size, batch_size=opts.batch_size, ttas=opts.ttas, scale=resolved,
+                     train_scale=scale.factor if scale.policy == "auto" else None,
                      device=str(resolve_device(opts.device)))  # fmt: skip
+    if note:
+        reporter.note(note)
     total, done = len(data) * len(opts.ttas), [0]
 
     def progress(n: int) -> None:
         done[0] += n
         reporter.progress("evaluating", done[0], total)
 
-    return evaluate_model(
+    report: dict = evaluate_model(
         loaded.net, data, decoder_for(loaded.skeleton, opts.min_parts, opts.min_score), cfg, progress
     )
+    report[SCALE_KEY] = {**scale_summary(data, cfg), **({"note": note} if note else {})}
+    return report
 
 
 @dataclass
 class EvalOutcome:
     model_id: int
-    report: dict[str, dict[str, float]]
+    report: dict[str, dict]  # {tta: metrics, "scale": {...}} as `evaluate_model_on` returns
     metrics_file: Path
     round_id: int | None  # the round this evaluation closed
     test: Path
@@ -317,7 +350,9 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
     Storing the metrics moves the round 'trained' -> 'evaluated' (one transaction); writing the learning
     curve then closes it. A crash between the two leaves 'evaluated', which `close_round` finishes.
     """
+    from ..evaluate import SCALE_KEY, tta_metrics
     from ..fileio import atomic_write_json
+    from ..predict import describe_scale
 
     latest = project.latest_model()
     if latest is None:
@@ -331,7 +366,9 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
     closing = (
         current is not None and current.state in ("trained", "evaluated") and current.model_id == latest.id
     )
-    project.record_evaluation(latest.id, report, round=current.id if closing else None)
+    # The store keeps {tta: metrics} (learning curves read every dict in it as a TTA) and the scale as a line.
+    stored = {**tta_metrics(report), SCALE_KEY: describe_scale(report[SCALE_KEY])}
+    project.record_evaluation(latest.id, stored, round=current.id if closing else None)
     if closing:
         close_round(project, current.id)
     return EvalOutcome(latest.id, report, out, current.id if closing else None, test)

@@ -1,0 +1,183 @@
+"""`activepose simulate`: does hybrid selection beat random on my data? A grid of simulated active learning."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import ConfigError
+from . import options as o
+from .app import RichReporter, command, console, duration, next_step
+from .model import _train_config
+
+
+def parse_seeds(text: str) -> int | tuple[int, ...]:
+    """Return a seed count ('3') or a list of seeds ('0,4,7') from a --seeds value."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds must be a count (3) or comma-separated seeds (0,4,7), got {text!r}"
+        ) from None
+    if not values:
+        raise ConfigError("--seeds names no seed")
+    return values[0] if len(values) == 1 and "," not in str(text) else tuple(values)
+
+
+@command("simulate")
+def simulate_cmd(
+    pool: Annotated[
+        Path,
+        typer.Option(
+            "--pool",
+            help="COCO JSON of the pool with its true labels (the simulated oracle).",
+            metavar="POOL.json",
+        ),  # fmt: skip
+    ],
+    test: Annotated[
+        list[Path],
+        typer.Option(
+            "--test", help="Test set; repeat for more (the first is each project's own).", metavar="FILE"
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder of the grid (the same command again resumes it).", metavar="DIR"
+        ),  # fmt: skip
+    ],
+    initial: Annotated[
+        int,
+        typer.Option(
+            "--initial", help="Initially labelled images (a seeded subset of the pool).", metavar="N"
+        ),
+    ],
+    budget: o.Budget,
+    rounds_: Annotated[int, typer.Option("--rounds", help="Rounds per strategy and seed.", metavar="N")],
+    strategies: Annotated[
+        str,
+        typer.Option(
+            "--strategies",
+            help="Comma-separated strategies to compare.",
+            metavar="LIST",
+            rich_help_panel="Selection",
+        ),  # fmt: skip
+    ] = "hybrid,random",
+    seeds: Annotated[
+        str,
+        typer.Option(
+            "--seeds", help="How many seeds (3: seeds 0,1,2), or comma-separated seeds.", metavar="N|LIST"
+        ),  # fmt: skip
+    ] = "3",
+    tta: o.Tta = "all",
+    eval_max_images: o.EvalMaxImages = None,
+    preset: o.Preset = None,
+    backbone: o.Backbone = None,
+    width: o.Width = None,
+    head_channels: o.HeadChannels = None,
+    input_size: o.InputSize = None,
+    epochs: o.Epochs = None,
+    batch_size: o.BatchSize = None,
+    lr: o.Lr = None,
+    patience: o.Patience = None,
+    lr_step: o.LrStep = None,
+    lr_gamma: o.LrGamma = None,
+    max_minutes: o.MaxMinutes = None,
+    steps_per_epoch: o.StepsPerEpoch = None,
+    val_fraction: o.ValFraction = None,
+    pretrained: o.Pretrained = None,
+    workers: o.Workers = None,
+    extractor: o.Extractor = o.DEFAULTS["extractor"],
+    weights: o.ExtractorWeights = None,
+    ann: o.AnnBackend = o.DEFAULTS["ann"],
+    th_hm: o.ThHm = o.DEFAULTS["th_hm"],
+    th_kp: o.ThKp = None,
+    fill: o.Fill = o.DEFAULTS["fill"],
+    montages: Annotated[
+        bool,
+        typer.Option(
+            "--montages",
+            metavar="",
+            help="Write every round's selection montages (round 1's are always written).",
+            rich_help_panel="Selection",
+        ),  # fmt: skip
+    ] = False,
+    device: o.Device = "auto",
+) -> None:
+    """Compare selection strategies by simulated active learning: strategies x seeds, rounds 0..R.
+
+    Per seed, one initial labelled set and one initial model are shared by every strategy; each strategy then
+    runs the active-learning loop in its own project (DIR/projects/<strategy>-seed<s>) with the pool's true
+    labels as the oracle, and every round's model is evaluated on every --test file. Writes DIR/results.csv
+    (one row per strategy, seed, round, test set and TTA) and DIR/grid.json. Interrupted (crash, kill -9,
+    Ctrl-C)? Run the same command again: finished cells are kept, an unfinished one continues.
+    """
+    from ..experiment.grid import SimulationConfig, simulate, summarise
+    from ..sampling.strategies import SelectionConfig
+    from ..sampling.uncertainty import UncertaintyConfig
+
+    # Every option is checked here, before any training.
+    train_cfg = _train_config(
+        None, preset, False, False, backbone=backbone, width=width, head_channels=head_channels,
+        input_size=input_size, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+        lr_step_epochs=lr_step, lr_gamma=lr_gamma, max_minutes=max_minutes, steps_per_epoch=steps_per_epoch,
+        val_fraction=val_fraction, pretrained=pretrained, num_workers=workers, device=device,
+    )  # fmt: skip
+    selection = SelectionConfig(uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp), extractor=extractor,
+                                weights=weights, ann_backend=ann, fill=fill)  # fmt: skip
+    cfg = SimulationConfig(
+        pool=pool, tests=tuple(test), initial=initial, budget=budget, rounds=rounds_,
+        strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()), seeds=parse_seeds(seeds),
+        train=train_cfg, selection=selection, ttas=o.parse_tta(tta), eval_max_images=eval_max_images,
+        device=device, montages=montages,
+    )  # fmt: skip
+    console.print(
+        f"simulating {', '.join(cfg.strategies)} x {len(cfg.seeds)} seed(s) x rounds 0..{cfg.rounds} "
+        f"({cfg.initial} initial + {cfg.budget} per round) -> {out}"
+    )
+    with RichReporter() as rep:
+        result = simulate(cfg, out, rep, command=["activepose", *sys.argv[1:]])
+    if result.cells_run == 0:
+        console.print(
+            f"[bold green]done:[/] all {result.cells_total} cells were already complete: nothing to do"
+        )
+    else:
+        console.print(
+            f"[bold green]done:[/] {result.cells_run} cell(s) run, {result.cells_total} in the grid, "
+            f"in {duration(result.seconds)}"
+        )
+    first = cfg.tests[0].stem
+    tta_shown = "clean" if "clean" in cfg.ttas else cfg.ttas[0]
+    console.print(_table(summarise(result.rows, first, tta_shown), cfg.strategies, first, tta_shown))
+    console.print(f"results: {result.results}")
+    if result.report is not None:
+        console.print(f"report: {result.report}")
+    next_step(
+        f"open {result.report or result.results}; more seeds or rounds: the same command with another --out"
+    )
+
+
+def _table(points: list[dict], strategies, test_set: str, tta: str) -> Table:
+    images = sorted({p["labelled_images"] for p in points})
+    by = {(p["strategy"], p["labelled_images"]): p for p in points}
+    table = Table(title=f"mean {tta} count_acc / PCK in % over seeds, on {test_set}")
+    table.add_column("labelled images", justify="right")
+    for s in strategies:
+        table.add_column(s, justify="right")
+
+    def pct(x: float) -> str:
+        return "-" if math.isnan(x) else f"{100 * x:.1f}"
+
+    for n in images:
+        cells = []
+        for s in strategies:
+            p = by.get((s, n))
+            cells.append(f"{pct(p['count_acc'])} / {pct(p['PCK'])}" if p else "")
+        table.add_row(str(n), *cells)
+    return table

@@ -1,0 +1,1 @@
+"""Simulated active-learning experiments: run a grid of strategies x seeds and report on it."""

@@ -1,0 +1,673 @@
+"""The simulation grid: strategies x seeds of simulated active learning, fair by construction and resumable.
+
+Per seed `s` there is ONE initial labelled set (a seeded subset of the pool, `initial` images with people)
+and ONE initial model trained once on it (`DIR/seeds/<s>/initial_run`). Every strategy gets its own project
+(`DIR/projects/<strategy>-seed<s>`, made by `workflow.create_project` with that initial set as its labels and
+the first test file as its test set) into which the initial run is copied and recorded as its first model
+(the same weights, the same sha1, for every strategy of the seed). From there each project is driven by
+`activepose.loop.run` one round at a time with the simulated oracle (ground truth: the pool file), so the
+simulation has no round logic of its own. Everything that decides a result is seeded by `s`: the initial
+set, training (`TrainConfig.seed = s`), selection (seed `s + round`, as `loop.run` does) and the oracle's
+label cost; every strategy trains with the same `TrainConfig`.
+
+A *cell* is one (strategy, seed, round); round 0 is the initial model. When a cell is complete its rows (one
+per test file and TTA) are added to `DIR/results.csv`, which is rewritten atomically; a re-run skips the cells
+it holds, and a cell interrupted mid-round continues from its project's stored state (the loop does that).
+
+Columns of results.csv (`COLUMNS`): `labelled_images` / `labelled_people` are the training set after the
+round (initial labels included); `annotation_seconds` is the simulated labelling time of the labels added by
+rounds 1..r (the initial set counts 0 for every strategy); `selection_seconds` (the round's selection, as
+stored with the round) and `training_seconds` (the epochs of the round's training session, from the run's
+history) are the round's own times, and the only values that depend on the machine and on interruptions (an
+epoch cut by a crash is not counted); `test_set` is the test file's stem; count_acc, count_exact, AP and PCK
+are fractions in [0, 1], empty when undefined.
+
+Layout of DIR: `grid.json` (the config, the command, the activepose version), `results.csv`, `.lock`,
+`seeds/<s>/` (`initial.json`, `initial_run/`, `metrics_<test>.json`: the initial model on each test file),
+`projects/<strategy>-seed<s>/` (ordinary projects: `activepose status` works on them; the rounds' models
+on the other test files are in `exports/metrics_model_<id>_<test>.json`), and the report when written.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, StateError
+from ..workflow.reporting import SILENT, Reporter
+
+COLUMNS = (
+    "strategy", "seed", "round", "labelled_images", "labelled_people", "annotation_seconds", "selection_seconds",
+    "training_seconds", "test_set", "tta", "count_acc", "count_exact", "AP", "PCK",
+)  # fmt: skip
+TIMING_COLUMNS = ("selection_seconds", "training_seconds")
+METRICS = ("count_acc", "count_exact", "AP", "PCK")
+GRID_FILE, RESULTS_FILE = "grid.json", "results.csv"
+# Settings that change no result: a resumed grid may change them (another device, more workers, montages).
+UNCOMPARED_KEYS = frozenset({"device", "train.device", "train.num_workers", "montages"})
+
+
+def _all_ttas() -> tuple[str, ...]:
+    from ..tta import TTA_NAMES
+
+    return tuple(TTA_NAMES)
+
+
+def _default_train():
+    from ..train import TrainConfig
+
+    return TrainConfig()
+
+
+def _default_selection():
+    from ..sampling.strategies import SelectionConfig
+
+    return SelectionConfig()
+
+
+@dataclass
+class SimulationConfig:
+    """One simulation grid. Invalid values raise ConfigError naming the option, before any work.
+
+    `seeds`: a count n (seeds 0..n-1) or a list of seeds (each >= 0). `train` is the training every project
+    uses (its `seed` is replaced by each grid seed); `selection` the selection settings (its `seed` is
+    replaced by seed + round, its `cache_dir` must be unset: each project caches in its own folder).
+    `device` is used for selection and evaluation; training uses `train.device`.
+    """
+
+    pool: Path
+    tests: Sequence[Path]
+    initial: int
+    budget: int
+    rounds: int
+    strategies: Sequence[str] = ("hybrid", "random")
+    seeds: int | Sequence[int] = 3
+    train: Any = field(default_factory=_default_train)  # train.TrainConfig
+    selection: Any = field(default_factory=_default_selection)  # sampling.strategies.SelectionConfig
+    ttas: Sequence[str] = field(default_factory=_all_ttas)
+    eval_max_images: int | None = None
+    device: str = "auto"
+    montages: bool = (
+        False  # every round's selection montages (exports/round_<r>/); round 1's are always written
+    )
+
+    def __post_init__(self) -> None:
+        from ..checkpoint import check_device
+        from ..sampling.strategies import STRATEGIES
+        from ..workflow.common import load_data
+        from ..workflow.rounds import EvalOptions
+
+        self.pool = Path(self.pool)
+        self.tests = tuple(
+            Path(t) for t in ([self.tests] if isinstance(self.tests, str | Path) else self.tests)
+        )
+        self.strategies = tuple(self.strategies)
+        self.ttas = tuple(self.ttas)
+        if isinstance(self.seeds, bool):
+            raise ConfigError(f"--seeds must be a count or a list of seeds, got {self.seeds!r}")
+        if isinstance(self.seeds, int):
+            if self.seeds < 1:
+                raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")
+            self.seeds = tuple(range(self.seeds))
+        else:
+            self.seeds = tuple(int(s) for s in self.seeds)
+            if not self.seeds:
+                raise ConfigError("--seeds names no seed")
+            if min(self.seeds) < 0 or len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(
+                    f"--seeds must be distinct seeds >= 0, got {', '.join(map(str, self.seeds))}"
+                )
+        if not self.strategies:
+            raise ConfigError("--strategies names no strategy")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ConfigError(
+                f"unknown strategy {', '.join(map(repr, unknown))} in --strategies; choose from {', '.join(STRATEGIES)}"
+            )
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"--strategies repeats a strategy: {','.join(self.strategies)}")
+        for name, value, low in (("--initial", self.initial, 1), ("--budget", self.budget, 1),
+                                 ("--rounds", self.rounds, 1)):  # fmt: skip
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be >= {low}, got {value}")
+        if self.eval_max_images is not None and self.eval_max_images < 1:
+            raise ConfigError(f"--eval-max-images must be >= 1, got {self.eval_max_images}")
+        EvalOptions(ttas=self.ttas, max_images=self.eval_max_images)  # validates the TTA names
+        check_device(self.device)
+        if self.selection.cache_dir is not None:
+            raise ConfigError(
+                "the selection cache_dir must be unset: each simulated project caches in its folder"
+            )
+        if not self.tests:
+            raise ConfigError("give at least one --test TEST.json")
+        stems = [t.stem for t in self.tests]
+        if len(set(stems)) != len(stems):
+            raise ConfigError(
+                f"--test files must have distinct names (results name a test set by its file stem): {', '.join(stems)}"
+            )
+        for path in (self.pool, *self.tests):
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such file")
+        pool = load_data(self.pool, check_images=False)
+        need = self.initial + self.rounds * self.budget
+        if need > len(pool):
+            raise ConfigError(
+                f"--initial {self.initial} + --rounds {self.rounds} x --budget {self.budget} = {need} images, but "
+                f"{self.pool} has {len(pool)}; lower --initial, --rounds or --budget"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the grid as plain JSON values (paths absolute), as stored in grid.json."""
+        sel = dataclasses.asdict(self.selection)
+        sel.pop("seed", None)  # replaced by seed + round
+        return json.loads(json.dumps({
+            "pool": str(self.pool.resolve()), "tests": [str(t.resolve()) for t in self.tests],
+            "strategies": list(self.strategies), "seeds": list(self.seeds), "initial": self.initial,
+            "budget": self.budget, "rounds": self.rounds, "train": {k: v for k, v in self.train.to_dict().items()
+                                                                    if k != "seed"},
+            "selection": sel, "ttas": list(self.ttas), "eval_max_images": self.eval_max_images,
+            "device": self.device, "montages": self.montages,
+        }, default=str))  # fmt: skip
+
+    def train_config(self, seed: int):
+        """Return the TrainConfig of every project of `seed` (and of its initial model)."""
+        return dataclasses.replace(self.train, seed=seed, budget_ends_session=True)
+
+    def eval_options(self, test: Path | None):
+        from ..workflow.rounds import EvalOptions
+
+        return EvalOptions(test=test, ttas=self.ttas, max_images=self.eval_max_images, device=self.device)
+
+
+@dataclass
+class SimulationResult:
+    out_dir: Path
+    results: Path  # results.csv
+    rows: list[dict[str, str]]  # every row of results.csv (strings, as written)
+    cells_total: int
+    cells_run: int  # cells this call completed
+    cells_before: int  # cells already complete when it started
+    seconds: float
+    report: Path | None = None  # report.html (activepose.experiment.report), when that module exists
+
+
+def project_name(strategy: str, seed: int) -> str:
+    return f"{strategy}-seed{seed}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def grid_differences(stored: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """Return 'key: stored X, asked Y' for every grid setting that differs (`UNCOMPARED_KEYS` ignored)."""
+    a, b = _flatten(stored), _flatten(asked)
+    return [
+        f"{k}: {a.get(k, '(unset)')!r} in {GRID_FILE}, {b.get(k, '(unset)')!r} now"
+        for k in sorted(set(a) | set(b))
+        if k not in UNCOMPARED_KEYS and a.get(k) != b.get(k)
+    ]
+
+
+def _check_out_dir(out_dir: Path, cfg: SimulationConfig) -> bool:
+    """Raise ConfigError unless `out_dir` is new, empty or holds this very grid; return whether it holds it."""
+    grid = out_dir / GRID_FILE
+    if grid.is_file():
+        try:
+            stored = json.loads(grid.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{grid}: unreadable grid file ({exc})") from exc
+        diff = grid_differences(stored, cfg.to_dict())
+        if diff:
+            raise ConfigError(
+                f"{out_dir} holds another simulation grid; use another --out, or the same settings to resume it: "
+                + "; ".join(diff)
+            )
+        return True
+    # hidden entries: the folder's lock and temporary files, left by a run killed before it wrote grid.json
+    if out_dir.exists() and (
+        not out_dir.is_dir() or any(not p.name.startswith(".") for p in out_dir.iterdir())
+    ):
+        raise ConfigError(
+            f"{out_dir}: not empty and holds no {GRID_FILE}: refusing to write a simulation there"
+        )
+    return False
+
+
+# --- the pool ------------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    pool: Any  # CocoKeypoints
+    candidates: list[int]  # usable pool ids with people: the initial sets are drawn from these
+    test_ids: list[int]  # pool ids whose image is in a test file (never selected, never labelled)
+    skipped: list[str]
+
+
+def _plan(cfg: SimulationConfig, reporter: Reporter) -> _Plan:
+    """Probe the pool and test images (as project creation does) and check that the grid fits the pool."""
+    from ..fileio import ImageReadError, probe_image
+    from ..workflow.common import load_data, parallel_map, same_keypoints
+
+    def probe(path: Path):
+        try:
+            return probe_image(path), None
+        except (ImageReadError, OSError) as exc:
+            return None, str(exc)
+
+    pool = load_data(cfg.pool, check_images=False)
+    test_hashes: set[str] = set()
+    for test in cfg.tests:
+        data = load_data(test, check_images=False)
+        same_keypoints(str(test), data.skeleton, pool.skeleton, f"the pool's ({cfg.pool})")
+        probes = parallel_map(probe, [data.image_path(f) for f in data], f"reading {test.name}", reporter)
+        bad = [why for info, why in probes if info is None]
+        if bad:
+            raise ConfigError(f"{test}: {len(bad)} unreadable test image(s): " + "; ".join(bad[:5]))
+        test_hashes |= {info[2] for info, _ in probes}
+    probes = parallel_map(probe, [pool.image_path(f) for f in pool], "reading pool images", reporter)
+    usable, test_ids, skipped = [], [], []
+    for f, (info, why) in zip(pool, probes, strict=True):
+        if info is None:
+            skipped.append(f"image id {f.image_id}: {why}")
+        elif (info[0], info[1]) != (f.width, f.height):
+            skipped.append(f"image id {f.image_id}: {cfg.pool.name} says {f.width}x{f.height}, the file is "
+                           f"{info[0]}x{info[1]}")  # fmt: skip
+        elif info[2] in test_hashes:
+            test_ids.append(f.image_id)
+        else:
+            usable.append(f)
+    need = cfg.initial + cfg.rounds * cfg.budget
+    if need > len(usable):
+        raise ConfigError(
+            f"--initial {cfg.initial} + --rounds {cfg.rounds} x --budget {cfg.budget} = {need} images, but only "
+            f"{len(usable)} of {len(pool)} pool images can be used ({len(test_ids)} are test images, "
+            f"{len(skipped)} unreadable); lower --initial, --rounds or --budget"
+        )
+    candidates = [f.image_id for f in usable if f.num_people > 0]
+    if cfg.initial > len(candidates):
+        raise ConfigError(
+            f"--initial {cfg.initial}: only {len(candidates)} usable pool images have people in them"
+        )
+    return _Plan(pool, sorted(candidates), sorted(test_ids), skipped)
+
+
+# --- per seed: the initial set and model ---------------------------------------------------------------------
+def _initial_set(cfg: SimulationConfig, plan: _Plan, seed: int, folder: Path) -> Path:
+    """Write (once) and return `folder/initial.json`: the seed's initial labelled set, drawn from the pool."""
+    import numpy as np
+
+    from ..coco import save_coco
+
+    path = folder / "initial.json"
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(seed)
+    ids = sorted(int(i) for i in rng.choice(plan.candidates, size=cfg.initial, replace=False))
+    subset = plan.pool.subset(ids)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [
+        dataclasses.replace(f, file_name=Path(os.path.relpath(plan.pool.image_path(f).resolve(),
+                                                             folder.resolve())).as_posix())
+        for f in subset
+    ]  # fmt: skip
+    save_coco(dataclasses.replace(subset, frames=frames, root=folder, path=path), path)
+    return path
+
+
+def _initial_model(cfg: SimulationConfig, seed: int, folder: Path, initial: Path, reporter: Reporter) -> Path:
+    """Train (or resume, or find finished) the seed's initial model; return its run folder."""
+    from ..train import train
+    from ..workflow.common import load_data
+
+    run_dir = folder / "initial_run"
+    # budget_ends_session (as in train_round): a time budget completes the session, so the copy that every
+    # strategy starts from is never half of one
+    train(cfg.train_config(seed), load_data(initial), run_dir, reporter)
+    return run_dir
+
+
+def _evaluate_cached(path: Path, loaded_fn, test: Path, opts, reporter: Reporter) -> dict:
+    """Return {tta: metrics} of a model on `test`, read from `path` or computed and written there."""
+    from ..fileio import atomic_write_json
+    from ..workflow.rounds import evaluate_model_on
+
+    if path.is_file():
+        return json.loads(path.read_text())
+    report = evaluate_model_on(loaded_fn(), test, opts, reporter)
+    atomic_write_json(path, report, indent=1)
+    return json.loads(path.read_text())  # as stored (NaN -> null), so a fresh and a cached read agree
+
+
+def _initial_metrics(
+    cfg: SimulationConfig, folder: Path, run_dir: Path, reporter: Reporter
+) -> dict[str, dict]:
+    """Return {test stem: {tta: metrics}} of the seed's initial model on every test file (cached per file)."""
+    from ..workflow.models import load
+
+    loaded: list[Any] = []
+
+    def model():
+        if not loaded:
+            loaded.append(load(run_dir / "best.pt", cfg.device))
+        return loaded[0]
+
+    return {
+        t.stem: _evaluate_cached(folder / f"metrics_{t.stem}.json", model, t, cfg.eval_options(t), reporter)
+        for t in cfg.tests
+    }
+
+
+# --- per (strategy, seed): the project ----------------------------------------------------------------------
+def _copy_run(src: Path, dst: Path) -> None:
+    from ..fileio import atomic_write
+
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+
+            def copy(fh, f=f) -> None:
+                with f.open("rb") as s:
+                    shutil.copyfileobj(s, fh)
+
+            atomic_write(dst / f.name, copy)
+
+
+def _setup_project(cfg: SimulationConfig, plan: _Plan, folder: Path, initial: Path, run_dir: Path,
+                   metrics: dict[str, dict], reporter: Reporter) -> None:  # fmt: skip
+    """Create the project (once), copy the seed's initial run in, record it as model 1 and its evaluation."""
+    from ..fileio import atomic_write_json
+    from ..store import Project
+    from ..workflow.create import ProjectSource, create_project
+    from ..workflow.curve import is_evaluated
+    from ..workflow.models import record_model
+    from ..workflow.rounds import RUN_DIR
+
+    if not (folder / "project.db").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        create_project(folder, ProjectSource(pool=cfg.pool, labels=initial, test=cfg.tests[0]), reporter)
+        reporter.note(f"created {folder}")
+    with Project.open(folder) as project:
+        others = [i for i in plan.test_ids if project.image(i).state == "unlabelled"]
+        if others:  # pool images of the other test files: never selected either
+            project.set_image_state(others, "test")
+        if not project.models():
+            labelled = len(project.labelled_ids())
+            if labelled != cfg.initial:
+                raise StateError(f"{folder}: {labelled} initial labels stored, expected {cfg.initial}")
+            _copy_run(run_dir, folder / RUN_DIR)
+            record_model(project, folder / RUN_DIR / "best.pt", labelled, reporter)
+        first = project.models()[0]
+        stem = cfg.tests[0].stem
+        exports = folder / "exports"
+        # the initial model's metrics on the other test files, where later rounds cache theirs
+        for t in cfg.tests[1:]:
+            target = exports / f"metrics_model_{first.id}_{t.stem}.json"
+            if not target.is_file():
+                atomic_write_json(target, metrics[t.stem], indent=1)
+        if not is_evaluated(first.metrics):
+            atomic_write_json(exports / f"metrics_model_{first.id}.json", metrics[stem], indent=1)
+            project.record_evaluation(first.id, metrics[stem])
+
+
+def _session_seconds(run_dir: Path, session: int) -> float:
+    path = run_dir / "history.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    return float(sum(h.get("seconds", 0.0) for h in history if h.get("session") == session))
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return ""
+    value = float(value)
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r: int,
+               reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
+    """Return the rows of cell (strategy, seed, r) from the project's stored state (evaluating as needed)."""
+    from ..store import Project
+    from ..workflow.models import load
+    from ..workflow.rounds import RUN_DIR
+
+    with Project.open(folder) as project:
+        models = {m.id: m for m in project.models()}
+        if r == 0:
+            model, selection = project.models()[0], 0.0
+        else:
+            info = project.round(r)
+            if info.state != "closed" or info.model_id is None:
+                raise StateError(f"{folder}: round {r} is {info.state!r}, not closed")
+            model = models[info.model_id]
+            selection = float(((info.params.get("stats") or {}).get("seconds") or {}).get("total") or 0.0)
+        summary = project.round_summary()
+        ckpt = project.checkpoint_path(model)
+    empty = {"images": 0, "people": 0, "seconds": 0.0}
+    parts = [summary.get(None, empty)] + [summary.get(k, empty) for k in range(1, r + 1)]
+    images = sum(int(p["images"]) for p in parts)
+    people = sum(int(p["people"]) for p in parts)
+    annotation = sum(float(p["seconds"]) for p in parts[1:])
+    training = _session_seconds(folder / RUN_DIR, r + 1)
+    per_test = {cfg.tests[0].stem: {k: v for k, v in model.metrics.items() if isinstance(v, dict)}}
+    loaded: list[Any] = []
+
+    def load_model():
+        if not loaded:
+            loaded.append(load(ckpt, cfg.device))
+        return loaded[0]
+
+    for t in cfg.tests[1:]:
+        target = folder / "exports" / f"metrics_model_{model.id}_{t.stem}.json"
+        per_test[t.stem] = _evaluate_cached(target, load_model, t, cfg.eval_options(t), reporter)
+    rows = []
+    for t in cfg.tests:
+        for tta in cfg.ttas:
+            m = per_test[t.stem].get(tta, {})
+            rows.append({
+                "strategy": strategy, "seed": str(seed), "round": str(r), "labelled_images": str(images),
+                "labelled_people": str(people), "annotation_seconds": _fmt(annotation, 3),
+                "selection_seconds": _fmt(selection, 3), "training_seconds": _fmt(training, 3),
+                "test_set": t.stem, "tta": tta, **{k: _fmt(m.get(k), 6) for k in METRICS},
+            })  # fmt: skip
+    return rows
+
+
+# --- results.csv ---------------------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict[str, str]]:
+    """Return the rows of a results.csv (ConfigError when its columns are not `COLUMNS`)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ConfigError(
+                f"{path}: unexpected columns {reader.fieldnames}; expected {', '.join(COLUMNS)}"
+            )
+        return list(reader)
+
+
+def _write_results(path: Path, rows: list[dict[str, str]], cfg: SimulationConfig) -> None:
+    from ..fileio import atomic_write_bytes
+
+    order = {
+        "strategy": {s: i for i, s in enumerate(cfg.strategies)},
+        "test_set": {t.stem: i for i, t in enumerate(cfg.tests)},
+        "tta": {t: i for i, t in enumerate(cfg.ttas)},
+    }
+    rows = sorted(rows, key=lambda row: (order["strategy"].get(row["strategy"], 99), int(row["seed"]),
+                                         int(row["round"]), order["test_set"].get(row["test_set"], 99),
+                                         order["tta"].get(row["tta"], 99)))  # fmt: skip
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def summarise(rows: Sequence[dict[str, str]], test_set: str, tta: str = "clean") -> list[dict[str, Any]]:
+    """Return [{strategy, round, labelled_images, seeds, count_acc, PCK}]: means over seeds (NaN-free)."""
+    groups: dict[tuple[str, int, int], list[dict[str, str]]] = {}
+    for row in rows:
+        if row["test_set"] == test_set and row["tta"] == tta:
+            key = (row["strategy"], int(row["round"]), int(row["labelled_images"]))
+            groups.setdefault(key, []).append(row)
+    out = []
+    for (strategy, r, images), group in groups.items():
+
+        def mean(k: str, group=group) -> float:
+            values = [float(g[k]) for g in group if g[k] != ""]
+            return sum(values) / len(values) if values else math.nan
+
+        out.append({"strategy": strategy, "round": r, "labelled_images": images, "seeds": len(group),
+                    "count_acc": mean("count_acc"), "PCK": mean("PCK")})  # fmt: skip
+    return out
+
+
+# --- the grid ------------------------------------------------------------------------------------------------
+class _CellReporter(Reporter):
+    """Forwards to the caller's reporter; the loop's own 'overall' bar becomes a 'cell' bar, notes are prefixed."""
+
+    def __init__(self, inner: Reporter, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def progress(self, stage: str, done: int, total: int | None, info: str = "") -> None:
+        self.inner.progress("cell" if stage == "overall" else stage, done, total, info)
+
+    def note(self, text: str) -> None:
+        self.inner.note(f"[{self.prefix}] {text}")
+
+    def on_epoch_start(self, session: int, epoch: int, num_batches: int) -> None:
+        self.inner.on_epoch_start(session, epoch, num_batches)
+
+    def on_batch_end(self, loss: float) -> None:
+        self.inner.on_batch_end(loss)
+
+    def on_epoch_end(self, record, improved: bool) -> None:
+        self.inner.on_epoch_end(record, improved)
+
+
+def _run_options(cfg: SimulationConfig, strategy: str, seed: int, oracle, montages: bool):
+    from ..loop import RunOptions
+    from ..workflow.rounds import SelectOptions
+
+    return RunOptions(
+        budget=cfg.budget, oracle=oracle, train=cfg.train_config(seed),
+        select=SelectOptions(budget=cfg.budget, strategy=strategy, selection=cfg.selection, device=cfg.device,
+                             montages=montages),
+        evaluate=cfg.eval_options(None), seed=seed,
+    )  # fmt: skip
+
+
+def _write_grid(out_dir: Path, cfg: SimulationConfig, command: Sequence[str] | None) -> None:
+    from .. import __version__
+    from ..fileio import atomic_write_json
+
+    atomic_write_json(out_dir / GRID_FILE, {
+        "config": cfg.to_dict(), "command": list(command) if command is not None else None,
+        "activepose": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }, indent=1)  # fmt: skip
+
+
+def _write_report(out_dir: Path) -> Path | None:
+    try:
+        from .report import write_report
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.report":
+            raise
+        return None
+    return write_report(out_dir)
+
+
+def simulate(
+    cfg: SimulationConfig,
+    out_dir: str | Path,
+    reporter: Reporter = SILENT,
+    command: Sequence[str] | None = None,
+) -> SimulationResult:
+    """Run (or resume) the grid into `out_dir`; return its results. `command` is recorded in grid.json.
+
+    Refuses (ConfigError, nothing written) a folder holding another grid or other files, and a grid that
+    does not fit in the pool's usable images, before any training. One simulation per folder at a time.
+    """
+    from ..lock import project_lock
+    from ..loop import run
+    from ..workflow.labelling import SimulatedLabeller
+
+    t_start = time.monotonic()
+    out_dir = Path(out_dir)
+    results = out_dir / RESULTS_FILE
+    cells = [(s, seed, r) for seed in cfg.seeds for r in range(cfg.rounds + 1) for s in cfg.strategies]
+
+    def cell(row: dict[str, str]) -> tuple[str, int, int]:
+        return row["strategy"], int(row["seed"]), int(row["round"])
+
+    # Every check before anything is written: another grid, a grid that does not fit the pool.
+    done = {cell(row) for row in read_results(results)} if _check_out_dir(out_dir, cfg) else set()
+    plan = _plan(cfg, reporter) if any(c not in done for c in cells) else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with project_lock(out_dir, "simulate"):
+        if _check_out_dir(out_dir, cfg):  # again under the lock: another simulation may have got here first
+            rows = read_results(results)
+        else:
+            _write_grid(out_dir, cfg, command)
+            rows = []
+        done = {cell(row) for row in rows}
+        before = sum(c in done for c in cells)
+        todo = [c for c in cells if c not in done]
+        if todo and plan is None:
+            plan = _plan(cfg, reporter)
+        if plan is not None and plan.skipped:
+            reporter.note(
+                f"{len(plan.skipped)} unreadable pool image(s) left out: " + "; ".join(plan.skipped[:5])
+            )
+        reporter.progress("overall", before, len(cells), f"{before} of {len(cells)} cells already done")
+        n_done, ran = before, 0
+        for seed in cfg.seeds:
+            seed_cells = [c for c in todo if c[1] == seed]
+            if not seed_cells:
+                continue
+            seed_dir = out_dir / "seeds" / str(seed)
+            initial = _initial_set(cfg, plan, seed, seed_dir)
+            rep = _CellReporter(reporter, f"seed {seed}: initial model")
+            run_dir = _initial_model(cfg, seed, seed_dir, initial, rep)
+            metrics = _initial_metrics(cfg, seed_dir, run_dir, rep)
+            oracle = SimulatedLabeller(cfg.pool, seed=seed)
+            for strategy, _, r in seed_cells:
+                folder = out_dir / "projects" / project_name(strategy, seed)
+                rep = _CellReporter(reporter, f"{project_name(strategy, seed)} round {r}")
+                _setup_project(cfg, plan, folder, initial, run_dir, metrics, rep)
+                if r > 0:
+                    # round 1's montages are the report's picture of what each strategy chose
+                    run(folder, r, _run_options(cfg, strategy, seed, oracle, cfg.montages or r == 1), rep)
+                new = _cell_rows(cfg, folder, strategy, seed, r, rep)
+                rows = [row for row in rows if cell(row) != (strategy, seed, r)] + new
+                _write_results(results, rows, cfg)
+                n_done, ran = n_done + 1, ran + 1
+                first = next((x for x in new if x["tta"] == "clean"), new[0])
+                shown = ", ".join(
+                    f"{k} {100 * float(first[k]):.1f}" for k in ("count_acc", "PCK") if first[k]
+                )
+                info = f"{strategy} seed {seed} round {r}"
+                reporter.note(
+                    f"{info}: {first['labelled_images']} labelled images; {first['tta']} {shown or 'n/a'}"
+                )
+                reporter.progress("overall", n_done, len(cells), f"{info} done")
+        rows = read_results(results)
+        report = _write_report(out_dir)
+    return SimulationResult(
+        out_dir, results, rows, len(cells), ran, before, time.monotonic() - t_start, report
+    )

@@ -1,0 +1,390 @@
+"""The simulation report: intervals, paired differences, label efficiency, AUC and the HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from activepose.experiment.report import (
+    COLUMNS,
+    efficiency_table,
+    labels_to_reach,
+    load_results,
+    mean_curve,
+    normalised_auc,
+    paired_differences,
+    plot_curves,
+    t_interval,
+    write_report,
+)
+
+T2 = float(stats.t.ppf(0.975, 2))  # the t quantile of 3 seeds
+
+
+# --- builders -------------------------------------------------------------------------------------------
+def make_row(strategy, seed, rnd, acc, pck=None, test_set="test", tta="clean", images=None, seconds=None):
+    """One results.csv row: 100 initial images + 100 per round, 600 s of annotation per round."""
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "round": rnd,
+        "labelled_images": 100 + 100 * rnd if images is None else images,
+        "labelled_people": 150 + 150 * rnd,
+        "annotation_seconds": 600.0 * rnd if seconds is None else seconds,
+        "selection_seconds": 1.5 if rnd else 0.0,
+        "training_seconds": 12.0,
+        "test_set": test_set,
+        "tta": tta,
+        "count_acc": acc,
+        "count_exact": acc,
+        "AP": acc / 2 if acc is not None else None,
+        "PCK": pck if pck is not None else acc,
+    }
+
+
+def write_results(folder: Path, rows: list[dict], header=COLUMNS, tail: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in rows:
+        writer.writerow(
+            ["" if r.get(c) is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in header]
+        )
+    (folder / "results.csv").write_text(buf.getvalue() + tail, encoding="utf-8")
+    return folder / "results.csv"
+
+
+RANDOM_BASE = {0: 0.40, 1: 0.42, 2: 0.44}  # per seed; the mean over seeds is 0.42
+HYBRID_OFFSET = {0: 0.04, 1: 0.06, 2: 0.08}  # mean 0.06, sd 0.02: the interval excludes 0
+UNCERT_OFFSET = {0: -0.03, 1: 0.01, 2: 0.05}  # mean 0.01, sd 0.04: the interval contains 0
+
+
+def random_acc(seed: int, rnd: int) -> float:
+    return RANDOM_BASE[seed] + 0.05 * rnd
+
+
+def paired_grid(ttas=("clean",), test_sets=("test",), seeds=(0, 1, 2), rounds=4) -> list[dict]:
+    """random / hybrid / uncertainty x seeds x rounds; round 0 identical, later rounds offset per seed."""
+    rows = []
+    for ts in test_sets:
+        for tta in ttas:
+            drop = 0.1 if tta != "clean" else 0.0
+            for seed in seeds:
+                for rnd in range(rounds):
+                    base = random_acc(seed, rnd) - drop
+                    rows.append(make_row("random", seed, rnd, base, test_set=ts, tta=tta))
+                    for name, off in (("hybrid", HYBRID_OFFSET), ("uncertainty", UNCERT_OFFSET)):
+                        value = base + (off[seed] if rnd else 0.0)
+                        rows.append(make_row(name, seed, rnd, value, test_set=ts, tta=tta))
+    return rows
+
+
+def linear_grid() -> list[dict]:
+    """random ends (round 3, 400 images) at mean 0.6; hybrid goes 0.5, 0.7, ... (reaches 0.6 at 150
+    images / 5 minutes); slow never reaches 0.6. Per-seed noise sums to 0, so means are exact."""
+    noise = {0: -0.01, 1: 0.0, 2: 0.01}
+    curves = {
+        "random": [0.3, 0.4, 0.5, 0.6],
+        "hybrid": [0.5, 0.7, 0.75, 0.8],
+        "slow": [0.3, 0.35, 0.4, 0.45],
+    }
+    return [
+        make_row(s, seed, rnd, curve[rnd] + noise[seed])
+        for s, curve in curves.items()
+        for seed in noise
+        for rnd in range(4)
+    ]
+
+
+def make_png(path: Path, size=(320, 200), colour=(200, 30, 30)) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format="PNG")
+    return path.read_bytes()
+
+
+def embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)]
+
+
+def assert_images_ok(page: str, minimum: int) -> None:
+    images = embedded_pngs(page)
+    assert len(images) >= minimum
+    for data in images:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        assert im.format == "PNG"
+        assert im.size[0] >= 200 and im.size[1] >= 150
+        assert len(np.unique(np.asarray(im.convert("L")))) > 1 or im.size == (320, 200)  # not a blank plot
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- statistics -----------------------------------------------------------------------------------------
+def test_t_interval_matches_scipy_by_hand():
+    values = [0.5, 0.55, 0.62]
+    iv = t_interval(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert iv.n == 3
+    assert iv.mean == pytest.approx(np.mean(values), abs=1e-12)
+    assert iv.low == pytest.approx(lo, abs=1e-12)
+    assert iv.high == pytest.approx(hi, abs=1e-12)
+    # NaN is dropped, one value has no interval, none has no mean
+    assert t_interval([0.5, float("nan"), 0.55, 0.62]).half_width == pytest.approx(iv.half_width)
+    one = t_interval([0.7])
+    assert one.mean == 0.7 and math.isnan(one.half_width) and one.excludes_zero is None
+    assert t_interval([]).n == 0 and math.isnan(t_interval([]).mean)
+
+
+def test_curve_point_interval_equals_scipy(tmp_path):
+    results = load_results(write_results(tmp_path, paired_grid()))
+    curve = mean_curve(results, "hybrid", "test", "clean", "count_acc")
+    assert [p.round for p in curve] == [0, 1, 2, 3]
+    point = curve[2]
+    values = [random_acc(s, 2) + HYBRID_OFFSET[s] for s in (0, 1, 2)]
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert point.value.low == pytest.approx(lo, abs=1e-12) and point.value.high == pytest.approx(
+        hi, abs=1e-12
+    )
+    assert point.images == 300 and point.minutes == pytest.approx(20.0)
+    assert curve[0].minutes == 0.0
+
+
+def test_paired_difference_and_its_interval(tmp_path):
+    results = load_results(write_results(tmp_path, paired_grid()))
+    hybrid = paired_differences(results, "hybrid", "random", "test", "clean", "count_acc")
+    assert [r.round for r in hybrid] == [0, 1, 2, 3]
+    assert hybrid[0].diff.mean == pytest.approx(0.0, abs=1e-12)
+    assert hybrid[0].excludes_zero is False  # identical round 0: a zero-width interval at 0
+    half = T2 * 0.02 / math.sqrt(3)
+    for r in hybrid[1:]:
+        assert r.diff.n == 3
+        assert r.diff.mean == pytest.approx(0.06, abs=1e-12)
+        assert r.diff.half_width == pytest.approx(half, abs=1e-12)
+        assert r.excludes_zero is True
+    unc = paired_differences(results, "uncertainty", "random", "test", "clean", "PCK")
+    for r in unc[1:]:
+        assert r.diff.mean == pytest.approx(0.01, abs=1e-12)
+        assert r.diff.half_width == pytest.approx(T2 * 0.04 / math.sqrt(3), abs=1e-12)
+        assert r.diff.low < 0 < r.diff.high and r.excludes_zero is False
+
+
+def test_labels_to_reach_is_exact_on_a_linear_curve():
+    xs = [100, 200, 300, 400]
+    assert labels_to_reach(xs, [0.5, 0.7, 0.8, 0.9], 0.6) == pytest.approx(150.0, abs=1e-9)
+    assert labels_to_reach(xs, [0.5, 0.7, 0.8, 0.9], 0.75) == pytest.approx(250.0, abs=1e-9)
+    assert labels_to_reach(xs, [0.65, 0.7, 0.8, 0.9], 0.6) == 100.0  # already there at the start
+    assert labels_to_reach(xs, [0.3, 0.4, 0.5, 0.55], 0.6) is None  # never
+    assert labels_to_reach(xs, [0.5, float("nan"), 0.7, 0.9], 0.6) == pytest.approx(200.0, abs=1e-9)
+    assert labels_to_reach(xs, [0.5, 0.7, 0.8, 0.9], float("nan")) is None
+
+
+def test_efficiency_table_reaches_reference_at_150_images(tmp_path):
+    results = load_results(write_results(tmp_path, linear_grid()))
+    rows = {r.strategy: r for r in efficiency_table(results, "test", "random")}
+    assert rows["random"].target == pytest.approx(0.6, abs=1e-12)
+    assert rows["hybrid"].images_to_reach == pytest.approx(150.0, abs=1e-9)
+    assert rows["hybrid"].minutes_to_reach == pytest.approx(5.0, abs=1e-9)
+    assert rows["random"].images_to_reach == pytest.approx(400.0, abs=1e-9)
+    assert rows["slow"].images_to_reach is None and rows["slow"].minutes_to_reach is None
+    assert rows["hybrid"].final.mean == pytest.approx(0.8, abs=1e-12)
+    assert rows["hybrid"].final.half_width == pytest.approx(T2 * 0.01 / math.sqrt(3), abs=1e-12)
+    # trapezoid over 100..400 of 0.5, 0.7, 0.75, 0.8, divided by 300
+    expected_auc = ((0.5 + 0.7) / 2 + (0.7 + 0.75) / 2 + (0.75 + 0.8) / 2) / 3
+    assert rows["hybrid"].auc == pytest.approx(expected_auc, abs=1e-12)
+
+
+def test_auc_of_constant_and_linear_curves():
+    assert normalised_auc([100, 200, 400, 800], [0.7, 0.7, 0.7, 0.7]) == pytest.approx(0.7, abs=1e-12)
+    assert normalised_auc([100, 150, 400], [0.2, 0.3, 0.8]) == pytest.approx(0.5, abs=1e-12)  # linear: mid
+    assert normalised_auc([400, 100], [0.8, 0.2]) == pytest.approx(0.5, abs=1e-12)  # order does not matter
+    assert normalised_auc([100], [0.4]) == 0.4
+    assert normalised_auc([100, 200], [0.4, float("nan")]) == 0.4
+    assert math.isnan(normalised_auc([], []))
+
+
+# --- loading --------------------------------------------------------------------------------------------
+def test_load_results_by_column_name_nan_duplicates_and_junk(tmp_path):
+    header = ["tta", "seed", "strategy", "round", "test_set", "count_acc", "PCK", "labelled_images", "extra"]
+    rows = [
+        {"tta": "clean", "seed": 0, "strategy": "random", "round": 0, "test_set": "test", "count_acc": 0.4,
+         "PCK": None, "labelled_images": 100, "extra": "x"},
+        {"tta": "clean", "seed": 0, "strategy": "random", "round": 0, "test_set": "test", "count_acc": 0.45,
+         "PCK": 0.3, "labelled_images": 100, "extra": "y"},  # same key: the last row wins
+    ]  # fmt: skip
+    path = write_results(
+        tmp_path, rows, header=header, tail="clean,1,random,1,te\nclean,x,random,1,test,0.5,0.5,1,z\n"
+    )
+    results = load_results(path)
+    assert len(results.rows) == 1
+    assert results.skipped == 2  # a truncated line and a non-integer seed
+    row = results.rows[0]
+    assert row["count_acc"] == 0.45 and row["PCK"] == 0.3
+    assert math.isnan(row["annotation_seconds"]) and math.isnan(row["AP"])  # absent columns
+    assert isinstance(row["seed"], int) and isinstance(row["round"], int)
+    assert results.value("random", 0, 0, "test", "clean", "labelled_images") == 100.0
+    assert math.isnan(results.value("random", 5, 0, "test", "clean", "count_acc"))
+
+
+def test_missing_results_csv_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.csv"):
+        write_report(tmp_path)
+
+
+# --- the page -------------------------------------------------------------------------------------------
+ALL_TTAS = ("clean", "blur", "bright", "dark", "zoom_in", "zoom_out")
+
+
+def test_full_report(tmp_path):
+    rows = paired_grid(ttas=ALL_TTAS, test_sets=("test", "test_multi"))
+    write_results(tmp_path, rows)
+    config = {"strategies": ["uncertainty", "hybrid", "random"], "seeds": [0, 1, 2], "initial": 100, "budget": 100,
+              "rounds": 3, "pool": "/data/pool.json", "tests": ["/data/test.json", "/data/test_multi.json"],
+              "train": {"preset": "<b>lsp14</b>"}}  # fmt: skip
+    grid = {"config": config, "command": ["activepose", "simulate", "--rounds", "3"], "created": "2026-01-01"}
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    montage = make_png(tmp_path / "projects" / "hybrid-seed1" / "exports" / "round_1" / "chosen.png")
+    (tmp_path / "projects" / "hybrid-seed0" / "exports" / "round_1").mkdir(parents=True)  # seed 0: no file
+    # a seed not in results.csv yet (still running) is found too; a non-PNG file is ignored
+    make_png(
+        tmp_path / "projects" / "uncertainty-seed7" / "exports" / "round_1" / "chosen.png", colour=(0, 90, 0)
+    )
+    (tmp_path / "projects" / "random-seed0" / "exports" / "round_1").mkdir(parents=True)
+    (tmp_path / "projects" / "random-seed0" / "exports" / "round_1" / "chosen.png").write_bytes(b"partial")
+
+    path = write_report(tmp_path)
+    assert path == tmp_path / "report.html"
+    page = path.read_text(encoding="utf-8")
+
+    # self-contained
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    assert "&lt;b&gt;lsp14&lt;/b&gt;" in page and "<b>lsp14</b>" not in page  # grid values are escaped
+    assert "activepose simulate --rounds 3" in page and "/data/test_multi.json" in page  # grid.json's config
+    assert "<td>3 / 3</td>" in page  # rounds done / planned (from the nested config)
+    # the reference first, then grid.json's order: the legend and tables follow it
+    assert page.index('<td class="l">random</td>') < page.index('<td class="l">uncertainty</td>')
+    assert page.index('<td class="l">uncertainty</td>') < page.index('<td class="l">hybrid</td>')
+    # 2 test sets x 2 metrics x 2 x-axes figures + 2 montages
+    assert_images_ok(page, minimum=10)
+    assert base64.b64encode(montage).decode() in page  # the first seed that has one (seed 1)
+    assert "hybrid, seed 1" in page and "uncertainty, seed 7" in page
+    assert "random: no round-1 montage found" in page
+    plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert len(plots) == 8 and "test_multi__count_acc__minutes.png" in plots
+    for p in (tmp_path / "plots").glob("*.png"):
+        im = Image.open(p)
+        assert im.size[0] > 800 and im.size[1] > 500  # 6 panels
+    assert "95 % Student-t interval" in page and "same seed" in page
+
+    # the tables' values in the page and the CSVs
+    assert "+6.0" in page and "+1.0" in page  # hybrid / uncertainty mean paired differences (pp)
+    half = 100 * T2 * 0.02 / math.sqrt(3)
+    assert f"[{6 - half:+.1f}, {6 + half:+.1f}]" in page
+    assert page.count('<span class="yes">yes</span>') == 2 * 2 * 3  # 2 test sets x 2 metrics x rounds 1-3
+    paired = read_csv(tmp_path / "paired.csv")
+    assert len(paired) == 2 * 2 * 2 * 4  # test sets x metrics x strategies x rounds
+    h3 = [r for r in paired if r["strategy"] == "hybrid" and r["round"] == "3" and r["metric"] == "count_acc"]
+    assert len(h3) == 2 and all(r["excludes_zero"] == "yes" and r["n_pairs"] == "3" for r in h3)
+    assert float(h3[0]["mean_difference"]) == pytest.approx(0.06, abs=1e-12)
+    assert {r["tta"] for r in paired} == {"clean"}
+
+    eff = read_csv(tmp_path / "efficiency.csv")
+    assert len(eff) == 2 * 2 * 3
+    hyb = next(
+        r for r in eff if r["strategy"] == "hybrid" and r["test_set"] == "test" and r["metric"] == "count_acc"
+    )
+    assert float(hyb["final_mean"]) == pytest.approx(0.42 + 0.15 + 0.06, abs=1e-12)
+    assert float(hyb["reference_final_mean"]) == pytest.approx(0.57, abs=1e-12)
+    assert hyb["reached"] == "yes"
+    # hybrid's mean goes 0.42 -> 0.53 (100 -> 200 images): it reaches 0.57 in round 2 (0.58 at 300)
+    assert float(hyb["images_to_reach"]) == pytest.approx(200 + 100 * 0.04 / 0.05, abs=1e-9)
+    assert "63.0 ± " in page and f"{float(hyb['images_to_reach']):.1f}" in page
+
+
+def test_report_with_partial_results(tmp_path):
+    rows = paired_grid(ttas=("clean", "dark"))
+    # a grid still running: hybrid seed 2 has no round 3, seed 1 lacks round 2; one empty metric cell
+    rows = [r for r in rows if not (r["strategy"] == "hybrid" and r["seed"] == 2 and r["round"] == 3)]
+    rows = [r for r in rows if not (r["strategy"] == "hybrid" and r["seed"] == 1 and r["round"] == 2)]
+    for r in rows:
+        if r["strategy"] == "uncertainty" and r["seed"] == 0 and r["round"] == 1:
+            r["count_acc"] = None
+    write_results(tmp_path, rows, tail="hybrid,2,3,400,60")  # a half-written last line
+    (tmp_path / "grid.json").write_text(json.dumps({"rounds": 3}))  # a flat grid.json, most keys absent
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "1 malformed line(s)" in page
+    assert "3 / 3 (missing 2)" in page and "<td>2 / 3</td>" in page  # hybrid seeds 1 and 2: progress table
+    assert_images_ok(page, minimum=4)
+
+    results = load_results(tmp_path / "results.csv")
+    hybrid = {r.round: r for r in paired_differences(results, "hybrid", "random", "test")}
+    assert hybrid[3].diff.n == 2 and hybrid[2].diff.n == 2 and hybrid[1].diff.n == 3
+    assert hybrid[3].diff.mean == pytest.approx((0.04 + 0.06) / 2, abs=1e-12)
+    unc = {r.round: r for r in paired_differences(results, "uncertainty", "random", "test")}
+    assert unc[1].diff.n == 2  # the NaN cell is left out of the pairs
+    curve = mean_curve(results, "hybrid", "test", "clean", "count_acc")
+    assert [p.value.n for p in curve] == [3, 3, 2, 2]
+    paired = read_csv(tmp_path / "paired.csv")
+    assert any(r["strategy"] == "hybrid" and r["round"] == "3" and r["n_pairs"] == "2" for r in paired)
+
+
+def test_report_with_a_single_seed(tmp_path):
+    write_results(tmp_path, paired_grid(ttas=("clean", "blur"), seeds=(0,)))
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert_images_ok(page, minimum=4)
+    assert "no interval" in page and "n/a (1 seed)" in page and '<span class="yes">' not in page
+    paired = read_csv(tmp_path / "paired.csv")
+    assert paired and all(r["excludes_zero"] == "" and r["half_width"] == "" for r in paired)
+    eff = read_csv(tmp_path / "efficiency.csv")
+    assert all(r["n_seeds"] == "1" and r["final_half_width"] == "" for r in eff)
+    assert "grid.json not found" in page
+
+
+def test_report_without_the_reference_strategy(tmp_path):
+    rows = [r for r in paired_grid() if r["strategy"] != "random"]
+    write_results(tmp_path, rows)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "The reference strategy <b>random</b> is not in the results" in page
+    assert "images to reach" not in page and "Paired difference hybrid" not in page
+    assert_images_ok(page, minimum=4)
+    assert read_csv(tmp_path / "paired.csv") == []
+    eff = read_csv(tmp_path / "efficiency.csv")
+    assert {r["strategy"] for r in eff} == {"hybrid", "uncertainty"}
+    assert all(r["reference"] == "" and r["reached"] == "" and r["images_to_reach"] == "" for r in eff)
+    # another reference works on the same data
+    write_report(tmp_path, reference="uncertainty")
+    paired = read_csv(tmp_path / "paired.csv")
+    assert paired and {r["strategy"] for r in paired} == {"hybrid"}
+    r3 = next(r for r in paired if r["round"] == "3" and r["metric"] == "count_acc")
+    assert float(r3["mean_difference"]) == pytest.approx(0.05, abs=1e-12)
+
+
+def test_all_nan_metric_is_skipped(tmp_path):
+    rows = paired_grid()
+    for r in rows:
+        r["PCK"] = float("nan")
+    write_results(tmp_path, rows)
+    results = load_results(tmp_path / "results.csv")
+    assert plot_curves(results, "test", "images", "PCK", ["random", "hybrid"]) is None
+    assert plot_curves(results, "test", "minutes", "count_acc", ["random", "hybrid"]) is not None
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "No PCK values on this test set" in page
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "test__count_acc__images.png",
+        "test__count_acc__minutes.png",
+    ]
+    assert len(embedded_pngs(page)) == 2

@@ -1,0 +1,230 @@
+"""`activepose simulate`: a fair grid of strategies x seeds, its results.csv, refusals, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import activepose.commands.simulate  # noqa: F401  (registers `simulate` until commands/__init__ does)
+from activepose.cli import app
+from activepose.errors import ConfigError
+from activepose.experiment.grid import COLUMNS, TIMING_COLUMNS, SimulationConfig, simulate
+from activepose.store import Project
+from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.workflow import resolve_train_config
+
+from .conftest import synthetic_project_data
+
+STRATEGIES, SEEDS, INITIAL, BUDGET, ROUNDS = ("hybrid", "random"), 2, 4, 3, 2
+TINY = ["--input-size", "64", "--width", "0.25", "--head-channels", "32", "--epochs", "2", "--workers", "0",
+        "--no-pretrained", "--tta", "clean", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 16-image pool (ids 14-16 are test.json's images too), initial.json, and a second test file."""
+    root, gt = synthetic_project_data(
+        tmp_path_factory.mktemp("simdata"), num_images=16, n_initial=4, n_test=3
+    )
+    cfg = SyntheticConfig(num_images=3, image_size=(64, 64), max_people=2, min_people=1)
+    other = make_synthetic_coco(root / "other", "lsp14", cfg, seed=11)  # stem "annotations"
+    return root, gt, [root / "test.json", other]
+
+
+def _config(data, **changes) -> SimulationConfig:
+    _, gt, tests = data
+    train = resolve_train_config(None, None, input_size=64, width=0.25, head_channels=32, max_epochs=2,
+                                 num_workers=0, pretrained=False, device="cpu")  # fmt: skip
+    kw = dict(pool=gt, tests=tests, initial=INITIAL, budget=BUDGET, rounds=ROUNDS, strategies=STRATEGIES,
+              seeds=SEEDS, train=train, ttas=("clean",), device="cpu")  # fmt: skip
+    return SimulationConfig(**{**kw, **changes})
+
+
+def _args(data, out, *extra, seeds=SEEDS):
+    _, gt, tests = data
+    tests_args = [a for t in tests for a in ("--test", t)]
+    return ["simulate", "--pool", gt, *tests_args, "--strategies", ",".join(STRATEGIES), "--seeds", seeds,
+            "--initial", INITIAL, "--budget", BUDGET, "--rounds", ROUNDS, "--out", out, *TINY, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, data):
+    """The uninterrupted grid, in-process (one thread, as the subprocesses: the same float sums)."""
+    out = tmp_path_factory.mktemp("straight") / "grid"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = simulate(_config(data), out)
+    finally:
+        torch.set_num_threads(threads)
+    return out, result
+
+
+def _rows(out) -> tuple[list[str], list[dict[str, str]]]:
+    with (out / "results.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames), list(reader)
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+
+# --- fairness ----------------------------------------------------------------------------------------------
+def test_every_strategy_of_a_seed_starts_from_the_same_labels_and_model(grid):
+    out, result = grid
+    assert result.cells_total == len(STRATEGIES) * SEEDS * (ROUNDS + 1) == result.cells_run
+    initial_sets = []
+    for seed in range(SEEDS):
+        projects = {s: out / "projects" / f"{s}-seed{seed}" for s in STRATEGIES}
+        first, chosen, configs, models = {}, {}, {}, {}
+        for s, folder in projects.items():
+            with Project.open(folder) as p:
+                m1 = p.models()[0]
+                first[s] = sorted(i for i in p.labelled_ids() if p.image(i).round is None)
+                chosen[s] = [i for i, _, _ in p.round(1).items]
+                assert [r.params["seed"] for r in p.rounds()] == [seed + r for r in range(1, ROUNDS + 1)]
+                assert [r.strategy for r in p.rounds()] == [s] * ROUNDS
+                models[s] = (m1.sha1, m1.train_size, m1.round)
+                weights = torch.load(p.checkpoint_path(m1), map_location="cpu", weights_only=False)
+            configs[s] = torch.load(folder / "checkpoints" / "run" / "last.pt", map_location="cpu",
+                                    weights_only=False)["train_config"]  # fmt: skip
+            first[s + "_weights"] = weights["model_state"]
+        hybrid, random_ = STRATEGIES
+        assert first[hybrid] == first[random_] and len(first[hybrid]) == INITIAL
+        assert models[hybrid] == models[random_] and models[hybrid][1:] == (INITIAL, None)
+        wa, wb = first[hybrid + "_weights"], first[random_ + "_weights"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert configs[hybrid] == configs[random_] and configs[hybrid]["seed"] == seed
+        initial_sets.append(first[hybrid])
+        assert chosen[hybrid] != chosen[random_], f"seed {seed}: both strategies chose {chosen[hybrid]}"
+        assert not set(chosen[hybrid]) & {14, 15, 16}  # test images are never selected
+        for folder in projects.values():  # round 1's montage (the report shows it); no later ones by default
+            assert (folder / "exports" / "round_1" / "chosen.png").is_file()
+            assert not (folder / "exports" / "round_2").exists()
+    assert initial_sets[0] != initial_sets[1]  # each seed draws its own initial set
+
+
+# --- results.csv -------------------------------------------------------------------------------------------
+def test_results_have_one_row_per_cell_test_set_and_tta(grid, data):
+    out, result = grid
+    columns, rows = _rows(out)
+    assert tuple(columns) == COLUMNS
+    assert rows == result.rows
+    stems = [t.stem for t in data[2]]
+    keys = [(r["strategy"], r["seed"], r["round"], r["test_set"], r["tta"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(STRATEGIES) * SEEDS * (ROUNDS + 1) * len(stems)
+    assert {k[3] for k in keys} == set(stems) and {k[4] for k in keys} == {"clean"}
+    for s in STRATEGIES:
+        for seed in range(SEEDS):
+            mine = [r for r in rows if (r["strategy"], r["seed"], r["test_set"]) == (s, str(seed), stems[0])]
+            assert [int(r["round"]) for r in mine] == list(range(ROUNDS + 1))
+            assert [int(r["labelled_images"]) for r in mine] == [
+                INITIAL + r * BUDGET for r in range(ROUNDS + 1)
+            ]
+            cost = [float(r["annotation_seconds"]) for r in mine]
+            people = [int(r["labelled_people"]) for r in mine]
+            assert cost[0] == 0 and all(a < b for a, b in zip(cost, cost[1:], strict=False))
+            for c, n in zip(cost[1:], people[1:], strict=True):
+                assert 15 * (n - people[0]) - 1e-3 <= c <= 20 * (n - people[0]) + 1e-3
+            assert float(mine[0]["selection_seconds"]) == 0 and all(
+                float(r["training_seconds"]) > 0 for r in mine
+            )
+    for r in rows:
+        for k in ("count_acc", "count_exact", "AP", "PCK"):
+            assert r[k] == "" or 0 <= float(r[k]) <= 1
+    for seed in range(SEEDS):  # round 0 is the same model on the same labels for every strategy
+        zero = [
+            _without_timing([r])[0] | {"strategy": ""}
+            for r in rows
+            if r["round"] == "0" and r["seed"] == str(seed)
+        ]
+        assert zero[: len(stems)] == zero[len(stems) :]
+
+
+def test_a_finished_grid_run_again_does_nothing(grid, data):
+    out, _ = grid
+    before = (out / "results.csv").read_bytes()
+    dbs = {p: p.stat().st_mtime_ns for p in (out / "projects").glob("*/project.db")}
+    again = simulate(_config(data), out)
+    assert again.cells_run == 0 and again.cells_before == again.cells_total
+    assert (out / "results.csv").read_bytes() == before
+    assert {p: p.stat().st_mtime_ns for p in dbs} == dbs
+
+
+# --- refusals ----------------------------------------------------------------------------------------------
+def test_bad_grids_are_refused_before_any_work(tmp_path, data, grid):
+    runner = CliRunner()
+    out = tmp_path / "g"
+    res = runner.invoke(app, [str(a) for a in _args(data, out)] + ["--rounds", "5"])  # 4 + 5 x 3 > 16 images
+    assert res.exit_code == 2, res.output
+    assert "= 19 images, but" in " ".join(res.output.split()) and not out.exists()
+    # fits the file's 16 images, not the 13 usable ones (3 are test images): refused before any training
+    with pytest.raises(ConfigError, match="only 13 of 16 pool images can be used"):
+        simulate(_config(data, rounds=4), out)
+    assert not out.exists()
+    for bad, match in ((dict(strategies=("hybrid", "best")), "unknown strategy 'best'"),
+                       (dict(seeds=0), "--seeds must be >= 1"), (dict(initial=0), "--initial must be >= 1")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            _config(data, **bad)
+    # another grid into a finished grid's folder: exit 2 naming the difference, nothing changed
+    done, _ = grid
+    before = (done / "results.csv").read_bytes()
+    res = runner.invoke(app, [str(a) for a in _args(data, done)] + ["--budget", "2"])
+    assert res.exit_code == 2 and "holds another simulation grid" in res.output, res.output
+    assert "budget: 3 in grid.json, 2 now" in " ".join(res.output.split())
+    assert (done / "results.csv").read_bytes() == before
+
+
+# --- resume after SIGKILL ------------------------------------------------------------------------------------
+_MAIN = "import activepose.commands.simulate; from activepose.cli import app; app()"
+
+
+def _cli(*args, kill=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ACTIVEPOSE_KILL_AT"}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **({"ACTIVEPOSE_KILL_AT": kill} if kill else {}))
+    return subprocess.run([sys.executable, "-c", _MAIN, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def test_killed_grid_resumes_to_the_uninterrupted_results(tmp_path, data, grid):
+    """Killed twice (mid-training, mid-selection), then run to the end: the rows equal the uninterrupted grid's.
+
+    One seed here: a seed's cells do not depend on the other seeds of the grid, so they equal seed 0's rows of
+    the two-seed grid run in-process.
+    """
+    out = tmp_path / "grid"
+    args = _args(data, out, seeds=1)
+    # train:6 = the 2nd epoch of random-seed0's round 1 (the initial model and hybrid's round 1 trained before)
+    proc = _cli(*args, kill="train:6")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    _, rows = _rows(out)
+    assert {(r["strategy"], r["round"]) for r in rows} == {("hybrid", "0"), ("random", "0"), ("hybrid", "1")}
+    with Project.open(out / "projects" / "random-seed0") as p:
+        assert p.round(1).state == "labelled"  # killed mid-training
+    # resumed (random's round 1 finishes its training), then killed while hybrid's round 2 is being chosen
+    proc = _cli(*args, kill="select:2")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    with Project.open(out / "projects" / "hybrid-seed0") as p:
+        assert len(p.rounds()) == 1
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert (
+        "mean clean count_acc / PCK" in text and f"results: {out / 'results.csv'}" in text and "next:" in text
+    )
+    columns, rows = _rows(out)
+    assert tuple(columns) == COLUMNS
+    expected = [r for r in _rows(grid[0])[1] if r["seed"] == "0"]
+    assert _without_timing(rows) == _without_timing(expected)
+    assert all(r["selection_seconds"] != "" and r["training_seconds"] != "" for r in rows)
+    for folder in (out / "projects").iterdir():
+        with Project.open(folder) as p:
+            assert [r.state for r in p.rounds()] == ["closed"] * ROUNDS
