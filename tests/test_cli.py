@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -188,3 +189,16 @@ def test_every_option_of_every_command_has_help_and_a_readable_metavar():
     assert missing == []
     out = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
     assert "(default: 0.0001, or the preset's / the run's own)" in out and "<bool>  Use ImageNet" not in out
+
+
+def test_demo_is_a_small_hybrid_vs_random_simulation(tmp_path):
+    out = tmp_path / "demo"
+    code, text = _run("demo", "--out", str(out), "--seeds", "1", "--rounds", "1", "--initial", "6", "--budget", "6",
+                      "--epochs", "1", "--eval-max-images", "10", "--device", "cpu")  # fmt: skip
+    assert code == 0, text
+    sim = out / "simulation"
+    rows = list(csv.DictReader((sim / "results.csv").open()))
+    assert {r["strategy"] for r in rows} == {"hybrid", "random"} and {r["test_set"] for r in rows} == {"test"}
+    assert sorted({int(r["labelled_images"]) for r in rows}) == [6, 12]
+    assert "labelled images" in text and f"report: {sim / 'report.html'}" in text
+    assert (sim / "report.html").stat().st_size > 10_000

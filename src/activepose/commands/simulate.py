@@ -118,7 +118,7 @@ def simulate_cmd(
     (one row per strategy, seed, round, test set and TTA) and DIR/grid.json. Interrupted (crash, kill -9,
     Ctrl-C)? Run the same command again: finished cells are kept, an unfinished one continues.
     """
-    from ..experiment.grid import SimulationConfig, simulate, summarise
+    from ..experiment.grid import SimulationConfig
     from ..sampling.strategies import SelectionConfig
     from ..sampling.uncertainty import UncertaintyConfig
 
@@ -137,12 +137,19 @@ def simulate_cmd(
         train=train_cfg, selection=selection, ttas=o.parse_tta(tta), eval_max_images=eval_max_images,
         device=device, montages=montages,
     )  # fmt: skip
+    run_simulation(cfg, out, command=["activepose", *sys.argv[1:]])
+
+
+def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
+    """Run (or resume) a simulation grid with progress bars, then print its table and where its results are."""
+    from ..experiment.grid import simulate, summarise
+
     console.print(
         f"simulating {', '.join(cfg.strategies)} x {len(cfg.seeds)} seed(s) x rounds 0..{cfg.rounds} "
         f"({cfg.initial} initial + {cfg.budget} per round) -> {out}"
     )
     with RichReporter() as rep:
-        result = simulate(cfg, out, rep, command=["activepose", *sys.argv[1:]])
+        result = simulate(cfg, out, rep, command=command)
     if result.cells_run == 0:
         console.print(
             f"[bold green]done:[/] all {result.cells_total} cells were already complete: nothing to do"

@@ -548,8 +548,11 @@ def plot_curves(
             ax.plot(x, y, marker="o", ms=4, lw=lw, ls=ls, color=colours[s], label=label)
             band = np.isfinite(h)
             if band.any():
-                ax.fill_between(x, np.where(band, y - h, y), np.where(band, y + h, y), color=colours[s], alpha=0.18,
-                                lw=0, where=band, interpolate=True)  # fmt: skip
+                # A metric lives in [0, 100] %: a wide interval (few seeds) is drawn up to the bounds, not past them.
+                lo, hi = np.clip(np.where(band, y - h, y), 0, 100), np.clip(np.where(band, y + h, y), 0, 100)
+                ax.fill_between(x, lo, hi, color=colours[s], alpha=0.18, lw=0, where=band, interpolate=True)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(0.0, lo), min(100.0, hi))  # a metric in % never leaves [0, 100]
         ax.set_title(f"({chr(ord('A') + k)}) {'no augmentation' if tta == 'clean' else tta}")
         ax.grid(alpha=0.3)
         if k % ncols == 0:
