@@ -116,14 +116,14 @@ def demo(
         Path | None,
         typer.Option(
             "--pool",
-            help="Real data: COCO JSON of the pool (its labels play the oracle) [default: generated].",
+            help="Real data: COCO JSON of the pool (its labels play the oracle) (default: generated).",
             metavar="POOL.json",
         ),
     ] = None,
     test: Annotated[
         Path | None,
         typer.Option(
-            "--test", help="Real data: COCO JSON of the test set [default: generated].", metavar="TEST.json"
+            "--test", help="Real data: COCO JSON of the test set (default: generated).", metavar="TEST.json"
         ),
     ] = None,
     out: Annotated[
