@@ -13,10 +13,10 @@ from ..errors import ConfigError
 from ..workflow import labelling, rounds
 from . import options as o
 from .app import RichReporter, command, console, duration, next_step
-from .model import _train_config
 
 
 @command("run")
+@o.training_options
 def run_loop(
     project: o.ProjectArg,
     rounds_: Annotated[
@@ -41,20 +41,6 @@ def run_loop(
     ] = None,
     tta: o.Tta = "all",
     eval_max_images: o.EvalMaxImages = None,
-    preset: o.Preset = None,
-    backbone: o.Backbone = None,
-    width: o.Width = None,
-    head_channels: o.HeadChannels = None,
-    input_size: o.InputSize = None,
-    epochs: o.Epochs = None,
-    batch_size: o.BatchSize = None,
-    lr: o.Lr = None,
-    patience: o.Patience = None,
-    lr_step: o.LrStep = None,
-    lr_gamma: o.LrGamma = None,
-    max_minutes: o.MaxMinutes = None,
-    pretrained: o.Pretrained = None,
-    workers: o.Workers = None,
     extractor: o.Extractor = o.DEFAULTS["extractor"],
     weights: o.ExtractorWeights = None,
     ann: o.AnnBackend = o.DEFAULTS["ann"],
@@ -65,6 +51,7 @@ def run_loop(
         int, typer.Option(help="Seeds training, selection (seed + round) and the oracle's cost.", metavar="N")
     ] = 0,
     device: o.Device = "auto",
+    training: o.TrainingOptions = None,
 ) -> None:
     """Run the active-learning loop: select -> label -> train -> evaluate, round after round.
 
@@ -85,11 +72,7 @@ def run_loop(
     if ground_truth is None:
         raise ConfigError("--oracle simulated needs --ground-truth GT.json")
     # Every option is checked here, before the first step: a typo never costs a trained round.
-    train_cfg = _train_config(
-        project / rounds.RUN_DIR, preset, False, False, backbone=backbone, width=width, head_channels=head_channels,
-        input_size=input_size, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, lr_step_epochs=lr_step,
-        lr_gamma=lr_gamma, max_minutes=max_minutes, pretrained=pretrained, num_workers=workers, seed=seed, device=device,
-    )  # fmt: skip
+    train_cfg = training.config(project / rounds.RUN_DIR, device, seed=seed)
     selection = SelectionConfig(uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp), extractor=extractor,
                                 weights=weights, ann_backend=ann, fill=fill, seed=seed)  # fmt: skip
     opts = RunOptions(

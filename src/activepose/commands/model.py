@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -14,18 +13,8 @@ from . import options as o
 from .app import RichReporter, command, console, next_step
 
 
-def _train_config(run_dir: Path | None, preset, no_augment: bool, grayscale: bool, **given):
-    from ..data import AugmentConfig
-
-    cfg = presets.resolve_train_config(run_dir, preset, grayscale=grayscale or None, **given)
-    if no_augment:
-        return dataclasses.replace(cfg, augment=None)
-    if grayscale:
-        return dataclasses.replace(cfg, augment=AugmentConfig(grayscale=True))
-    return cfg
-
-
 @command()
+@o.training_options
 def train(
     project: Annotated[
         Path | None,
@@ -42,22 +31,6 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (checkpoints, history).", metavar="DIR")
     ] = None,
-    preset: o.Preset = None,
-    backbone: o.Backbone = None,
-    width: o.Width = None,
-    head_channels: o.HeadChannels = None,
-    input_size: o.InputSize = None,
-    epochs: o.Epochs = None,
-    batch_size: o.BatchSize = None,
-    lr: o.Lr = None,
-    patience: o.Patience = None,
-    lr_step: o.LrStep = None,
-    lr_gamma: o.LrGamma = None,
-    max_minutes: o.MaxMinutes = None,
-    steps_per_epoch: o.StepsPerEpoch = None,
-    val_fraction: o.ValFraction = None,
-    pretrained: o.Pretrained = None,
-    workers: o.Workers = None,
     max_images: o.MaxImages = None,
     grayscale: Annotated[
         bool, typer.Option(metavar="", help="Train on grayscale input, as the paper's data.")
@@ -70,6 +43,7 @@ def train(
     ] = False,
     seed: o.Seed = 0,
     device: o.Device = "auto",
+    training: o.TrainingOptions = None,
 ) -> None:
     """Train a pose model; the same command again resumes it, new data continues it (a new session)."""
     from ..train import train as run_train
@@ -79,12 +53,7 @@ def train(
     if project is None and (data is None or out is None):
         raise ConfigError("give a PROJECT folder, or --data and --out")
     run_dir = project / rounds.RUN_DIR if project is not None else out
-    cfg = _train_config(
-        run_dir, preset, no_augment, grayscale, backbone=backbone, width=width, head_channels=head_channels,
-        input_size=input_size, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-        lr_step_epochs=lr_step, lr_gamma=lr_gamma, max_minutes=max_minutes, steps_per_epoch=steps_per_epoch,
-        val_fraction=val_fraction, pretrained=pretrained, num_workers=workers, seed=seed, device=device,
-    )  # fmt: skip
+    cfg = training.config(run_dir, device, seed=seed, grayscale=grayscale, no_augment=no_augment)
     if project is not None:
         if max_images is not None:
             raise ConfigError("--max-images is for --data; a project trains on all its labels")

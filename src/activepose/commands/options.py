@@ -3,6 +3,11 @@ library's config classes at the parameter (None for training options: the preset
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -190,3 +195,66 @@ MinScore = Annotated[
     typer.Option(help="Decoder: minimum person score.", metavar="X", rich_help_panel="Evaluation"),
 ]
 EVAL_BATCH = EvalOptions.batch_size
+
+
+# --- the training options as one group: declared here once, added to train / run / simulate by a decorator ----------
+_TRAINING = {  # CLI name -> (annotation, TrainConfig field)
+    "preset": (Preset, None),
+    "backbone": (Backbone, "backbone"),
+    "width": (Width, "width"),
+    "head_channels": (HeadChannels, "head_channels"),
+    "input_size": (InputSize, "input_size"),
+    "epochs": (Epochs, "max_epochs"),
+    "batch_size": (BatchSize, "batch_size"),
+    "lr": (Lr, "lr"),
+    "patience": (Patience, "patience"),
+    "lr_step": (LrStep, "lr_step_epochs"),
+    "lr_gamma": (LrGamma, "lr_gamma"),
+    "max_minutes": (MaxMinutes, "max_minutes"),
+    "steps_per_epoch": (StepsPerEpoch, "steps_per_epoch"),
+    "val_fraction": (ValFraction, "val_fraction"),
+    "pretrained": (Pretrained, "pretrained"),
+    "workers": (Workers, "num_workers"),
+}
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The training options a user typed (None: not given), turned into a TrainConfig by `config`."""
+
+    values: dict
+
+    def config(self, run_dir: Path | None, device: str, seed: int | None = None, grayscale: bool = False,
+               no_augment: bool = False):  # fmt: skip
+        """Return the TrainConfig: these options > the preset > the run's own (in `run_dir`) > the defaults."""
+        from ..data import AugmentConfig
+        from ..workflow.presets import resolve_train_config
+
+        given = {field: self.values[name] for name, (_, field) in _TRAINING.items() if field is not None}
+        cfg = resolve_train_config(run_dir, self.values["preset"], grayscale=grayscale or None, device=device,
+                                   seed=seed, **given)  # fmt: skip
+        if no_augment:
+            return dataclasses.replace(cfg, augment=None)
+        if grayscale:
+            return dataclasses.replace(cfg, augment=AugmentConfig(grayscale=True))
+        return cfg
+
+
+def training_options(fn):
+    """Give a command every training option (after its own) and call it with `training=TrainingOptions(...)`."""
+    hints = typing.get_type_hints(fn, include_extras=True)  # resolved now: typer then needs no string lookups
+    own = [p.replace(annotation=hints.get(name, p.annotation))
+           for name, p in inspect.signature(fn).parameters.items() if name != "training"]  # fmt: skip
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+             for name, (annotation, _) in _TRAINING.items()]  # fmt: skip
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name, None) for name in _TRAINING}
+        return fn(*args, training=TrainingOptions(values), **kwargs)
+
+    params = own + added
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must see this signature, not the command's own
+    return wrapper

@@ -13,7 +13,6 @@ from rich.table import Table
 from ..errors import ConfigError
 from . import options as o
 from .app import RichReporter, command, console, duration, next_step
-from .model import _train_config
 
 
 def parse_seeds(text: str) -> int | tuple[int, ...]:
@@ -31,6 +30,7 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
 
 
 @command("simulate")
+@o.training_options
 def simulate_cmd(
     pool: Annotated[
         Path,
@@ -77,22 +77,6 @@ def simulate_cmd(
     ] = "3",
     tta: o.Tta = "all",
     eval_max_images: o.EvalMaxImages = None,
-    preset: o.Preset = None,
-    backbone: o.Backbone = None,
-    width: o.Width = None,
-    head_channels: o.HeadChannels = None,
-    input_size: o.InputSize = None,
-    epochs: o.Epochs = None,
-    batch_size: o.BatchSize = None,
-    lr: o.Lr = None,
-    patience: o.Patience = None,
-    lr_step: o.LrStep = None,
-    lr_gamma: o.LrGamma = None,
-    max_minutes: o.MaxMinutes = None,
-    steps_per_epoch: o.StepsPerEpoch = None,
-    val_fraction: o.ValFraction = None,
-    pretrained: o.Pretrained = None,
-    workers: o.Workers = None,
     extractor: o.Extractor = o.DEFAULTS["extractor"],
     weights: o.ExtractorWeights = None,
     ann: o.AnnBackend = o.DEFAULTS["ann"],
@@ -109,6 +93,7 @@ def simulate_cmd(
         ),  # fmt: skip
     ] = False,
     device: o.Device = "auto",
+    training: o.TrainingOptions = None,
 ) -> None:
     """Compare selection strategies by simulated active learning: strategies x seeds, rounds 0..R.
 
@@ -123,12 +108,7 @@ def simulate_cmd(
     from ..sampling.uncertainty import UncertaintyConfig
 
     # Every option is checked here, before any training.
-    train_cfg = _train_config(
-        None, preset, False, False, backbone=backbone, width=width, head_channels=head_channels,
-        input_size=input_size, max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-        lr_step_epochs=lr_step, lr_gamma=lr_gamma, max_minutes=max_minutes, steps_per_epoch=steps_per_epoch,
-        val_fraction=val_fraction, pretrained=pretrained, num_workers=workers, device=device,
-    )  # fmt: skip
+    train_cfg = training.config(None, device)
     selection = SelectionConfig(uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp), extractor=extractor,
                                 weights=weights, ann_backend=ann, fill=fill)  # fmt: skip
     cfg = SimulationConfig(
