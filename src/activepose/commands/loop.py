@@ -17,6 +17,7 @@ from .app import RichReporter, command, console, duration, next_step
 
 @command("run")
 @o.training_options
+@o.selection_options
 def run_loop(
     project: o.ProjectArg,
     rounds_: Annotated[
@@ -41,17 +42,12 @@ def run_loop(
     ] = None,
     tta: o.Tta = "all",
     eval_max_images: o.EvalMaxImages = None,
-    extractor: o.Extractor = o.DEFAULTS["extractor"],
-    weights: o.ExtractorWeights = None,
-    ann: o.AnnBackend = o.DEFAULTS["ann"],
-    th_hm: o.ThHm = o.DEFAULTS["th_hm"],
-    th_kp: o.ThKp = None,
-    fill: o.Fill = o.DEFAULTS["fill"],
     seed: Annotated[
         int, typer.Option(help="Seeds training, selection (seed + round) and the oracle's cost.", metavar="N")
     ] = 0,
     device: o.Device = "auto",
     training: o.TrainingOptions = None,
+    selection: o.SelectionOptions = None,
 ) -> None:
     """Run the active-learning loop: select -> label -> train -> evaluate, round after round.
 
@@ -61,8 +57,6 @@ def run_loop(
     Writes exports/learning_curve.png and .json.
     """
     from ..loop import RunOptions, run
-    from ..sampling.strategies import SelectionConfig
-    from ..sampling.uncertainty import UncertaintyConfig
     from .project import status
 
     if oracle != "simulated":
@@ -73,11 +67,10 @@ def run_loop(
         raise ConfigError("--oracle simulated needs --ground-truth GT.json")
     # Every option is checked here, before the first step: a typo never costs a trained round.
     train_cfg = training.config(project / rounds.RUN_DIR, device, seed=seed)
-    selection = SelectionConfig(uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp), extractor=extractor,
-                                weights=weights, ann_backend=ann, fill=fill, seed=seed)  # fmt: skip
+    selection_cfg = selection.config(seed=seed)
     opts = RunOptions(
         budget=budget, oracle=labelling.SimulatedLabeller(ground_truth, seed=seed), train=train_cfg,
-        select=rounds.SelectOptions(budget=budget, strategy=strategy, selection=selection, device=device),
+        select=rounds.SelectOptions(budget=budget, strategy=strategy, selection=selection_cfg, device=device),
         evaluate=rounds.EvalOptions(test=test, ttas=o.parse_tta(tta), max_images=eval_max_images, device=device),
         seed=seed,
     )  # fmt: skip

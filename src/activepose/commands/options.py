@@ -240,21 +240,60 @@ class TrainingOptions:
         return cfg
 
 
-def training_options(fn):
-    """Give a command every training option (after its own) and call it with `training=TrainingOptions(...)`."""
-    hints = typing.get_type_hints(fn, include_extras=True)  # resolved now: typer then needs no string lookups
-    own = [p.replace(annotation=hints.get(name, p.annotation))
-           for name, p in inspect.signature(fn).parameters.items() if name != "training"]  # fmt: skip
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
-             for name, (annotation, _) in _TRAINING.items()]  # fmt: skip
+def _option_group(keyword: str, table: dict, make):
+    """Return a decorator adding the options of `table` (name -> (annotation, default, ...)) to a command after its
+    own, and calling it with `keyword=make(values)` instead."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        values = {name: kwargs.pop(name, None) for name in _TRAINING}
-        return fn(*args, training=TrainingOptions(values), **kwargs)
+    def decorator(fn):
+        hints = typing.get_type_hints(
+            fn, include_extras=True
+        )  # resolved now: typer then needs no string lookups
+        own = [p.replace(annotation=hints.get(name, p.annotation))
+               for name, p in inspect.signature(fn).parameters.items() if name != keyword]  # fmt: skip
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=spec[1], annotation=spec[0])
+                 for name, spec in table.items()]  # fmt: skip
 
-    params = own + added
-    wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    del wrapper.__wrapped__  # typer must see this signature, not the command's own
-    return wrapper
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name, spec[1]) for name, spec in table.items()}
+            return fn(*args, **{keyword: make(values)}, **kwargs)
+
+        params = own + added
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer must see this signature, not the command's own
+        return wrapper
+
+    return decorator
+
+
+training_options = _option_group(
+    "training", {k: (a, None) for k, (a, _) in _TRAINING.items()}, TrainingOptions
+)
+
+
+# --- the selection options as one group: added to select / run / simulate -----------------------------------------
+_SELECTION = {  # CLI name -> (annotation, default)
+    "extractor": (Extractor, DEFAULTS["extractor"]),
+    "weights": (ExtractorWeights, None),
+    "ann": (AnnBackend, DEFAULTS["ann"]),
+    "th_hm": (ThHm, DEFAULTS["th_hm"]),
+    "th_kp": (ThKp, None),
+    "fill": (Fill, DEFAULTS["fill"]),
+}
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """The selection options of a command, turned into a SelectionConfig by `config` (validated there)."""
+
+    values: dict
+
+    def config(self, seed: int = 0, cache_dir: Path | None = None) -> SelectionConfig:
+        v = self.values
+        return SelectionConfig(uncertainty=UncertaintyConfig(th_hm=v["th_hm"], th_kp=v["th_kp"]),
+                               extractor=v["extractor"], weights=v["weights"], ann_backend=v["ann"], fill=v["fill"],
+                               cache_dir=cache_dir, seed=seed)  # fmt: skip
+
+
+selection_options = _option_group("selection", _SELECTION, SelectionOptions)

@@ -152,6 +152,7 @@ def _what_next(project: Path, current, counts: dict, all_models: list) -> str:
 
 
 @command()
+@o.selection_options
 def select(
     budget: o.Budget,
     project: Annotated[
@@ -189,12 +190,6 @@ def select(
         Path | None,
         typer.Option("--out", "-o", help="Write the chosen ids and scores here (JSON).", metavar="FILE"),
     ] = None,
-    extractor: o.Extractor = o.DEFAULTS["extractor"],
-    weights: o.ExtractorWeights = None,
-    ann: o.AnnBackend = o.DEFAULTS["ann"],
-    th_hm: o.ThHm = o.DEFAULTS["th_hm"],
-    th_kp: o.ThKp = None,
-    fill: o.Fill = o.DEFAULTS["fill"],
     cache: Annotated[
         Path | None,
         typer.Option(help="Cache folder for scores and embeddings (default: PROJECT/caches).", metavar="DIR"),
@@ -204,13 +199,11 @@ def select(
     ] = None,
     seed: o.Seed = 0,
     device: o.Device = "auto",
+    selection: o.SelectionOptions = None,
 ) -> None:
     """Choose the next images to label: hybrid (uncertainty -> features -> ANN diversity) or a baseline."""
-    from ..sampling.strategies import SelectionConfig
-    from ..sampling.uncertainty import UncertaintyConfig
 
-    cfg = SelectionConfig(uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp), extractor=extractor, weights=weights,
-                          ann_backend=ann, fill=fill, cache_dir=cache, seed=seed)  # fmt: skip
+    cfg = selection.config(seed=seed, cache_dir=cache)
     opts = rounds.SelectOptions(budget=budget, strategy=strategy, selection=cfg, model=model, device=device)
     if (project is None) == (pool is None):
         raise ConfigError("give either a PROJECT folder or --pool POOL.json")
@@ -221,7 +214,7 @@ def select(
         return
     with common.opened(project) as proj, RichReporter() as rep:
         res = rounds.select_round(proj, opts, rep)
-    _selection_table(res.strategy, res.stats, th_hm, fill)
+    _selection_table(res.strategy, res.stats, cfg.uncertainty.th_hm, cfg.fill)
     console.print(f"opened round {res.round_id} in {project} with {len(res.ids)} images; montages in "
                   f"{project / 'exports' / f'round_{res.round_id}'}")  # fmt: skip
     if out is not None:

@@ -31,6 +31,7 @@ def parse_seeds(text: str) -> int | tuple[int, ...]:
 
 @command("simulate")
 @o.training_options
+@o.selection_options
 def simulate_cmd(
     pool: Annotated[
         Path,
@@ -77,12 +78,6 @@ def simulate_cmd(
     ] = "3",
     tta: o.Tta = "all",
     eval_max_images: o.EvalMaxImages = None,
-    extractor: o.Extractor = o.DEFAULTS["extractor"],
-    weights: o.ExtractorWeights = None,
-    ann: o.AnnBackend = o.DEFAULTS["ann"],
-    th_hm: o.ThHm = o.DEFAULTS["th_hm"],
-    th_kp: o.ThKp = None,
-    fill: o.Fill = o.DEFAULTS["fill"],
     montages: Annotated[
         bool,
         typer.Option(
@@ -94,6 +89,7 @@ def simulate_cmd(
     ] = False,
     device: o.Device = "auto",
     training: o.TrainingOptions = None,
+    selection: o.SelectionOptions = None,
 ) -> None:
     """Compare selection strategies by simulated active learning: strategies x seeds, rounds 0..R.
 
@@ -104,17 +100,14 @@ def simulate_cmd(
     Ctrl-C)? Run the same command again: finished cells are kept, an unfinished one continues.
     """
     from ..experiment.grid import SimulationConfig
-    from ..sampling.strategies import SelectionConfig
-    from ..sampling.uncertainty import UncertaintyConfig
 
     # Every option is checked here, before any training.
     train_cfg = training.config(None, device)
-    selection = SelectionConfig(uncertainty=UncertaintyConfig(th_hm=th_hm, th_kp=th_kp), extractor=extractor,
-                                weights=weights, ann_backend=ann, fill=fill)  # fmt: skip
+    selection_cfg = selection.config()
     cfg = SimulationConfig(
         pool=pool, tests=tuple(test), initial=initial, budget=budget, rounds=rounds_,
         strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()), seeds=parse_seeds(seeds),
-        train=train_cfg, selection=selection, ttas=o.parse_tta(tta), eval_max_images=eval_max_images,
+        train=train_cfg, selection=selection_cfg, ttas=o.parse_tta(tta), eval_max_images=eval_max_images,
         device=device, montages=montages,
     )  # fmt: skip
     run_simulation(cfg, out, command=["activepose", *sys.argv[1:]])
