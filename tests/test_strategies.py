@@ -197,3 +197,24 @@ def test_strategy_needing_the_model_fails_before_any_work(pool):
     ):
         select_batch("diversity", ctx, 2)
     assert len(select_batch("random", ctx, 2).ids) == 2
+
+
+@pytest.mark.parametrize("strategy", ["random", "hybrid", "diversity"])
+def test_max_candidates_considers_a_seeded_sample_of_the_unlabelled(pool, model, strategy):
+    labelled = pool.image_ids[:10]
+    ctx = _ctx(pool, model, labelled, max_candidates=12, seed=3)
+    assert len(ctx.candidate_ids) == 12 and ctx.stats["unlabelled"] == 30
+    assert not set(ctx.candidate_ids) & set(labelled)
+    assert ctx.candidate_ids == _ctx(pool, model, labelled, max_candidates=12, seed=3).candidate_ids
+    assert ctx.candidate_ids != _ctx(pool, model, labelled, max_candidates=12, seed=4).candidate_ids
+    result = select_batch(strategy, ctx, 5)
+    assert set(result.ids) <= set(ctx.candidate_ids) and len(set(result.ids)) == 5
+    # A cap at or above what is left changes nothing.
+    assert _ctx(pool, model, labelled, max_candidates=30).candidate_ids == _ctx(pool, model, labelled).candidate_ids
+
+
+def test_budget_larger_than_the_candidate_sample_names_the_option(pool, model):
+    with pytest.raises(SelectionError, match="--max-candidates 4"):
+        select_batch("random", _ctx(pool, model, max_candidates=4), 5)
+    with pytest.raises(ConfigError, match="--max-candidates must be >= 1"):
+        SelectionConfig(max_candidates=0)

@@ -125,6 +125,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise CheckpointError(f"{path}: checkpoint does not hold a usable pose model ({exc})") from exc
     model.to(dev).eval()
     cfg = checkpoint_train_config(state, path)
+    if cfg is not None:
+        from .train import prepare_model
+
+        prepare_model(model, cfg, dev)
     progress = state.get("train") if isinstance(state.get("train"), dict) else {}
     return LoadedModel(
         net=model,

@@ -61,6 +61,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_step_epochs: int = 30  # step decay: multiply the learning rate by lr_gamma every lr_step_epochs
     lr_gamma: float = 0.5
+    # "step" (the paper's step decay, per epoch) or "onecycle" (per batch: a linear warm-up from lr/25 over
+    # the first 15 % of the session's steps, then half a cosine down to ~0 at `max_epochs`; every session,
+    # so each warm-started round warms up and anneals again).
+    lr_schedule: str = "step"
     max_epochs: int = 200
     patience: int = 35  # early stopping on validation loss
     min_delta: float = 0.0
@@ -74,6 +78,12 @@ class TrainConfig:
     device: str = "auto"
     grayscale: bool = False
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    # Train only the neck and stages on cached ImageNet-trunk features (see activepose.trunk); with it,
+    # augmentation is the horizontal flip and `train_crop` (px, a multiple of the stride) windows only.
+    frozen_trunk: bool = False
+    train_crop: int | None = None
+    feature_cache: str | None = None  # folder of cached trunk features (None: ~/.cache/activepose/trunk)
+    precision: str = "fp32"  # "bf16": autocast where the device runs it natively (activepose.precision)
     targets: TargetConfig = field(default_factory=TargetConfig)
 
     def __post_init__(self) -> None:
@@ -148,6 +158,7 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
     need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
     need(cfg.lr_step_epochs >= 1, "lr_step_epochs", ">= 1")
     need(0 < cfg.lr_gamma <= 1, "lr_gamma", "in (0, 1]")
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
     need(cfg.max_epochs >= 0, "max_epochs", ">= 0")
     need(cfg.patience >= 0, "patience", ">= 0")
     need(cfg.min_delta >= 0, "min_delta", ">= 0")
@@ -157,6 +168,15 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
     # 0 is allowed: stop (resumably) after the first epoch.
     need(cfg.max_minutes is None or cfg.max_minutes >= 0, "max_minutes", ">= 0")
     need(cfg.num_workers >= 0, "num_workers", ">= 0")
+    if cfg.train_crop is not None:
+        need(cfg.train_crop >= 8 and cfg.train_crop % 8 == 0, "train_crop", "a positive multiple of 8")
+        if not cfg.frozen_trunk:
+            problems.append("--train-crop needs --frozen-trunk (it crops cached trunk features)")
+    from .precision import PRECISIONS
+
+    need(cfg.precision in PRECISIONS, "precision", " or ".join(PRECISIONS))
+    if cfg.frozen_trunk and not cfg.pretrained:
+        problems.append("--frozen-trunk needs ImageNet weights: a frozen random trunk learns nothing")
     try:
         check_device(cfg.device)
     except ConfigError as exc:
@@ -379,18 +399,20 @@ class Trainer:
             model = build_model(state["model_config"])
             model.load_state_dict(state["model_state"])
         model.to(self.device)
+        prepare_model(model, self.cfg, self.device)
         opt = torch.optim.Adam(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],
             lr=self.cfg.lr,
             betas=tuple(self.cfg.betas),
             weight_decay=self.cfg.weight_decay,
         )
-        sched = torch.optim.lr_scheduler.StepLR(
-            opt, step_size=max(1, self.cfg.lr_step_epochs), gamma=self.cfg.lr_gamma
-        )
-        return model, opt, sched
+        return model, opt
 
-    def _datasets(self, train_ids: list[int], val_ids: list[int]):
+    def _datasets(self, model, train_ids: list[int], val_ids: list[int]):
+        if self.cfg.frozen_trunk:
+            from .trunk import cached_datasets
+
+            return cached_datasets(model, self.data, train_ids, val_ids, self.cfg)
         common = dict(input_size=self.cfg.input_size, targets=self.cfg.targets, grayscale=self.cfg.grayscale)
         train = PoseDataset(self.data, augment=self.cfg.augment, image_ids=train_ids, **common)
         val = PoseDataset(self.data, augment=None, image_ids=val_ids, **common) if val_ids else None
@@ -422,7 +444,8 @@ class Trainer:
             session = 1 if state is None else state["train"]["session"] + 1
             history = [] if state is None else list(state.get("history", []))
             _seed_everything(self.cfg.seed + session - 1)
-            model, opt, sched = self._build(state)
+            model, opt = self._build(state)
+            saved_schedule = None
             t = self._new_session_state(session)
             if state is not None:
                 LOG.info("session %d: continuing from %s with %d images", session, last_path, len(self.data))
@@ -432,18 +455,24 @@ class Trainer:
                     f"{last_path}: an unfinished session was trained on a different image set; finish it with the "
                     f"same data, or start a new run directory"
                 )
-            model, opt, sched = self._build(state)
+            model, opt = self._build(state)
             t = state["train"]
             session, history = t["session"], list(state.get("history", []))
             opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
+            saved_schedule = state["scheduler"]
             _set_rng_state(state["rng"])
             LOG.info("resuming session %d at epoch %d from %s", session, t["epoch"], last_path)
         t["fingerprint"] = fingerprint
 
-        train_set, val_set = self._datasets(t["train_ids"], t["val_ids"])
+        train_set, val_set = self._datasets(model, t["train_ids"], t["val_ids"])
         if len(train_set) == 0:
             raise ConfigError(f"{self.data.path}: no training images")
+        sched = make_scheduler(opt, cfg, self._batches_per_epoch(len(train_set)))
+        if saved_schedule is not None:
+            sched.load_state_dict(saved_schedule)
+            # A new scheduler sets its step-0 rate on the optimiser; resume at the saved step's rate instead.
+            for group, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+                group["lr"] = lr
         start = time.monotonic()
         stopped = "max_epochs"
         if cfg.max_epochs == 0 and t["epoch"] == 0:  # `--epochs 0`: store the initialised (untrained) model
@@ -452,9 +481,10 @@ class Trainer:
         while t["epoch"] < cfg.max_epochs:
             epoch = t["epoch"] + 1
             t0 = time.monotonic()
-            train_loss, n_images = self._train_epoch(model, opt, train_set, session, epoch)
+            train_loss, n_images = self._train_epoch(model, opt, sched, train_set, session, epoch)
             val_loss = self._validate(model, val_set) if val_set is not None else train_loss
-            sched.step()
+            if not getattr(sched, "per_batch", False):
+                sched.step()
             improved = val_loss < t["best_val"] - cfg.min_delta
             if improved:
                 t["best_val"], t["bad_epochs"] = val_loss, 0
@@ -536,7 +566,13 @@ class Trainer:
             "val_ids": val_ids,
         }
 
-    def _train_epoch(self, model, opt, dataset, session: int, epoch: int) -> tuple[float, int]:
+    def _batches_per_epoch(self, n_images: int) -> int:
+        """Return the batches an epoch of `n_images` runs (as `make_loader` and `steps_per_epoch` make them)."""
+        bs = self.cfg.batch_size
+        n = n_images // bs if n_images > bs else 1  # drop_last when there is more than one batch
+        return n if self.cfg.steps_per_epoch is None else min(n, self.cfg.steps_per_epoch)
+
+    def _train_epoch(self, model, opt, sched, dataset, session: int, epoch: int) -> tuple[float, int]:
         cfg = self.cfg
         model.train()
         loader = make_loader(dataset, cfg.batch_size, True, cfg.num_workers, cfg.seed + 1000 * session, epoch)
@@ -546,20 +582,20 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= n_batches:
                 break
-            images = batch["image"].to(self.device, non_blocking=True)
-            loss, _ = pose_loss(
-                model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device)
-            )
+            outputs, n = _forward(model, batch, self.device)
+            loss, _ = pose_loss(outputs, batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if getattr(sched, "per_batch", False):
+                sched.step()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"training loss became {value} at session {session} epoch {epoch} batch {i}; lower --lr"
                 )
-            total += value * len(images)
-            seen += len(images)
+            total += value * n
+            seen += n
             self.callbacks.on_batch_end(value)
             faults.point("train")
         return total / max(seen, 1), seen
@@ -570,13 +606,57 @@ class Trainer:
         loader = make_loader(dataset, max(self.cfg.batch_size, 8), False, self.cfg.num_workers, 0, 0)
         total, seen = 0.0, 0
         for batch in loader:
-            images = batch["image"].to(self.device)
-            _, last = pose_loss(
-                model(images), batch["heatmaps"].to(self.device), batch["pafs"].to(self.device)
-            )
-            total += float(last) * len(images)
-            seen += len(images)
+            outputs, n = _forward(model, batch, self.device)
+            _, last = pose_loss(outputs, batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
+            total += float(last) * n
+            seen += n
         return total / max(seen, 1)
+
+
+LR_SCHEDULES = ("step", "onecycle")
+
+
+class OneCycle:
+    """Learning-rate factor at step s of `total`: linear warm-up 1/25 -> 1 over `warmup` x total, then a cosine to 0."""
+
+    def __init__(self, total: int, warmup: float = 0.15, start: float = 1 / 25) -> None:
+        self.total, self.warmup, self.start = max(1, int(total)), warmup, start
+
+    def __call__(self, step: int) -> float:
+        w = max(1, round(self.warmup * self.total))
+        if step < w:
+            return self.start + (1 - self.start) * step / w
+        done = min(1.0, (step - w) / max(1, self.total - w))
+        return 0.5 * (1 + math.cos(math.pi * done))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int):
+    """Return the learning-rate schedule of `cfg` (see `TrainConfig.lr_schedule`); `.per_batch` says when it steps."""
+    if cfg.lr_schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, OneCycle(max(1, cfg.max_epochs) * batches_per_epoch))
+        sched.per_batch = True
+        return sched
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.lr_step_epochs), gamma=cfg.lr_gamma)
+
+
+def prepare_model(model, cfg: TrainConfig, device: torch.device) -> None:
+    """Set how `model` runs as `cfg` trained it: its precision and, with a frozen trunk, the trunk cache."""
+    from .precision import autocast_dtype
+
+    model.autocast_dtype = autocast_dtype(cfg.precision, device)
+    if cfg.frozen_trunk:
+        from .trunk import attach_trunk_cache
+
+        attach_trunk_cache(model, cfg.feature_cache)
+
+
+def _forward(model, batch: dict[str, Any], device: torch.device):
+    """Return (stage outputs, batch size) of `model` on a batch of images or of cached trunk features."""
+    if "features" in batch:  # activepose.trunk.CachedFeatureDataset
+        x = batch["features"].to(device, non_blocking=True).float()
+        return model.forward_features(x), len(x)
+    x = batch["image"].to(device, non_blocking=True)
+    return model(x), len(x)
 
 
 def train(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -54,13 +55,20 @@ def simulate_cmd(
         ),  # fmt: skip
     ],
     initial: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--initial", help="Initially labelled images (a seeded subset of the pool).", metavar="N"
-        ),
-    ],
-    budget: o.Budget,
-    rounds_: Annotated[int, typer.Option("--rounds", help="Rounds per strategy and seed.", metavar="N")],
+            "--initial", help="Initially labelled images (a seeded subset of the pool; default: the preset's).",
+            metavar="N",
+        ),  # fmt: skip
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", "-b", help="Images to choose per round (default: the preset's).", metavar="N",
+                     rich_help_panel="Selection"),  # fmt: skip
+    ] = None,
+    rounds_: Annotated[
+        int | None, typer.Option("--rounds", help="Rounds per strategy and seed (default: the preset's).", metavar="N")
+    ] = None,
     strategies: Annotated[
         str,
         typer.Option(
@@ -76,7 +84,11 @@ def simulate_cmd(
             "--seeds", help="How many seeds (3: seeds 0,1,2), or comma-separated seeds.", metavar="N|LIST"
         ),  # fmt: skip
     ] = "3",
-    tta: o.Tta = "all",
+    tta: Annotated[
+        str | None,
+        typer.Option(help="Test-time augmentations: comma-separated names, 'all' or 'none' (default: the preset's, "
+                     "else all).", metavar="LIST", rich_help_panel="Evaluation"),  # fmt: skip
+    ] = None,
     eval_max_images: o.EvalMaxImages = None,
     montages: Annotated[
         bool,
@@ -100,15 +112,19 @@ def simulate_cmd(
     Ctrl-C)? Run the same command again: finished cells are kept, an unfinished one continues.
     """
     from ..experiment.grid import SimulationConfig
+    from ..workflow.presets import simulation_settings
 
     # Every option is checked here, before any training.
     train_cfg = training.config(None, device)
     selection_cfg = selection.config()
+    given = {"initial": initial, "budget": budget, "rounds": rounds_, "tta": tta,
+             "eval_max_images": eval_max_images, "max_candidates": selection_cfg.max_candidates}  # fmt: skip
+    s = simulation_settings(training.values["preset"], **given)
     cfg = SimulationConfig(
-        pool=pool, tests=tuple(test), initial=initial, budget=budget, rounds=rounds_,
-        strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()), seeds=parse_seeds(seeds),
-        train=train_cfg, selection=selection_cfg, ttas=o.parse_tta(tta), eval_max_images=eval_max_images,
-        device=device, montages=montages,
+        pool=pool, tests=tuple(test), initial=s["initial"], budget=s["budget"], rounds=s["rounds"],
+        strategies=tuple(x.strip() for x in strategies.split(",") if x.strip()), seeds=parse_seeds(seeds),
+        train=train_cfg, selection=dataclasses.replace(selection_cfg, max_candidates=s["max_candidates"]),
+        ttas=o.parse_tta(s["tta"]), eval_max_images=s["eval_max_images"], device=device, montages=montages,
     )  # fmt: skip
     run_simulation(cfg, out, command=["activepose", *sys.argv[1:]])
 

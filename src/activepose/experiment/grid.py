@@ -25,7 +25,8 @@ are fractions in [0, 1], empty when undefined.
 Layout of DIR: `grid.json` (the config, the command, the activepose version), `results.csv`, `.lock`,
 `seeds/<s>/` (`initial.json`, `initial_run/`, `metrics_<test>.json`: the initial model on each test file),
 `projects/<strategy>-seed<s>/` (ordinary projects: `activepose status` works on them; the rounds' models
-on the other test files are in `exports/metrics_model_<id>_<test>.json`), and the report when written.
+on the other test files are in `exports/metrics_model_<id>_<test>.json`), `cache/` (embeddings, uncertainty
+scores and frozen-trunk features shared by every project), and the report when written.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ COLUMNS = (
 )  # fmt: skip
 TIMING_COLUMNS = ("selection_seconds", "training_seconds")
 METRICS = ("count_acc", "count_exact", "AP", "PCK")
-GRID_FILE, RESULTS_FILE = "grid.json", "results.csv"
+GRID_FILE, RESULTS_FILE, CACHE = "grid.json", "results.csv", "cache"
 # Settings that change no result: a resumed grid may change them (another device, more workers, montages).
-UNCOMPARED_KEYS = frozenset({"device", "train.device", "train.num_workers", "montages"})
+UNCOMPARED_KEYS = frozenset({"device", "train.device", "train.num_workers", "train.feature_cache", "montages"})
 
 
 def _all_ttas() -> tuple[str, ...]:
@@ -81,7 +82,9 @@ class SimulationConfig:
 
     `seeds`: a count n (seeds 0..n-1) or a list of seeds (each >= 0). `train` is the training every project
     uses (its `seed` is replaced by each grid seed); `selection` the selection settings (its `seed` is
-    replaced by seed + round, its `cache_dir` must be unset: each project caches in its own folder).
+    replaced by seed + round; its `cache_dir` must be unset: every project of the grid caches embeddings,
+    uncertainty scores and trunk features in `DIR/cache`, keyed by image content and model, so a pool image's
+    embedding or trunk features are computed once for the whole grid).
     `device` is used for selection and evaluation; training uses `train.device`.
     """
 
@@ -146,7 +149,7 @@ class SimulationConfig:
         check_device(self.device)
         if self.selection.cache_dir is not None:
             raise ConfigError(
-                "the selection cache_dir must be unset: each simulated project caches in its folder"
+                "the selection cache_dir must be unset: the simulated projects share the grid's DIR/cache"
             )
         if not self.tests:
             raise ConfigError("give at least one --test TEST.json")
@@ -179,9 +182,15 @@ class SimulationConfig:
             "device": self.device, "montages": self.montages,
         }, default=str))  # fmt: skip
 
-    def train_config(self, seed: int):
-        """Return the TrainConfig of every project of `seed` (and of its initial model)."""
-        return dataclasses.replace(self.train, seed=seed, budget_ends_session=True)
+    def train_config(self, seed: int, cache: Path | None = None):
+        """Return the TrainConfig of every project of `seed` (and of its initial model).
+
+        `cache`: the grid's cache folder; frozen-trunk features go to `cache/trunk` unless `train` names a folder.
+        """
+        cfg = dataclasses.replace(self.train, seed=seed, budget_ends_session=True)
+        if cache is not None and cfg.feature_cache is None:
+            cfg = dataclasses.replace(cfg, feature_cache=str(cache / "trunk"))
+        return cfg
 
     def eval_options(self, test: Path | None):
         from ..workflow.rounds import EvalOptions
@@ -338,7 +347,7 @@ def _initial_model(cfg: SimulationConfig, seed: int, folder: Path, initial: Path
     run_dir = folder / "initial_run"
     # budget_ends_session (as in train_round): a time budget completes the session, so the copy that every
     # strategy starts from is never half of one
-    train(cfg.train_config(seed), load_data(initial), run_dir, reporter)
+    train(cfg.train_config(seed, folder.parents[1] / CACHE), load_data(initial), run_dir, reporter)
     return run_dir
 
 
@@ -560,13 +569,14 @@ class _CellReporter(Reporter):
         self.inner.on_epoch_end(record, improved)
 
 
-def _run_options(cfg: SimulationConfig, strategy: str, seed: int, oracle, montages: bool):
+def _run_options(cfg: SimulationConfig, strategy: str, seed: int, oracle, montages: bool, cache: Path):
     from ..loop import RunOptions
     from ..workflow.rounds import SelectOptions
 
+    selection = dataclasses.replace(cfg.selection, cache_dir=cache)
     return RunOptions(
-        budget=cfg.budget, oracle=oracle, train=cfg.train_config(seed),
-        select=SelectOptions(budget=cfg.budget, strategy=strategy, selection=cfg.selection, device=cfg.device,
+        budget=cfg.budget, oracle=oracle, train=cfg.train_config(seed, cache),
+        select=SelectOptions(budget=cfg.budget, strategy=strategy, selection=selection, device=cfg.device,
                              montages=montages),
         evaluate=cfg.eval_options(None), seed=seed,
     )  # fmt: skip
@@ -652,7 +662,8 @@ def simulate(
                 _setup_project(cfg, plan, folder, initial, run_dir, metrics, rep)
                 if r > 0:
                     # round 1's montages are the report's picture of what each strategy chose
-                    run(folder, r, _run_options(cfg, strategy, seed, oracle, cfg.montages or r == 1), rep)
+                    opts = _run_options(cfg, strategy, seed, oracle, cfg.montages or r == 1, out_dir / CACHE)
+                    run(folder, r, opts, rep)
                 new = _cell_rows(cfg, folder, strategy, seed, r, rep)
                 rows = [row for row in rows if cell(row) != (strategy, seed, r)] + new
                 _write_results(results, rows, cfg)

@@ -65,6 +65,9 @@ class PoseNet(nn.Module):
         )
         init_weights(self, init)
         self.embed_dim = self.backbone.embed_channels
+        # Not part of the architecture nor of the state dict: set by whoever runs the model.
+        self.trunk_cache = None  # activepose.trunk.attach_trunk_cache: frozen-trunk features read from a cache
+        self.autocast_dtype: torch.dtype | None = None  # activepose.precision: e.g. torch.bfloat16
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # channels_last is ~1.7x faster for these convs on CPU (oneDNN) and helps GPU AMP; not architecture.
@@ -99,7 +102,28 @@ class PoseNet(nn.Module):
 
     def forward(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Return [(heatmaps, pafs)] for every stage, the last one being the final prediction."""
-        features = self.backbone(self._prepare(x))
+        return self.forward_features(self.trunk(x))
+
+    def _autocast(self, x: Tensor):
+        dtype = self.autocast_dtype
+        return torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Return the trunk's float32 features (B, embed_dim, H/8, W/8) of images (from the cache when attached)."""
+        x = self._prepare(x)
+        with self._autocast(x):
+            features = self.trunk_cache(x) if self.trunk_cache is not None else self.backbone.features(x)
+        return features.float()
+
+    def forward_features(self, trunk: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Return the stages' outputs from the trunk's features (`trunk`) instead of from an image."""
+        if self.channels_last:
+            trunk = trunk.contiguous(memory_format=torch.channels_last)
+        with self._autocast(trunk):
+            return self._stages(trunk)
+
+    def _stages(self, trunk: Tensor) -> list[tuple[Tensor, Tensor]]:
+        features = self.backbone.neck(trunk)
         outputs: list[tuple[Tensor, Tensor]] = []
         heatmaps, pafs = self.stages[0](features)
         outputs.append((heatmaps, pafs))
@@ -107,7 +131,7 @@ class PoseNet(nn.Module):
             heatmaps, pafs = stage(torch.cat([features, heatmaps, pafs], dim=1))
             outputs.append((heatmaps, pafs))
         # Callers may .view() the outputs; hand back standard (NCHW-contiguous) tensors.
-        return [(h.contiguous(), p.contiguous()) for h, p in outputs]
+        return [(h.float().contiguous(), p.float().contiguous()) for h, p in outputs]
 
     def embed(self, x: Tensor) -> Tensor:
         """Return (B, embed_dim) global-average-pooled trunk features (before the neck and stages)."""

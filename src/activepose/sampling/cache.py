@@ -34,6 +34,8 @@ R = TypeVar("R")
 
 VECTORS = "vectors.f32"
 INDEX = "index.sqlite"
+# Row file per stored dtype (float16 halves the size of large rows such as cached trunk feature maps).
+_VECTOR_FILES = {np.dtype(np.float32): VECTORS, np.dtype(np.float16): "vectors.f16"}
 
 
 # The content hash of an image file: sha1 of its bytes (see `activepose.fileio.file_sha1`).
@@ -75,11 +77,19 @@ def safe_key(key: str) -> str:
 
 
 class VectorCache:
-    """Float32 vectors of width `dim` by content hash, in `root / safe_key(key)` (see the module doc)."""
+    """Vectors of width `dim` by content hash, in `root / safe_key(key)` (see the module doc).
 
-    def __init__(self, root: str | Path, key: str, dim: int) -> None:
+    `dtype` is the stored type (float32, or float16 for large rows); `lookup` returns that type. A cache
+    directory holds one dtype: the key should name it.
+    """
+
+    def __init__(self, root: str | Path, key: str, dim: int, dtype: np.dtype | type = np.float32) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _VECTOR_FILES:
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype}")
+        self._file = _VECTOR_FILES[self.dtype]
         self.dir = Path(root) / safe_key(key)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key, self.dim = key, int(dim)
@@ -116,9 +126,9 @@ class VectorCache:
         return int(n)
 
     def lookup(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Return (found (N,) bool, vectors (N, dim) float32; rows not found are zero)."""
+        """Return (found (N,) bool, vectors (N, dim) of the cache's dtype; rows not found are zero)."""
         found = np.zeros(len(hashes), bool)
-        out = np.zeros((len(hashes), self.dim), np.float32)
+        out = np.zeros((len(hashes), self.dim), self.dtype)
         if not hashes:
             return found, out
         rows: dict[str, int] = {}
@@ -130,7 +140,7 @@ class VectorCache:
         if not rows:
             return found, out
         n = self._indexed_rows()
-        mm = np.memmap(self.dir / VECTORS, dtype=np.float32, mode="r", shape=(n, self.dim))
+        mm = np.memmap(self.dir / self._file, dtype=self.dtype, mode="r", shape=(n, self.dim))
         idx = np.array([rows.get(h, -1) for h in hashes], np.int64)
         found = idx >= 0
         out[found] = mm[idx[found]]
@@ -139,12 +149,12 @@ class VectorCache:
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
         """Append `vectors` (N, dim) under `hashes`; hashes already present (or repeated) are skipped."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        vectors = np.ascontiguousarray(vectors, dtype=self.dtype).reshape(-1, self.dim)
         if len(hashes) != len(vectors):
             raise ValueError(f"{len(hashes)} hashes for {len(vectors)} vectors")
         if not len(hashes):
             return
-        with open(self.dir / VECTORS, "ab") as fh:
+        with open(self.dir / self._file, "ab") as fh:
             _lock_file(fh)  # one appender at a time across processes; released when the file closes
             present, _ = self.lookup(list(hashes))  # under the lock: rows another process just added count
             keep, seen = [], set()
@@ -155,8 +165,9 @@ class VectorCache:
             if not keep:
                 return
             n = self._indexed_rows()
-            fh.truncate(n * self.dim * 4)  # drop bytes of a write that crashed before its index commit
-            fh.seek(n * self.dim * 4)
+            row_bytes = self.dim * self.dtype.itemsize
+            fh.truncate(n * row_bytes)  # drop bytes of a write that crashed before its index commit
+            fh.seek(n * row_bytes)
             fh.write(vectors[keep].tobytes())
             fh.flush()
             os.fsync(fh.fileno())

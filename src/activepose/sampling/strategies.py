@@ -66,6 +66,9 @@ class SelectionConfig:
     cache_dir: Path | None = None
     batch_size: int = 32
     seed: int = 0
+    # Consider only a seeded random sample of this many unlabelled images (None: all of them). Scoring the
+    # whole pool every round is the paper's rule; on a CPU a sample keeps rounds short (baal's `max_sample`).
+    max_candidates: int | None = None
 
     def __post_init__(self) -> None:
         from .ann import BACKENDS
@@ -89,6 +92,8 @@ class SelectionConfig:
             problems.append(f"--fill must be {' or '.join(FILL_RULES)}, got {self.fill!r}")
         if self.batch_size < 1:
             problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            problems.append(f"--max-candidates must be >= 1, got {self.max_candidates}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -124,12 +129,19 @@ class SelectionContext:
         self.device = device
         self.progress = progress
         labelled_ids = set(labelled.image_ids) if labelled is not None else set()
-        self.candidate_ids = [i for i in pool.image_ids if i not in labelled_ids]
+        unlabelled = [i for i in pool.image_ids if i not in labelled_ids]
+        self.unlabelled = len(unlabelled)
+        cap = self.cfg.max_candidates
+        if cap is not None and cap < len(unlabelled):
+            keep = np.random.default_rng([self.cfg.seed, 7]).choice(len(unlabelled), cap, replace=False)
+            unlabelled = [unlabelled[k] for k in sorted(keep)]
+        self.candidate_ids = unlabelled
         self.timings: dict[str, float] = {}
         self.stats: dict[str, Any] = {
             "pool": len(pool),
             "labelled": len(labelled_ids),
             "candidates": len(self.candidate_ids),
+            "unlabelled": self.unlabelled,
         }
         self._uncertainty: PoolUncertainty | None = None
         self._embeddings: dict[str, np.ndarray] = {}
@@ -336,6 +348,11 @@ def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> Selection
     n = len(ctx.candidate_ids)
     if budget < 0:
         raise SelectionError(f"budget must be >= 0, got {budget}")
+    if budget > n and n < ctx.unlabelled:
+        raise SelectionError(
+            f"budget {budget} is larger than --max-candidates {ctx.cfg.max_candidates} (the sample of the "
+            f"{ctx.unlabelled} unlabelled images that is considered)"
+        )
     if budget > n:
         where = f" in {ctx.pool.path}" if ctx.pool.path else ""
         raise SelectionError(

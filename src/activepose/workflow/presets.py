@@ -13,19 +13,39 @@ from typing import Any
 
 from ..errors import ConfigError
 
-# `paper`: the paper's settings (VGG-tiny at 256 px, batch 4, Adam 1e-4, patience 35): meant for a GPU.
-# `cpu`: what trains usefully on 2 CPU cores: ImageNet MobileNetV2 trunk, slim stages, 128 px, a few epochs, and
-# images loaded in the main process (on 2 cores, worker processes compete with the training threads: measured
-# 23 vs 19 img/s on LSPET at 128 px, 31 vs 14 img/s on 96-px synthetic scenes).
+# `paper`: the paper's settings (VGG-tiny at 368 px, batch 4, Adam 1e-4, patience 35): meant for a GPU.
+# `cpu`: what trains usefully on 2 CPU cores (figures: README "Fast CPU rounds", benchmarks/cpu_training.py): the
+# ImageNet MobileNetV2 trunk frozen, its features computed once per image and cached (activepose.trunk); only
+# the neck and three 64-channel stages trained, on 128-px windows of 256-px inputs (people at full scale for
+# the cost of 128 px); bf16 autocast where the CPU has it; a one-cycle schedule per session (warm-up, then
+# annealing: +4 PCK points over step decay at 800 LSPET images); a fixed 5 x 64 batches per session, so every
+# round costs the same (~1 min) however many labels there are, the model warm-starting from the last round's;
+# no early stopping (it would cut the annealing short); images read in the main process (worker processes
+# compete with 2 cores' threads).
+# `demo`: `make demo`'s small full fine-tuning at 96 px on generated scenes (the earlier cpu preset).
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
+    "paper": {"backbone": "vgg_tiny", "input_size": 368, "batch_size": 4, "lr": 1e-4, "patience": 35},
     "cpu": {
-        "backbone": "mobilenet_v2", "head_channels": 64, "input_size": 128, "batch_size": 8, "lr": 5e-4,
+        "backbone": "mobilenet_v2", "head_channels": 64, "stages": 3, "input_size": 256, "frozen_trunk": True,
+        "train_crop": 128, "precision": "bf16", "batch_size": 16, "lr": 3e-3, "lr_schedule": "onecycle",
+        "max_epochs": 5, "steps_per_epoch": 64, "max_val_images": 100, "patience": 100, "num_workers": 0,
+        "augment": None,
+    },
+    "demo": {
+        "backbone": "mobilenet_v2", "head_channels": 64, "input_size": 128, "batch_size": 8, "lr": 1e-3,
         "max_epochs": 8, "lr_step_epochs": 6, "patience": 8, "num_workers": 0,
     },
 }  # fmt: skip
+# What `activepose simulate --preset NAME` uses for the grid options a user does not give (see
+# `simulation_settings`); `paper` is the paper's schedule (2,000 initial images, 1,000 per round).
+SIMULATION_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"initial": 2000, "budget": 1000, "rounds": 5},
+    "cpu": {"initial": 1000, "budget": 300, "rounds": 4, "tta": "clean,blur", "eval_max_images": 300,
+            "max_candidates": 2000},
+}  # fmt: skip
+_SIMULATION_FALLBACK = {"tta": "all", "eval_max_images": None, "max_candidates": None}
 # Settings of the machine, not of the run: never inherited from an existing run.
-_MACHINE = ("device", "num_workers", "budget_ends_session", "max_minutes")
+_MACHINE = ("device", "num_workers", "budget_ends_session", "max_minutes", "feature_cache")
 
 
 def preset_values(name: str | None) -> dict[str, Any]:
@@ -34,6 +54,19 @@ def preset_values(name: str | None) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
     return dict(PRESETS[name])
+
+
+def simulation_settings(preset: str | None, **given: Any) -> dict[str, Any]:
+    """Return the grid settings of `activepose simulate`: the options given (None: not given) > the preset's.
+
+    `initial`, `budget` and `rounds` have no default without a preset: ConfigError names what is missing.
+    """
+    values = {**_SIMULATION_FALLBACK, **(SIMULATION_PRESETS.get(preset or "", {}))}
+    values.update({k: v for k, v in given.items() if v is not None})
+    missing = [f"--{k}" for k in ("initial", "budget", "rounds") if values.get(k) is None]
+    if missing:
+        raise ConfigError(f"give {', '.join(missing)} (or --preset {' / '.join(SIMULATION_PRESETS)})")
+    return values
 
 
 def resolve_train_config(run_dir: Path | None = None, preset: str | None = None, **given: Any):

@@ -116,7 +116,8 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
         unc = cfg.uncertainty
         params = {
             "th_hm": unc.th_hm, "th_kp": unc.th_kp, "extractor": cfg.extractor, "ann": cfg.ann_backend,
-            "fill": cfg.fill, "seed": cfg.seed, "model": str(model_path) if model_path else None,
+            "fill": cfg.fill, "seed": cfg.seed, "max_candidates": cfg.max_candidates,
+            "model": str(model_path) if model_path else None,
             "asked": opts.strategy, "stats": result.stats,
         }  # fmt: skip
         round_id = project.open_round(
