@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ import activepose.commands.simulate  # noqa: F401  (registers `simulate` until c
 from activepose.cli import app
 from activepose.errors import ConfigError
 from activepose.experiment.grid import COLUMNS, TIMING_COLUMNS, SimulationConfig, simulate
+from activepose.experiment.report import write_report
 from activepose.store import Project
 from activepose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.workflow import resolve_train_config
@@ -228,3 +231,90 @@ def test_killed_grid_resumes_to_the_uninterrupted_results(tmp_path, data, grid):
     for folder in (out / "projects").iterdir():
         with Project.open(folder) as p:
             assert [r.state for r in p.rounds()] == ["closed"] * ROUNDS
+
+
+# --- presets -----------------------------------------------------------------------------------------------
+def test_presets_fill_the_grid_options_not_given_and_name_what_is_missing():
+    from activepose.workflow.presets import PRESETS, simulation_settings
+
+    paper = simulation_settings("paper")
+    assert (paper["initial"], paper["budget"]) == (2000, 1000)  # the paper's schedule
+    cpu = simulation_settings("cpu", budget=50)
+    assert cpu["budget"] == 50 and cpu["rounds"] >= 4 and cpu["tta"] == "clean,blur"
+    with pytest.raises(ConfigError, match="give --initial, --budget, --rounds"):
+        simulation_settings(None)
+    assert simulation_settings(None, initial=4, budget=3, rounds=2)["tta"] == "all"
+    # the paper preset is the paper's training: VGG-tiny at 368 px, batch 4, Adam 1e-4, patience 35
+    t = resolve_train_config(None, "paper")
+    assert (t.backbone, t.input_size, t.batch_size, t.lr, t.patience) == ("vgg_tiny", 368, 4, 1e-4, 35)
+    c = resolve_train_config(None, "cpu")
+    assert c.frozen_trunk and c.train_crop < c.input_size and c.augment is None
+    assert set(PRESETS) >= {"paper", "cpu", "demo"}
+
+
+def test_simulate_without_a_schedule_or_preset_is_refused(tmp_path, data):
+    _, gt, tests = data
+    res = CliRunner().invoke(app, ["simulate", "--pool", str(gt), "--test", str(tests[0]), "--out",
+                                   str(tmp_path / "g"), "--budget", "3", *TINY])  # fmt: skip
+    assert res.exit_code == 2 and "give --initial, --rounds" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "g").exists()
+
+
+# --- what each strategy chose ----------------------------------------------------------------------------
+def test_choices_say_what_each_strategy_chose_per_round(grid, data):
+    from activepose.coco import load_coco
+    from activepose.evaluate import gt_person_count
+    from activepose.experiment.choices import choices_table, round_choices
+    out, _ = grid
+    _, gt_path, _ = data
+    gt = load_coco(gt_path)
+    people_of = {Path(f.file_name).name: gt_person_count(f.keypoints) for f in gt.frames}
+    choices = round_choices(out)
+    assert sorted((c.strategy, c.seed, c.round) for c in choices) == sorted(
+        (s, seed, r) for s in STRATEGIES for seed in range(SEEDS) for r in range(1, ROUNDS + 1)
+    )
+    for c in choices:
+        with Project.open(out / "projects" / f"{c.strategy}-seed{c.seed}", readonly=True) as p:
+            ids = [i for i, _, _ in p.round(c.round).items]
+            assert c.images == len(ids) == BUDGET
+            assert c.people == sum(people_of[p.image_path(i).name] for i in ids)  # the oracle's labels
+        if c.strategy == "hybrid":
+            assert c.candidates is not None and 0 <= c.uncertain <= c.candidates
+            assert 0 <= c.pass_rate <= 1
+        else:
+            assert c.uncertain is None and math.isnan(c.pass_rate)
+    table = choices_table(choices)
+    assert [(r["strategy"], r["round"]) for r in table] == sorted({(c.strategy, c.round) for c in choices})
+    assert all(r["seeds"] == SEEDS for r in table)
+    write_report(out)
+    assert "What each strategy chose" in (out / "report.html").read_text()
+    with (out / "choices.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(choices)
+
+
+def test_a_strategy_can_be_added_to_a_grid_and_starts_from_the_same_initial_model(grid, data, tmp_path):
+    import shutil
+
+    done, _ = grid
+    out = tmp_path / "grid"
+    shutil.copytree(done, out)
+    before = _rows(out)[1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        simulate(_config(data, strategies=(*STRATEGIES, "diversity")), out)
+    finally:
+        torch.set_num_threads(threads)
+    after = _rows(out)[1]
+    assert [r for r in after if r["strategy"] != "diversity"] == before  # nothing else changed
+    added = [r for r in after if r["strategy"] == "diversity"]
+    assert {(int(r["seed"]), int(r["round"])) for r in added} == {(s, r) for s in range(SEEDS) for r in range(ROUNDS + 1)}
+    for row in (r for r in added if r["round"] == "0"):
+        twin = next(b for b in before if b["strategy"] == "random" and b["seed"] == row["seed"] and b["round"] == "0"
+                    and b["test_set"] == row["test_set"] and b["tta"] == row["tta"])  # fmt: skip
+        assert {k: row[k] for k in METRIC_KEYS} == {k: twin[k] for k in METRIC_KEYS}
+    with pytest.raises(ConfigError, match="holds another simulation grid"):  # fewer strategies: refused
+        simulate(_config(data, strategies=("hybrid",)), out)
+
+
+METRIC_KEYS = ("labelled_images", "count_acc", "count_exact", "AP", "PCK")

@@ -218,3 +218,18 @@ def test_budget_larger_than_the_candidate_sample_names_the_option(pool, model):
         select_batch("random", _ctx(pool, model, max_candidates=4), 5)
     with pytest.raises(ConfigError, match="--max-candidates must be >= 1"):
         SelectionConfig(max_candidates=0)
+
+
+def test_ranked_hybrid_chooses_diversely_among_the_most_uncertain(pool, model):
+    ctx = _ctx(pool, model, pool.image_ids[:10], ranked_pool=2.0)
+    result = select_batch("ranked-hybrid", ctx, 5)
+    ranking = ctx.uncertainty().ranking()
+    hardest = {ctx.candidate_ids[i] for i in ranking[:10]}  # 2.0 x budget
+    assert set(result.ids) <= hardest and len(set(result.ids)) == 5
+    assert result.stats["ranked_pool"] == 10
+    # ranked_pool 1: exactly the most uncertain images, as the uncertainty strategy takes them
+    same = select_batch("ranked-hybrid", _ctx(pool, model, pool.image_ids[:10], ranked_pool=1.0), 5)
+    top = select_batch("uncertainty", _ctx(pool, model, pool.image_ids[:10]), 5)
+    assert set(same.ids) == set(top.ids)
+    with pytest.raises(ConfigError, match="--ranked-pool must be >= 1"):
+        SelectionConfig(ranked_pool=0.5)

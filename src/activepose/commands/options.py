@@ -124,7 +124,7 @@ Strategy = Annotated[
     typer.Option(
         "--strategy",
         "-s",
-        help="random, uncertainty, diversity, coreset or hybrid.",
+        help="random, uncertainty, diversity, coreset, hybrid or ranked-hybrid.",
         metavar="NAME",
         rich_help_panel="Selection",
     ),  # fmt: skip
@@ -147,6 +147,14 @@ ExtractorWeights = Annotated[
 ]
 AnnBackend = Annotated[
     str, typer.Option(help="ANN backend: annoy, faiss, exact.", metavar="NAME", rich_help_panel="Selection")
+]
+RankedPool = Annotated[
+    float,
+    typer.Option(
+        help="ranked-hybrid: ANN diversity among the X x budget most uncertain candidates.",
+        metavar="X",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
 ]
 MaxCandidates = Annotated[
     int | None,
@@ -177,7 +185,7 @@ Fill = Annotated[
     ),  # fmt: skip
 ]
 DEFAULTS = {"strategy": "hybrid", "extractor": S.extractor, "ann": S.ann_backend, "th_hm": UncertaintyConfig.th_hm,
-            "fill": S.fill}  # fmt: skip
+            "fill": S.fill, "ranked_pool": S.ranked_pool}  # fmt: skip
 
 # --- evaluation -----------------------------------------------------------------------------------------------------
 Tta = Annotated[
@@ -318,6 +326,7 @@ _SELECTION = {  # CLI name -> (annotation, default)
     "th_kp": (ThKp, None),
     "fill": (Fill, DEFAULTS["fill"]),
     "max_candidates": (MaxCandidates, None),
+    "ranked_pool": (RankedPool, DEFAULTS["ranked_pool"]),
 }
 
 
@@ -331,7 +340,8 @@ class SelectionOptions:
         v = self.values
         return SelectionConfig(uncertainty=UncertaintyConfig(th_hm=v["th_hm"], th_kp=v["th_kp"]),
                                extractor=v["extractor"], weights=v["weights"], ann_backend=v["ann"], fill=v["fill"],
-                               cache_dir=cache_dir, seed=seed, max_candidates=v["max_candidates"])  # fmt: skip
+                               cache_dir=cache_dir, seed=seed, max_candidates=v["max_candidates"],
+                               ranked_pool=v["ranked_pool"])  # fmt: skip
 
 
 selection_options = _option_group("selection", _SELECTION, SelectionOptions)

@@ -224,9 +224,23 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _setting_defaults() -> dict[str, Any]:
+    """Return the flattened defaults of the training and selection settings (as `to_dict` writes them)."""
+    train = json.loads(json.dumps(_default_train().to_dict(), default=str))
+    selection = json.loads(json.dumps(dataclasses.asdict(_default_selection()), default=str))
+    return _flatten({"train": train, "selection": selection})
+
+
 def grid_differences(stored: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    """Return 'key: stored X, asked Y' for every grid setting that differs (`UNCOMPARED_KEYS` ignored)."""
+    """Return 'key: stored X, asked Y' for every grid setting that differs (`UNCOMPARED_KEYS` ignored).
+
+    A setting a grid.json does not hold (written before that setting existed) counts as its default.
+    """
     a, b = _flatten(stored), _flatten(asked)
+    defaults = _setting_defaults()
+    for k in set(b) - set(a):
+        if k in defaults:
+            a[k] = defaults[k]
     return [
         f"{k}: {a.get(k, '(unset)')!r} in {GRID_FILE}, {b.get(k, '(unset)')!r} now"
         for k in sorted(set(a) | set(b))
@@ -242,7 +256,11 @@ def _check_out_dir(out_dir: Path, cfg: SimulationConfig) -> bool:
             stored = json.loads(grid.read_text())["config"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{grid}: unreadable grid file ({exc})") from exc
-        diff = grid_differences(stored, cfg.to_dict())
+        asked = cfg.to_dict()
+        # More strategies on the same grid are fine: per seed they start from the same initial set and model.
+        if set(stored.get("strategies", ())) <= set(asked["strategies"]):
+            stored = {**stored, "strategies": asked["strategies"]}
+        diff = grid_differences(stored, asked)
         if diff:
             raise ConfigError(
                 f"{out_dir} holds another simulation grid; use another --out, or the same settings to resume it: "

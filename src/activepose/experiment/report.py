@@ -750,6 +750,32 @@ def _efficiency_html(rows: list[EfficiencyRow], reference: str) -> str:
     return out
 
 
+def _choices_html(out: Path) -> str:
+    """The "what each strategy chose" section (and DIR/choices.csv) from the grid's projects; "" without any."""
+    from .choices import choices_table, round_choices, write_choices_csv
+
+    try:
+        choices = round_choices(out)
+    except Exception as exc:  # noqa: BLE001 - a report must not fail on one unreadable project
+        return f'<h2>What each strategy chose</h2><p class="warn">Projects unreadable: {_e(exc)}</p>'
+    if not choices:
+        return ""
+    write_choices_csv(out / "choices.csv", choices)
+    header = ["strategy", "round", "seeds", "people / image", "labelled keypoints / person",
+              "person height / image height", "annotation minutes", "uncertain / candidates", "selection s"]  # fmt: skip
+    body = [
+        [_e(r["strategy"]), str(r["round"]), str(r["seeds"]), _num(r["people_per_image"], 2),
+         _num(r["keypoints_per_person"]), _num(r["person_height"], 2), _num(r["annotation_minutes"]),
+         _pct(r["uncertain_pass_rate"]), _num(r["selection_seconds"])]  # fmt: skip
+        for r in choices_table(choices)
+    ]
+    return (
+        "<h2>What each strategy chose</h2><p>Per round, means over seeds of the chosen images' labels (as the "
+        "oracle gave them), and for strategies that score uncertainty the share of candidates the heatmap rule "
+        "calls uncertain (%). Per seed: <code>choices.csv</code>.</p>" + _table(header, body, left=1)
+    )
+
+
 def _paired_html(rows: list[PairedRow]) -> str:
     header = ["round", "labelled images", "seeds", "mean difference (pp)", "95 % interval (pp)", "excludes 0"]
     body = []
@@ -881,6 +907,8 @@ def write_report(out_dir: str | Path, reference: str = "random") -> Path:
         )
         montage_parts.append(f"<figure>{_img(data, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
 
+    choices_html = _choices_html(out)
+
     notes = []
     if not results.rows:
         notes.append('<p class="warn">results.csv has no rows yet.</p>')
@@ -910,6 +938,7 @@ def write_report(out_dir: str | Path, reference: str = "random") -> Path:
 {_progress_html(results, strategies, grid)}
 {_HOW_TO_READ}
 {"".join(sections)}
+{choices_html}
 <h2>Round-1 selections</h2>
 <div class="montages">{"".join(montage_parts) or "<p>No strategies.</p>"}</div>
 </body></html>

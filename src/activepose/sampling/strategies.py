@@ -9,6 +9,12 @@
   are taken and the rest is filled by ANN diversity among the other images, with the labelled and the
   already chosen images as the centres to stay away from (`fill="diversity"`, default), or by the
   uncertainty score (`fill="uncertainty"`).
+- `ranked-hybrid`: hybrid with a relative filter: the `ranked_pool` x budget most uncertain candidates by the
+  continuous score (whatever the absolute thHM / thKP say), then ANN diversity among them. Why: with a weak
+  model every image is "uncertain" under the paper's absolute rule (measured on LSPET with the cpu preset:
+  2,000 of 2,000 candidates), so `hybrid` degenerates to `diversity`; with a strong one almost none is, and
+  it degenerates to the fill rule. Ranking keeps the filter's intent — diversity among the hardest — at any
+  model strength.
 
 Ids are the pool's stable image ids, never positions. Scores: the uncertainty score for `uncertainty` and
 `hybrid`, a uniform draw for `random`, and for `diversity` / `coreset` the distance from each chosen
@@ -28,6 +34,7 @@ import numpy as np
 
 from ..coco import CocoKeypoints
 from ..errors import ActiveposeError, ConfigError
+from . import NEEDS_MODEL
 from .uncertainty import PoolUncertainty, UncertaintyConfig, score_pool
 
 LOG = logging.getLogger(__name__)
@@ -43,8 +50,8 @@ class UnknownStrategyError(SelectionError, ConfigError):
 
 FILL_RULES = ("diversity", "uncertainty")
 # Strategies that search embeddings with the ANN backend / that need image embeddings at all.
-_USES_ANN = frozenset({"diversity", "hybrid"})
-_USES_EMBEDDINGS = frozenset({"diversity", "coreset", "hybrid"})
+_USES_ANN = frozenset({"diversity", "hybrid", "ranked-hybrid"})
+_USES_EMBEDDINGS = frozenset({"diversity", "coreset", "hybrid", "ranked-hybrid"})
 
 
 @dataclass
@@ -66,6 +73,8 @@ class SelectionConfig:
     cache_dir: Path | None = None
     batch_size: int = 32
     seed: int = 0
+    # ranked-hybrid: diversity among the ranked_pool x budget most uncertain candidates.
+    ranked_pool: float = 3.0
     # Consider only a seeded random sample of this many unlabelled images (None: all of them). Scoring the
     # whole pool every round is the paper's rule; on a CPU a sample keeps rounds short (baal's `max_sample`).
     max_candidates: int | None = None
@@ -92,6 +101,8 @@ class SelectionConfig:
             problems.append(f"--fill must be {' or '.join(FILL_RULES)}, got {self.fill!r}")
         if self.batch_size < 1:
             problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.ranked_pool >= 1:
+            problems.append(f"--ranked-pool must be >= 1, got {self.ranked_pool}")
         if self.max_candidates is not None and self.max_candidates < 1:
             problems.append(f"--max-candidates must be >= 1, got {self.max_candidates}")
         if problems:
@@ -337,6 +348,23 @@ def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator
     return chosen, unc.score[chosen]
 
 
+@register_strategy("ranked-hybrid")
+def ranked_hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    from .diversity import select_diverse
+
+    unc = ctx.uncertainty()
+    size = min(len(unc.score), max(budget, int(np.ceil(ctx.cfg.ranked_pool * budget))))
+    hardest = np.sort(unc.ranking()[:size])  # the most uncertain, in candidate order
+    ctx.stats["ranked_pool"] = int(size)
+    emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+    sub = ctx._timed(
+        "diversity",
+        lambda: select_diverse(emb[hardest], budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed),
+    )
+    chosen = hardest[sub]
+    return chosen, unc.score[chosen]
+
+
 def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> SelectionResult:
     """Return the `budget` pool images chosen by `strategy`, with their scores and per-stage statistics.
 
@@ -360,7 +388,7 @@ def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> Selection
             f"({len(ctx.pool)} in the pool, {len(ctx.pool) - n} labelled)"
         )
     if budget:
-        if strategy in ("uncertainty", "hybrid") and ctx.model is None:
+        if strategy in NEEDS_MODEL and ctx.model is None:
             raise SelectionError(
                 f"the {strategy} strategy needs the pose model (--model) for heatmap uncertainty"
             )

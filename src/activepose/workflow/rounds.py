@@ -18,9 +18,9 @@ from ..errors import ConfigError, StateError
 from ..lock import project_lock
 from .common import load_data, same_keypoints, seeded_subset
 from .models import decoder_for, load, record_model
+from ..sampling import NEEDS_MODEL
 from .reporting import SILENT, Reporter
 
-NEEDS_MODEL = frozenset({"uncertainty", "hybrid"})
 RUN_DIR = Path("checkpoints") / "run"
 
 
