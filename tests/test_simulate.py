@@ -265,6 +265,7 @@ def test_choices_say_what_each_strategy_chose_per_round(grid, data):
     from activepose.coco import load_coco
     from activepose.evaluate import gt_person_count
     from activepose.experiment.choices import choices_table, round_choices
+
     out, _ = grid
     _, gt_path, _ = data
     gt = load_coco(gt_path)
@@ -308,7 +309,9 @@ def test_a_strategy_can_be_added_to_a_grid_and_starts_from_the_same_initial_mode
     after = _rows(out)[1]
     assert [r for r in after if r["strategy"] != "diversity"] == before  # nothing else changed
     added = [r for r in after if r["strategy"] == "diversity"]
-    assert {(int(r["seed"]), int(r["round"])) for r in added} == {(s, r) for s in range(SEEDS) for r in range(ROUNDS + 1)}
+    assert {(int(r["seed"]), int(r["round"])) for r in added} == {
+        (s, r) for s in range(SEEDS) for r in range(ROUNDS + 1)
+    }
     for row in (r for r in added if r["round"] == "0"):
         twin = next(b for b in before if b["strategy"] == "random" and b["seed"] == row["seed"] and b["round"] == "0"
                     and b["test_set"] == row["test_set"] and b["tta"] == row["tta"])  # fmt: skip

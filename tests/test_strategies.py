@@ -210,7 +210,10 @@ def test_max_candidates_considers_a_seeded_sample_of_the_unlabelled(pool, model,
     result = select_batch(strategy, ctx, 5)
     assert set(result.ids) <= set(ctx.candidate_ids) and len(set(result.ids)) == 5
     # A cap at or above what is left changes nothing.
-    assert _ctx(pool, model, labelled, max_candidates=30).candidate_ids == _ctx(pool, model, labelled).candidate_ids
+    assert (
+        _ctx(pool, model, labelled, max_candidates=30).candidate_ids
+        == _ctx(pool, model, labelled).candidate_ids
+    )
 
 
 def test_budget_larger_than_the_candidate_sample_names_the_option(pool, model):

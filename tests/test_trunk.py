@@ -78,7 +78,9 @@ def test_flipped_items_are_the_mirror_image_of_plain_ones(data):
         hm = a["heatmaps"].flip(-1)
         expected = torch.cat([hm[torch.as_tensor(perm)], hm[-1:]])
         torch.testing.assert_close(b["heatmaps"], expected, atol=0.05, rtol=0)
-        assert a["heatmaps"][:-1].amax() > 0.5 or not (data.frame(data.image_ids[i]).keypoints[..., 2] > 0).any()
+        assert (
+            a["heatmaps"][:-1].amax() > 0.5 or not (data.frame(data.image_ids[i]).keypoints[..., 2] > 0).any()
+        )
 
 
 def test_crops_hold_a_person_and_match_the_whole_maps(data):
@@ -121,7 +123,9 @@ def test_frozen_trunk_training_trains_only_the_heads_and_reloads_with_the_cache(
     loaded = load_model(tmp_path / "run" / "last.pt")
     fresh = train(_cfg(tmp_path, max_epochs=0), data, tmp_path / "untrained")
     untrained = load_model(fresh.run_dir / "last.pt")
-    for (name, a), (_, b) in zip(loaded.net.state_dict().items(), untrained.net.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        loaded.net.state_dict().items(), untrained.net.state_dict().items(), strict=True
+    ):
         if name.startswith("backbone.body."):
             torch.testing.assert_close(a, b, msg=f"frozen trunk weight changed: {name}")
     changed = [n for n, a in loaded.net.state_dict().items() if n.startswith("stages.")

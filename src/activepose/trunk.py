@@ -129,7 +129,9 @@ def trunk_features(
     try:
         loaded = prefetch_map(lambda p: _input(Path(p), input_size, grayscale, flip), paths, num_workers)
         for batch in batched(loaded, batch_size):
-            x = torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255))
+            x = torch.from_numpy(
+                np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+            )
             with torch.inference_mode():
                 f = model.trunk(x.to(next(model.parameters()).device))
             out.append(f.cpu().numpy().astype(np.float16))

@@ -82,9 +82,13 @@ LrStep = Annotated[
 ]
 LrGamma = Annotated[float | None, _train("Step decay factor.", "X", T.lr_gamma)]
 LrSchedule = Annotated[
-    str | None, _train("Learning-rate schedule per session: step (decay every --lr-step epochs) or onecycle (warm-up, then a "
-           "cosine to ~0 at --epochs).", "NAME",
-                       T.lr_schedule),  # fmt: skip
+    str | None,
+    _train(
+        "Learning-rate schedule per session: step (decay every --lr-step epochs) or onecycle (warm-up, then a "
+        "cosine to ~0 at --epochs).",
+        "NAME",
+        T.lr_schedule,
+    ),  # fmt: skip
 ]
 MaxMinutes = Annotated[
     float | None,
@@ -102,16 +106,24 @@ FrozenTrunk = Annotated[
     bool | None,
     _train(
         "Train only the heads: the ImageNet trunk's features are computed once per image and cached (augmentation "
-        "is then flips and --train-crop windows only).", "", T.frozen_trunk,
+        "is then flips and --train-crop windows only).",
+        "",
+        T.frozen_trunk,
     ),
 ]
 TrainCrop = Annotated[
     int | None,
-    _train("With --frozen-trunk: train on windows of this many input pixels around people.", "PX", T.train_crop),
+    _train(
+        "With --frozen-trunk: train on windows of this many input pixels around people.", "PX", T.train_crop
+    ),
 ]
 Precision = Annotated[
     str | None,
-    _train("fp32, or bf16 (autocast; about 2-3x faster on CPUs with AVX-512 BF16, else fp32).", "NAME", T.precision),
+    _train(
+        "fp32, or bf16 (autocast; about 2-3x faster on CPUs with AVX-512 BF16, else fp32).",
+        "NAME",
+        T.precision,
+    ),
 ]
 FeatureCache = Annotated[
     str | None, _train("Folder of cached trunk features (--frozen-trunk).", "DIR", T.feature_cache)

@@ -57,17 +57,24 @@ def simulate_cmd(
     initial: Annotated[
         int | None,
         typer.Option(
-            "--initial", help="Initially labelled images (a seeded subset of the pool; default: the preset's).",
+            "--initial",
+            help="Initially labelled images (a seeded subset of the pool; default: the preset's).",
             metavar="N",
         ),  # fmt: skip
     ] = None,
     budget: Annotated[
         int | None,
-        typer.Option("--budget", "-b", help="Images to choose per round (default: the preset's).", metavar="N",
-                     rich_help_panel="Selection"),  # fmt: skip
+        typer.Option(
+            "--budget",
+            "-b",
+            help="Images to choose per round (default: the preset's).",
+            metavar="N",
+            rich_help_panel="Selection",
+        ),  # fmt: skip
     ] = None,
     rounds_: Annotated[
-        int | None, typer.Option("--rounds", help="Rounds per strategy and seed (default: the preset's).", metavar="N")
+        int | None,
+        typer.Option("--rounds", help="Rounds per strategy and seed (default: the preset's).", metavar="N"),
     ] = None,
     strategies: Annotated[
         str,
@@ -86,8 +93,12 @@ def simulate_cmd(
     ] = "3",
     tta: Annotated[
         str | None,
-        typer.Option(help="Test-time augmentations: comma-separated names, 'all' or 'none' (default: the preset's, "
-                     "else all).", metavar="LIST", rich_help_panel="Evaluation"),  # fmt: skip
+        typer.Option(
+            help="Test-time augmentations: comma-separated names, 'all' or 'none' (default: the preset's, "
+            "else all).",
+            metavar="LIST",
+            rich_help_panel="Evaluation",
+        ),  # fmt: skip
     ] = None,
     eval_max_images: o.EvalMaxImages = None,
     montages: Annotated[

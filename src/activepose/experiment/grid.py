@@ -55,7 +55,9 @@ TIMING_COLUMNS = ("selection_seconds", "training_seconds")
 METRICS = ("count_acc", "count_exact", "AP", "PCK")
 GRID_FILE, RESULTS_FILE, CACHE = "grid.json", "results.csv", "cache"
 # Settings that change no result: a resumed grid may change them (another device, more workers, montages).
-UNCOMPARED_KEYS = frozenset({"device", "train.device", "train.num_workers", "train.feature_cache", "montages"})
+UNCOMPARED_KEYS = frozenset(
+    {"device", "train.device", "train.num_workers", "train.feature_cache", "montages"}
+)
 
 
 def _all_ttas() -> tuple[str, ...]:

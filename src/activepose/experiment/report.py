@@ -764,9 +764,17 @@ def _choices_html(out: Path) -> str:
     header = ["strategy", "round", "seeds", "people / image", "labelled keypoints / person",
               "person height / image height", "annotation minutes", "uncertain / candidates", "selection s"]  # fmt: skip
     body = [
-        [_e(r["strategy"]), str(r["round"]), str(r["seeds"]), _num(r["people_per_image"], 2),
-         _num(r["keypoints_per_person"]), _num(r["person_height"], 2), _num(r["annotation_minutes"]),
-         _pct(r["uncertain_pass_rate"]), _num(r["selection_seconds"])]  # fmt: skip
+        [
+            _e(r["strategy"]),
+            str(r["round"]),
+            str(r["seeds"]),
+            _num(r["people_per_image"], 2),
+            _num(r["keypoints_per_person"]),
+            _num(r["person_height"], 2),
+            _num(r["annotation_minutes"]),
+            _pct(r["uncertain_pass_rate"]),
+            _num(r["selection_seconds"]),
+        ]  # fmt: skip
         for r in choices_table(choices)
     ]
     return (

@@ -66,7 +66,9 @@ class PoseNet(nn.Module):
         init_weights(self, init)
         self.embed_dim = self.backbone.embed_channels
         # Not part of the architecture nor of the state dict: set by whoever runs the model.
-        self.trunk_cache = None  # activepose.trunk.attach_trunk_cache: frozen-trunk features read from a cache
+        self.trunk_cache = (
+            None  # activepose.trunk.attach_trunk_cache: frozen-trunk features read from a cache
+        )
         self.autocast_dtype: torch.dtype | None = None  # activepose.precision: e.g. torch.bfloat16
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -359,7 +359,9 @@ def ranked_hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Ge
     emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
     sub = ctx._timed(
         "diversity",
-        lambda: select_diverse(emb[hardest], budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed),
+        lambda: select_diverse(
+            emb[hardest], budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed
+        ),
     )
     chosen = hardest[sub]
     return chosen, unc.score[chosen]

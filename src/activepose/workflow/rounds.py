@@ -16,9 +16,9 @@ from typing import Any
 from .. import faults
 from ..errors import ConfigError, StateError
 from ..lock import project_lock
+from ..sampling import NEEDS_MODEL
 from .common import load_data, same_keypoints, seeded_subset
 from .models import decoder_for, load, record_model
-from ..sampling import NEEDS_MODEL
 from .reporting import SILENT, Reporter
 
 RUN_DIR = Path("checkpoints") / "run"
