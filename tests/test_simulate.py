@@ -249,7 +249,7 @@ def test_presets_fill_the_grid_options_not_given_and_name_what_is_missing():
     assert (t.backbone, t.input_size, t.batch_size, t.lr, t.patience) == ("vgg_tiny", 368, 4, 1e-4, 35)
     c = resolve_train_config(None, "cpu")
     assert c.frozen_trunk and c.train_crop < c.input_size and c.augment is None
-    assert set(PRESETS) >= {"paper", "cpu", "demo"}
+    assert set(PRESETS) >= {"paper", "cpu", "small"}
 
 
 def test_simulate_without_a_schedule_or_preset_is_refused(tmp_path, data):

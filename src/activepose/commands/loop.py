@@ -148,7 +148,7 @@ def demo(
                     written, path
                 )  # named for what it is: the test set's name appears in the report
         console.print(f"generated data: 240 pool / 80 test scenes of {size} px in {out / 'data'}")
-    train = resolve_train_config(preset="demo", max_epochs=epochs, patience=epochs, device=device,
+    train = resolve_train_config(preset="small", max_epochs=epochs, patience=epochs, lr=1e-3, device=device,
                                  **({"input_size": size} if generated else {}))  # fmt: skip
     cfg = SimulationConfig(
         pool=pool, tests=(test,), initial=initial, budget=budget, rounds=rounds_, strategies=("hybrid", "random"),
