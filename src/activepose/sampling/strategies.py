@@ -309,21 +309,31 @@ def coreset_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generato
     return chosen, _isolation(emb, chosen, lab)
 
 
-@register_strategy("hybrid")
-def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+def _diverse_among(
+    ctx: SelectionContext, rows: np.ndarray, k: int, centres: np.ndarray | None = None
+) -> np.ndarray:
+    """Return `k` of the candidate `rows` by ANN diversity, away from `centres` (default: the labelled images)."""
     from .diversity import select_diverse
 
+    emb = ctx.candidate_embeddings()
+    if centres is None:
+        centres = ctx.labelled_embeddings()
+    sub = ctx._timed(
+        "diversity",
+        lambda: select_diverse(
+            emb[rows], k, labelled=centres if centres is not None and len(centres) else None,
+            backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed,
+        ),
+    )  # fmt: skip
+    return rows[sub]
+
+
+@register_strategy("hybrid")
+def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
     unc = ctx.uncertainty()
     uncertain = np.flatnonzero(unc.uncertain)
     if len(uncertain) >= budget:
-        emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
-        sub = ctx._timed(
-            "diversity",
-            lambda: select_diverse(
-                emb[uncertain], budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed
-            ),
-        )
-        chosen = uncertain[sub]
+        chosen = _diverse_among(ctx, uncertain, budget)
     else:
         # Fewer uncertain than the budget: take them all, then fill (see the module docstring).
         rest = np.flatnonzero(~unc.uncertain)
@@ -334,14 +344,7 @@ def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator
         elif ctx.cfg.fill == "diversity":
             emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
             centres = emb[uncertain] if lab is None else np.concatenate([lab, emb[uncertain]])
-            sub = ctx._timed(
-                "diversity",
-                lambda: select_diverse(
-                    emb[rest], need, labelled=centres if len(centres) else None,
-                    backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed,
-                ),
-            )  # fmt: skip
-            fill = rest[sub]
+            fill = _diverse_among(ctx, rest, need, centres)
         else:
             raise SelectionError(f"unknown fill rule {ctx.cfg.fill!r}: use 'diversity' or 'uncertainty'")
         chosen = np.concatenate([uncertain, fill])
@@ -350,20 +353,11 @@ def hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator
 
 @register_strategy("ranked-hybrid")
 def ranked_hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
-    from .diversity import select_diverse
-
     unc = ctx.uncertainty()
     size = min(len(unc.score), max(budget, int(np.ceil(ctx.cfg.ranked_pool * budget))))
     hardest = np.sort(unc.ranking()[:size])  # the most uncertain, in candidate order
     ctx.stats["ranked_pool"] = int(size)
-    emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
-    sub = ctx._timed(
-        "diversity",
-        lambda: select_diverse(
-            emb[hardest], budget, labelled=lab, backend=ctx.cfg.ann_backend, seed=ctx.cfg.seed
-        ),
-    )
-    chosen = hardest[sub]
+    chosen = _diverse_among(ctx, hardest, budget)
     return chosen, unc.score[chosen]
 
 
