@@ -342,7 +342,8 @@ def make_v1_project(folder: Path, extra_models: list[tuple] = ()) -> Path:
 def test_v1_project_migrates_on_open(tmp_path):
     folder = make_v1_project(tmp_path / "v1")
     with Project.open(folder) as p:
-        assert p.schema_version == len(store.MIGRATIONS) == 2
+        assert p.schema_version == len(store.MIGRATIONS) == 3
+        assert p.image(1).revision == 0 and p.labels_of(2)[0].annotator is None  # v3 columns, empty
         assert p._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert p._conn.execute("PRAGMA foreign_key_check").fetchall() == []
         # sha1 moved from the metrics into its own column
@@ -398,7 +399,7 @@ def test_v1_project_read_only_is_migrated_in_memory(tmp_path):
     db = folder / store.DB_NAME
     before = db.read_bytes()
     with Project.open(folder, readonly=True) as p:
-        assert p.schema_version == 2 and p.models()[0].sha1 == "abc"
+        assert p.schema_version == len(store.MIGRATIONS) and p.models()[0].sha1 == "abc"
         np.testing.assert_array_equal(p.keypoints_of(1), people(7)[:1])
         with pytest.raises(StoreError, match="read-only"):
             p.add_labels({4: people(4)}, "simulated")

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -157,6 +158,16 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX labels_current ON labels(image_id, person) WHERE superseded_at IS NULL",
         "CREATE INDEX labels_image ON labels(image_id)",
     ],
+    [  # v3: who labelled each person and at what cost; image revisions and leases for the labelling page
+        "ALTER TABLE labels ADD COLUMN annotator TEXT",
+        "ALTER TABLE labels ADD COLUMN person_seconds REAL",
+        "ALTER TABLE labels ADD COLUMN clicks INTEGER",
+        "ALTER TABLE images ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE leases (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id),
+            annotator TEXT NOT NULL,
+            expires_at REAL NOT NULL)""",
+    ],
 ]
 
 
@@ -180,6 +191,7 @@ class ImageRow:
     height: int
     state: str
     round: int | None
+    revision: int = 0  # writes to the image's labels / state by labelling (a save must name the one it saw)
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,9 @@ class LabelRow:
     round: int | None
     seconds: float | None  # the labelling time of the whole image (the same on each of its person rows)
     superseded_at: str | None = None  # None: a current label; else when newer labels replaced it
+    annotator: str | None = None  # who labelled it (a person's name, a Label Studio user), when known
+    person_seconds: float | None = None  # time spent on this person alone (the labelling page records it)
+    clicks: int | None = None  # pointer actions spent on this person (the labelling page records it)
 
 
 @dataclass(frozen=True)
@@ -227,6 +242,40 @@ class ImportResult:
     round_completed: bool = (
         False  # with complete_round: the round moved open -> labelled in the same transaction
     )
+    skipped: int = 0  # queued images of the round the file marked skipped
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An image being labelled by one annotator on the labelling page, until `expires_at` (Unix time)."""
+
+    image_id: int
+    annotator: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    new_labels: int  # label rows added (0: the same labels were stored already, or a skip)
+    revision: int  # the image's revision after the save
+    state: str  # the image's state after the save
+    round_completed: bool  # the round moved open -> labelled in the same transaction
+
+
+class LabelConflict(StoreError):
+    """A save named a revision of the image that is no longer current: someone saved it meanwhile."""
+
+    def __init__(self, message: str, revision: int):
+        super().__init__(message)
+        self.revision = revision
+
+
+class LeaseHeld(StoreError):
+    """Another annotator holds the image's lease."""
+
+    def __init__(self, message: str, lease: Lease):
+        super().__init__(message)
+        self.lease = lease
 
 
 @dataclass(frozen=True)
@@ -603,7 +652,7 @@ class Project:
     # --- images ------------------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRow:
         row = self._conn.execute(
-            "SELECT id, path, content_hash, width, height, state, round FROM images WHERE id = ?",
+            "SELECT id, path, content_hash, width, height, state, round, revision FROM images WHERE id = ?",
             (int(image_id),),
         ).fetchone()
         if row is None:
@@ -683,7 +732,10 @@ class Project:
                     todo.append(image_id)
             if problems:
                 raise StoreError(f"{self.folder}: nothing skipped", problems)
-            c.executemany("UPDATE images SET state = 'skipped' WHERE id = ?", [(i,) for i in todo])
+            c.executemany(
+                "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ?",
+                [(i,) for i in todo],
+            )
             if complete_round:
                 self._complete_round(c, int(round_id))
         return len(todo)
@@ -704,6 +756,9 @@ class Project:
         round: int | None = None,
         seconds: float | Mapping[int, float] | None = None,
         complete_round: bool = False,
+        *,
+        annotator: str | Mapping[int, str] | None = None,
+        people: Mapping[int, Sequence[tuple[float | None, int | None]]] | None = None,
     ) -> int:
         """Store {image_id: (N, K, 3) keypoints} from `source`; return the number of new label rows.
 
@@ -727,11 +782,14 @@ class Project:
         With `complete_round` (needs `round`), the round moves open -> labelled in the same transaction when
         every one of its images is labelled or skipped: labelling and the state change can never be split by
         a crash. Read `round(round).state` to see whether it did.
+
+        `annotator` (one name, or one per image) says who labelled; `people` {image_id: [(seconds, clicks)
+        per person]} what each person cost (the labelling page measures both).
         """
         if complete_round and round is None:
             raise StoreError("add_labels: complete_round needs the round")
         with self._write() as c:
-            written = self._add_labels(c, labels, source, round, seconds, None)
+            written = self._add_labels(c, labels, source, round, seconds, None, annotator, people)
             if complete_round:
                 self._complete_round(c, int(round))
             return written.new_rows
@@ -744,6 +802,8 @@ class Project:
         round: int | None,
         seconds: float | Mapping[int, float] | None,
         import_id: int | None,
+        annotator: str | Mapping[int, str] | None = None,
+        people: Mapping[int, Sequence[tuple[float | None, int | None]]] | None = None,
     ) -> _Written:
         k = self.skeleton.num_keypoints
         problems: list[str] = []
@@ -754,7 +814,7 @@ class Project:
             and c.execute("SELECT 1 FROM rounds WHERE id = ?", (int(round),)).fetchone() is None
         ):
             problems.append(f"round {round}: no such round")
-        todo: list[tuple[int, np.ndarray, float | None, int | None]] = []
+        todo: list[tuple[int, np.ndarray, float | None, int | None, str | None, list]] = []
         state_only: list[int] = []
         for raw_id, raw in labels.items():
             try:
@@ -821,31 +881,63 @@ class Project:
                 problems.append(f"image id {image_id}: seconds must be a finite number >= 0, got {secs!r}")
                 continue
             row_round = int(round) if round is not None else image_round
-            todo.append((image_id, kps, None if secs is None else float(secs), row_round))
+            who = annotator.get(image_id) if isinstance(annotator, Mapping) else annotator
+            if who is not None and (not isinstance(who, str) or not who.strip()):
+                problems.append(f"image id {image_id}: annotator must be a non-empty string, got {who!r}")
+                continue
+            costs = list((people or {}).get(image_id) or [(None, None)] * len(kps))
+            if len(costs) != len(kps):
+                problems.append(f"image id {image_id}: {len(costs)} per-person cost(s) for {len(kps)} people")
+                continue
+            bad = [
+                (ps, cl) for ps, cl in costs
+                if (ps is not None and (not math.isfinite(float(ps)) or float(ps) < 0))
+                or (cl is not None and int(cl) < 0)
+            ]  # fmt: skip
+            if bad:
+                problems.append(
+                    f"image id {image_id}: per-person seconds / clicks must be >= 0, got {bad[0]}"
+                )
+                continue
+            todo.append((image_id, kps, None if secs is None else float(secs), row_round, who, costs))
         if problems:
             raise StoreError(f"{self.folder}: labels refused, nothing stored", problems)
         now, n, superseded = _now(), 0, 0
-        for image_id, kps, secs, row_round in todo:
+        for image_id, kps, secs, row_round, who, costs in todo:
             superseded += c.execute(
                 "UPDATE labels SET superseded_at = ? WHERE image_id = ? AND superseded_at IS NULL",
                 (now, image_id),
             ).rowcount
             c.executemany(
-                "INSERT INTO labels (image_id, person, keypoints, source, created_at, round, seconds, import_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO labels (image_id, person, keypoints, source, created_at, round, seconds, import_id, "
+                "annotator, person_seconds, clicks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (image_id, p, json.dumps(kps[p].tolist()), source, now, row_round, secs, import_id)
+                    (
+                        image_id,
+                        p,
+                        json.dumps(kps[p].tolist()),
+                        source,
+                        now,
+                        row_round,
+                        secs,
+                        import_id,
+                        who,
+                        None if costs[p][0] is None else float(costs[p][0]),
+                        None if costs[p][1] is None else int(costs[p][1]),
+                    )
                     for p in range(len(kps))
-                ],
+                ],  # fmt: skip
             )
             n += len(kps)
             c.execute(
-                "UPDATE images SET state = 'labelled', round = COALESCE(?, round) WHERE id = ?",
+                "UPDATE images SET state = 'labelled', round = COALESCE(?, round), revision = revision + 1 "
+                "WHERE id = ?",
                 (round, image_id),
             )
             faults.point("label")  # a crash here must leave no partial labelling behind
         c.executemany(
-            "UPDATE images SET state = 'labelled', round = COALESCE(?, round) WHERE id = ?",
+            "UPDATE images SET state = 'labelled', round = COALESCE(?, round), revision = revision + 1 "
+            "WHERE id = ?",
             [(round, i) for i in state_only],
         )
         return _Written(n, superseded, len(todo) + len(state_only))
@@ -854,13 +946,13 @@ class Project:
         """Return the image's current person labels, oldest first; with `history`, superseded ones too."""
         where = "" if history else " AND superseded_at IS NULL"
         rows = self._conn.execute(
-            "SELECT image_id, person, keypoints, source, created_at, round, seconds, superseded_at FROM labels "
-            f"WHERE image_id = ?{where} ORDER BY id",
+            "SELECT image_id, person, keypoints, source, created_at, round, seconds, superseded_at, annotator, "
+            f"person_seconds, clicks FROM labels WHERE image_id = ?{where} ORDER BY id",
             (int(image_id),),
         )
         return [
-            LabelRow(i, p, np.asarray(json.loads(k), dtype=np.float64), s, t, r, sec, sup)
-            for i, p, k, s, t, r, sec, sup in rows
+            LabelRow(i, p, np.asarray(json.loads(k), dtype=np.float64), s, t, r, sec, sup, who, psec, clicks)
+            for i, p, k, s, t, r, sec, sup, who, psec, clicks in rows
         ]
 
     def keypoints_of(self, image_id: int) -> np.ndarray:
@@ -941,6 +1033,10 @@ class Project:
         round: int | None = None,
         complete_round: bool = False,
         content_hash: str | None = None,
+        *,
+        seconds: Mapping[int, float] | None = None,
+        annotators: Mapping[int, str] | None = None,
+        skip: Sequence[int] = (),
     ) -> ImportResult:
         """Store labels read from the file `path` (by another importer, e.g. Label Studio) as one import.
 
@@ -948,7 +1044,9 @@ class Project:
         now): a file imported before adds nothing. Otherwise exactly `import_coco`'s rules after parsing:
         with `round` every image must belong to it, labels are stored as `add_labels` stores them, an import
         that changes nothing is not recorded, and `complete_round` completes the round in the same
-        transaction.
+        transaction. `seconds` {image_id: labelling time} and `annotators` {image_id: who} are stored with the
+        labels; `skip` (needs `round`) marks those of the round's images that are still queued 'skipped' in
+        the same transaction (the file says they cannot be labelled; labelled or skipped ones are unchanged).
         """
         path = Path(path)
         if content_hash is None:
@@ -956,7 +1054,12 @@ class Project:
                 content_hash = file_sha1(path)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot import: {exc}") from exc
-        return self._import(path, content_hash, lambda c: dict(labels), source, round, complete_round)
+        if skip and round is None:
+            raise StoreError(f"{path}: skipping images needs the round")
+        extra = {"seconds": seconds, "annotators": annotators, "skip": skip}
+        return self._import(
+            path, content_hash, lambda c: dict(labels), source, round, complete_round, **extra
+        )
 
     def _import(
         self,
@@ -966,6 +1069,9 @@ class Project:
         source: str,
         round: int | None,
         complete_round: bool,
+        seconds: Mapping[int, float] | None = None,
+        annotators: Mapping[int, str] | None = None,
+        skip: Sequence[int] = (),
     ) -> ImportResult:
         if complete_round and round is None:
             raise StoreError(f"{path}: complete_round needs the round")
@@ -985,7 +1091,7 @@ class Project:
                         "SELECT image_id FROM round_items WHERE round_id = ?", (int(round),)
                     )
                 }
-                outside = sorted(int(i) for i in labels if int(i) not in items)
+                outside = sorted({int(i) for i in [*labels, *skip] if int(i) not in items})
                 if outside:
                     raise StoreError(
                         f"{path}: cannot import, nothing stored",
@@ -997,24 +1103,32 @@ class Project:
             )
             import_id = cur.lastrowid
             try:
-                written = self._add_labels(c, labels, source, round, None, import_id)
+                written = self._add_labels(c, labels, source, round, seconds, import_id, annotators)
             except StoreError as exc:
                 raise StoreError(f"{path}: cannot import, nothing stored", exc.problems) from None
-            if written.changed:
+            n_skipped = 0
+            for image_id in dict.fromkeys(int(i) for i in skip):
+                n_skipped += c.execute(
+                    "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ? AND state = 'queued'",
+                    (image_id,),
+                ).rowcount
+            if written.changed or n_skipped:
                 c.execute("UPDATE imports SET n_labels = ? WHERE id = ?", (written.new_rows, import_id))
             else:  # nothing new (the same labels under another file name): leave no trace
                 c.execute("DELETE FROM imports WHERE id = ?", (import_id,))
             completed = self._complete_round(c, int(round)) if complete_round else False
         n = written.new_rows
-        if not written.changed:
+        if not written.changed and not n_skipped:
             msg = f"{path}: every label of its {len(labels)} image(s) is already stored; 0 new labels"
         else:
             msg = f"{path}: imported {n} new person label(s) from {len(labels)} image(s)"
             if written.superseded:
                 msg += f", replacing {written.superseded} earlier person label(s) (kept as history)"
+            if n_skipped:
+                msg += f"; {n_skipped} image(s) marked skipped"
         if completed:
             msg += f"; round {round} is labelled"
-        return ImportResult(n, False, msg, written.superseded, completed)
+        return ImportResult(n, False, msg, written.superseded, completed, n_skipped)
 
     def _map_frames(self, c: sqlite3.Connection, data: CocoKeypoints) -> tuple[dict[int, int], list[str]]:
         by_name: dict[str, list[int]] = {}
@@ -1369,6 +1483,140 @@ class Project:
         if n:
             out.setdefault(None, dict(empty))["images"] = int(n)
         return out
+
+    # --- the labelling page: leases and revision-checked saves --------------------------------------
+    def leases(self, now: float | None = None) -> dict[int, Lease]:
+        """Return {image_id: Lease} of the leases that have not expired at `now` (default: the clock)."""
+        now = time.time() if now is None else now
+        rows = self._conn.execute(
+            "SELECT image_id, annotator, expires_at FROM leases WHERE expires_at > ?", (now,)
+        )
+        return {i: Lease(i, a, e) for i, a, e in rows}
+
+    @staticmethod
+    def _lease_of(c: sqlite3.Connection, image_id: int, now: float) -> Lease | None:
+        row = c.execute(
+            "SELECT annotator, expires_at FROM leases WHERE image_id = ? AND expires_at > ?", (image_id, now)
+        ).fetchone()
+        return None if row is None else Lease(image_id, row[0], row[1])
+
+    def _check_lease(self, c: sqlite3.Connection, image_id: int, annotator: str, now: float) -> None:
+        held = self._lease_of(c, image_id, now)
+        if held is not None and held.annotator != annotator:
+            raise LeaseHeld(
+                f"image id {image_id} is being labelled by {held.annotator!r} "
+                f"(lease ends in {held.expires_at - now:.0f} s); nothing saved",
+                held,
+            )
+
+    def take_lease(self, image_id: int, annotator: str, seconds: float, now: float | None = None) -> Lease:
+        """Lease image `image_id` to `annotator` for `seconds` (renewing their own lease); return it.
+
+        Raises LeaseHeld when another annotator's lease has not expired, StoreError for an unknown image.
+        """
+        now = time.time() if now is None else now
+        image_id = int(image_id)
+        with self._write() as c:
+            if self._unknown(c, [image_id]):
+                raise StoreError(f"{self.folder}: no image with id {image_id}")
+            self._check_lease(c, image_id, annotator, now)
+            c.execute(
+                "INSERT INTO leases (image_id, annotator, expires_at) VALUES (?, ?, ?) ON CONFLICT(image_id) "
+                "DO UPDATE SET annotator = excluded.annotator, expires_at = excluded.expires_at",
+                (image_id, annotator, now + float(seconds)),
+            )
+        return Lease(image_id, annotator, now + float(seconds))
+
+    def release_lease(self, image_id: int, annotator: str) -> bool:
+        """Give up `annotator`'s lease on the image; return whether there was one."""
+        with self._write() as c:
+            n = c.execute(
+                "DELETE FROM leases WHERE image_id = ? AND annotator = ?", (int(image_id), annotator)
+            ).rowcount
+        return n > 0
+
+    def _checked_round_image(
+        self, c: sqlite3.Connection, image_id: int, round: int, annotator: str, revision: int | None,
+        force: bool, now: float,
+    ) -> tuple[str, int]:  # fmt: skip
+        row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round),)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.folder}: no round {round}")
+        if row[0] != "open":
+            raise StoreError(f"{self.folder}: round {round} is {row[0]!r}, no longer open; nothing saved")
+        item = c.execute(
+            "SELECT i.state, i.revision FROM round_items ri JOIN images i ON i.id = ri.image_id "
+            "WHERE ri.round_id = ? AND ri.image_id = ?",
+            (int(round), image_id),
+        ).fetchone()
+        if item is None:
+            raise StoreError(f"{self.folder}: image id {image_id} is not in round {round}")
+        self._check_lease(c, image_id, annotator, now)
+        if revision is not None and item[1] != revision and not force:
+            raise LabelConflict(
+                f"image id {image_id} was saved by someone else meanwhile (revision {item[1]}, this page "
+                f"started from {revision}); nothing saved",
+                item[1],
+            )
+        return item
+
+    def save_labels(
+        self,
+        image_id: int,
+        keypoints: Any,
+        *,
+        source: str,
+        round: int,
+        annotator: str,
+        revision: int | None,
+        force: bool = False,
+        seconds: float | None = None,
+        people: Sequence[tuple[float | None, int | None]] | None = None,
+        now: float | None = None,
+    ) -> SaveResult:
+        """Store one image's labels from the labelling page in one transaction; return what changed.
+
+        The image must belong to the open round `round`. Refused (nothing stored): another annotator holds
+        its lease (LeaseHeld), its revision is not `revision` (LabelConflict: someone saved it meanwhile;
+        `force` overwrites), or the labels are invalid (as `add_labels`). On success the annotator's lease is
+        released and, when this was the round's last image, the round becomes 'labelled' in the same
+        transaction. `people` holds (seconds, clicks) per person.
+        """
+        now = time.time() if now is None else now
+        image_id = int(image_id)
+        with self._write() as c:
+            self._checked_round_image(c, image_id, round, annotator, revision, force, now)
+            costs = None if people is None else {image_id: list(people)}
+            written = self._add_labels(
+                c, {image_id: keypoints}, source, round, seconds, None, annotator, costs
+            )
+            c.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
+            completed = self._complete_round(c, int(round))
+            state, rev = c.execute("SELECT state, revision FROM images WHERE id = ?", (image_id,)).fetchone()
+        return SaveResult(written.new_rows, rev, state, completed)
+
+    def skip_image(
+        self, image_id: int, *, round: int, annotator: str, revision: int | None, force: bool = False,
+        now: float | None = None,
+    ) -> SaveResult:  # fmt: skip
+        """Mark one queued image of the open round 'skipped' from the labelling page (rules of `save_labels`).
+
+        An image that is already labelled is refused (its labels stay); skipping a skipped image is a no-op.
+        """
+        now = time.time() if now is None else now
+        image_id = int(image_id)
+        with self._write() as c:
+            state, _ = self._checked_round_image(c, image_id, round, annotator, revision, force, now)
+            if state == "labelled":
+                raise StoreError(f"{self.folder}: image id {image_id} is labelled; it cannot be skipped")
+            c.execute(
+                "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ? AND state = 'queued'",
+                (image_id,),
+            )
+            c.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
+            completed = self._complete_round(c, int(round))
+            state, rev = c.execute("SELECT state, revision FROM images WHERE id = ?", (image_id,)).fetchone()
+        return SaveResult(0, rev, state, completed)
 
     # --- export ------------------------------------------------------------------------------------
     def to_coco(
