@@ -12,6 +12,7 @@ import typer
 from ..errors import ConfigError
 from ..workflow import labelling, rounds
 from . import options as o
+from .annotate import Host, Port, Token
 from .app import RichReporter, command, console, duration, next_step
 
 
@@ -33,7 +34,11 @@ def run_loop(
     ground_truth: o.GroundTruth = None,
     oracle: Annotated[
         str,
-        typer.Option(help="simulated: reveals --ground-truth (humans: `activepose label`).", metavar="NAME"),
+        typer.Option(
+            help="simulated: reveals --ground-truth; web: people label each round on the labelling page "
+            "(served on --host/--port until the round is complete).",
+            metavar="NAME",
+        ),
     ] = "simulated",
     strategy: o.Strategy = o.DEFAULTS["strategy"],
     test: Annotated[
@@ -46,6 +51,9 @@ def run_loop(
         int, typer.Option(help="Seeds training, selection (seed + round) and the oracle's cost.", metavar="N")
     ] = 0,
     device: o.Device = "auto",
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    token: Token = None,
     training: o.TrainingOptions = None,
     selection: o.SelectionOptions = None,
 ) -> None:
@@ -59,17 +67,24 @@ def run_loop(
     from ..loop import RunOptions, run
     from .project import status
 
-    if oracle != "simulated":
-        raise ConfigError(
-            f"unknown --oracle {oracle!r}: the loop runs with 'simulated' (humans label with `activepose label`)"
-        )
-    if ground_truth is None:
+    if oracle not in ("simulated", "web"):
+        raise ConfigError(f"unknown --oracle {oracle!r}: use simulated (with --ground-truth) or web")
+    if oracle == "simulated" and ground_truth is None:
         raise ConfigError("--oracle simulated needs --ground-truth GT.json")
     # Every option is checked here, before the first step: a typo never costs a trained round.
     train_cfg = training.config(project / rounds.RUN_DIR, device, seed=seed)
     selection_cfg = selection.config(seed=seed)
+    if oracle == "web":
+        from ..web.server import check_host
+        from ..workflow.annotation import WebLabeller
+
+        check_host(host, token)
+        labeller = WebLabeller(host=host, port=port, token=token, device=device,
+                               on_ready=lambda url: console.print(f"[bold green]labelling page:[/] {url}"))  # fmt: skip
+    else:
+        labeller = labelling.SimulatedLabeller(ground_truth, seed=seed)
     opts = RunOptions(
-        budget=budget, oracle=labelling.SimulatedLabeller(ground_truth, seed=seed), train=train_cfg,
+        budget=budget, oracle=labeller, train=train_cfg,
         select=rounds.SelectOptions(budget=budget, strategy=strategy, selection=selection_cfg, device=device),
         evaluate=rounds.EvalOptions(test=test, ttas=o.parse_tta(tta), max_images=eval_max_images, device=device),
         seed=seed,

@@ -1,0 +1,1 @@
+"""The labelling page: a FastAPI server (`server`) and its static page (`static/`), served by `activepose annotate`."""

@@ -1,0 +1,294 @@
+"""The labelling page's HTTP server: FastAPI routes over `workflow.annotation.LabellingDesk`.
+
+The API is documented in docs/labelling-api.md. This module only translates HTTP to desk calls and errors to
+status codes; the application logic (leases, revisions, validation, pre-annotations) lives in the desk and the
+store. Security: images are served by id only (never by a client-given path), every request carries the
+token when the server has one, request bodies are validated (types, sizes, keypoint counts, coordinates
+inside the image) and limited to `MAX_BODY` bytes, and every asset is served from this package (the Content
+Security Policy allows nothing else).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mimetypes
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ActiveposeError, ConfigError
+from ..store import LabelConflict, LeaseHeld, StoreError
+from ..workflow.annotation import (
+    AnnotateOptions,
+    InvalidLabels,
+    LabellingDesk,
+    Person,
+    UnknownImage,
+    check_annotator,
+)
+from ..workflow.reporting import SILENT, Reporter
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 1 << 20  # bytes
+COOKIE = "activepose_token"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+Annotator = Annotated[str | None, Header(alias="X-Annotator")]  # module level: routes resolve it by name
+
+
+class PersonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    keypoints: list[tuple[float, float, int]] = Field(max_length=1000)
+    seconds: float | None = Field(default=None, ge=0, le=86400)
+    clicks: int | None = Field(default=None, ge=0, le=1_000_000)
+    origin: Literal["predicted", "manual"] = "manual"
+
+
+class SaveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    revision: int = Field(ge=0)
+    force: bool = False
+    seconds: float | None = Field(default=None, ge=0, le=86400)
+    people: list[PersonIn] = Field(max_length=100)
+
+
+class SkipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int = Field(ge=0)
+    force: bool = False
+
+
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=SECURITY_HEADERS)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse request bodies over `MAX_BODY` bytes (413) whether or not they say their size."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            return await _error(413, f"request body larger than {MAX_BODY} bytes")(scope, receive, send)
+        # Read the whole (small) body first: an over-long one is answered here, before any route sees it.
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > MAX_BODY:
+                return await _error(413, f"request body larger than {MAX_BODY} bytes")(scope, receive, send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(desk: LabellingDesk, token: str | None = None) -> FastAPI:
+    """Return the FastAPI app serving `desk`'s round; with `token`, every request must carry it."""
+    app = FastAPI(title="activepose labelling", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.desk = desk
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token is not None:
+            given = request.query_params.get("token") if request.url.path == "/" else None
+            auth = request.headers.get("authorization", "")
+            candidates = [
+                given,
+                auth[7:] if auth.lower().startswith("bearer ") else None,
+                request.headers.get("x-activepose-token"),
+                request.cookies.get(COOKIE),
+            ]
+            if not any(
+                c is not None and secrets.compare_digest(c.encode(), token.encode()) for c in candidates
+            ):
+                return _error(401, "missing or wrong token: open the link printed by `activepose annotate`")
+            if given is not None:  # the link with ?token=: keep it in a cookie, out of the address bar
+                response = RedirectResponse("/", status_code=303)
+                response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+                return response
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_detail(exc))
+
+    def annotator_of(x_annotator: str | None) -> str:
+        return check_annotator(x_annotator)
+
+    def call(fn, *args, **kwargs) -> Any:
+        """Run a desk call and turn its errors into HTTP answers."""
+        try:
+            return fn(*args, **kwargs)
+        except UnknownImage as exc:
+            return _error(404, str(exc))
+        except LabelConflict as exc:
+            image_id = args[0] if args else None
+            return _error(409, str(exc), conflict=desk.conflict(image_id))
+        except LeaseHeld as exc:
+            lease = exc.lease
+            return _error(423, str(exc), lease={"annotator": lease.annotator,
+                                                "expires_in": round(lease.expires_at - time.time(), 1)})  # fmt: skip
+        except (InvalidLabels, ConfigError) as exc:
+            return _error(422, str(exc))
+        except StoreError as exc:
+            detail = str(exc) + ("".join(f"; {p}" for p in exc.problems[:5]) if exc.problems else "")
+            return _error(409 if "no longer open" in detail else 422, detail)
+        except ActiveposeError as exc:
+            return _error(400, str(exc))
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/round")
+    def round_info(x_annotator: Annotator = None):
+        return call(lambda: desk.round_view(annotator_of(x_annotator)))
+
+    @app.get("/api/images/{image_id}")
+    def image(image_id: int, x_annotator: Annotator = None):
+        return call(lambda i: desk.image_view(i, annotator_of(x_annotator)), image_id)
+
+    @app.get("/api/images/{image_id}/file")
+    def image_file(image_id: int):
+        path = call(desk.image_file, image_id)
+        if isinstance(path, Response):
+            return path
+        if not path.is_file():
+            return _error(404, f"image id {image_id}: its file {path.name} is missing")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
+
+    @app.post("/api/images/{image_id}/labels")
+    def save(image_id: int, body: SaveIn, x_annotator: Annotator = None):
+        people = [Person(list(p.keypoints), p.seconds, p.clicks, p.origin) for p in body.people]
+        return call(lambda i: desk.save(i, annotator_of(x_annotator), people, body.revision,
+                                        force=body.force, seconds=body.seconds), image_id)  # fmt: skip
+
+    @app.post("/api/images/{image_id}/skip")
+    def skip(image_id: int, body: SkipIn, x_annotator: Annotator = None):
+        return call(lambda i: desk.skip(i, annotator_of(x_annotator), body.revision, body.force), image_id)
+
+    @app.post("/api/images/{image_id}/lease")
+    def renew(image_id: int, x_annotator: Annotator = None):
+        out = call(lambda i: desk.renew(i, annotator_of(x_annotator)), image_id)
+        return out if isinstance(out, Response) else {"lease": out}
+
+    @app.delete("/api/images/{image_id}/lease")
+    def release(image_id: int, x_annotator: Annotator = None):
+        out = call(lambda i: desk.release(i, annotator_of(x_annotator)), image_id)
+        return out if isinstance(out, Response) else {"lease": None}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(_BodyLimit)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, token: str | None) -> None:
+    """Off loopback a token is required: anyone who can reach the port could otherwise label or read images."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"--host {host} is reachable from other machines: pass --token TOKEN (every request must carry it)"
+        )
+
+
+def serve(
+    folder: str | Path,
+    opts: AnnotateOptions,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    until_complete: bool = False,
+    reporter: Reporter = SILENT,
+    on_ready=None,
+) -> LabellingDesk:
+    """Serve the labelling page for a round until Ctrl-C (or, with `until_complete`, until it is labelled).
+
+    Off loopback a token is required: anyone who can reach the port could otherwise label (or read images).
+    `on_ready(url)` is called once the server listens (the URL carries the token).
+    """
+    import uvicorn
+
+    check_host(host, token)
+    desk = LabellingDesk(folder, opts, reporter)
+    app = create_app(desk, token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            if server.started and on_ready is not None:
+                on_ready(url)
+                break
+        done_at = None
+        while not stop.wait(1.0):
+            if until_complete and done_at is None and desk.is_complete():
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() - done_at > 3.0:  # let the page show the banner
+                server.should_exit = True
+                break
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits when the port is taken
+        raise ConfigError(f"cannot serve on {host}:{port} (is the port in use?)") from exc
+    finally:
+        stop.set()
+        desk.close()
+    return desk
