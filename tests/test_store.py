@@ -751,3 +751,64 @@ def test_disk_full_is_a_store_error_and_changes_nothing(project):
     assert not project._conn.in_transaction
     project._conn.execute("PRAGMA max_page_count = 1073741823")
     assert project.add_labels(big, "simulated") == 270  # the store still takes writes
+
+
+# --- schema v3: leases, revisions and per-person costs for the labelling page ------------------------------
+def test_leases_expire_and_belong_to_one_annotator(project):
+    lease = project.take_lease(1, "ann", 60, now=1000.0)
+    assert (lease.annotator, lease.expires_at) == ("ann", 1060.0)
+    with pytest.raises(store.LeaseHeld, match="being labelled by 'ann'") as err:
+        project.take_lease(1, "bob", 60, now=1030.0)
+    assert err.value.lease.annotator == "ann"
+    assert project.take_lease(1, "ann", 60, now=1030.0).expires_at == 1090.0  # renewed
+    assert project.take_lease(1, "bob", 60, now=1091.0).annotator == "bob"  # expired: bob takes it
+    assert set(project.leases(now=1100.0)) == {1} and project.leases(now=2000.0) == {}
+    assert not project.release_lease(1, "ann") and project.release_lease(1, "bob")
+    with pytest.raises(StoreError, match="no image with id 99"):
+        project.take_lease(99, "ann", 60)
+
+
+def test_save_labels_checks_round_lease_and_revision_in_one_transaction(project):
+    project.open_round("random", {}, [(1, None), (2, None)])
+    assert project.image(1).revision == 0
+    project.take_lease(1, "ann", 60, now=time.time())
+    with pytest.raises(store.LeaseHeld):
+        project.save_labels(1, people(1), source="web:bob", round=1, annotator="bob", revision=0)
+    res = project.save_labels(1, people(1), source="web:ann", round=1, annotator="ann", revision=0,
+                              seconds=9.0, people=[(4.0, 3), (5.0, 7)])  # fmt: skip
+    assert (res.new_labels, res.revision, res.state, res.round_completed) == (2, 1, "labelled", False)
+    assert [(r.annotator, r.person_seconds, r.clicks, r.seconds) for r in project.labels_of(1)] == [
+        ("ann", 4.0, 3, 9.0), ("ann", 5.0, 7, 9.0)]  # fmt: skip
+    assert project.leases() == {}
+    with pytest.raises(store.LabelConflict, match="revision 1") as err:  # a page that loaded revision 0
+        project.save_labels(1, people(3), source="web:bob", round=1, annotator="bob", revision=0)
+    assert err.value.revision == 1 and project.image(1).revision == 1
+    with pytest.raises(StoreError, match="1 per-person cost.s. for 2 people"):
+        project.save_labels(
+            1, people(3), source="web:bob", round=1, annotator="bob", revision=1, people=[(1.0, 1)]
+        )
+    with pytest.raises(StoreError, match="not in round 1"):
+        project.save_labels(5, people(5), source="web:ann", round=1, annotator="ann", revision=0)
+    with pytest.raises(StoreError, match="it cannot be skipped"):
+        project.skip_image(1, round=1, annotator="ann", revision=1)
+    res = project.skip_image(2, round=1, annotator="ann", revision=0)
+    assert (res.state, res.revision, res.round_completed) == ("skipped", 1, True)
+    assert project.round(1).state == "labelled"
+    with pytest.raises(StoreError, match="no longer open"):
+        project.save_labels(1, people(3), source="web:ann", round=1, annotator="ann", revision=1)
+    np.testing.assert_array_equal(project.keypoints_of(1), people(1))
+
+
+def test_import_labels_stores_seconds_annotators_and_skips(project, tmp_path):
+    project.open_round("random", {}, [(1, None), (2, None), (3, None)])
+    f = tmp_path / "ls.json"
+    f.write_text("[]")
+    res = project.import_labels(f, {1: people(1)}, "label-studio:ls.json", round=1, complete_round=True,
+                                seconds={1: 42.0}, annotators={1: "ann@x.org"}, skip=[2])  # fmt: skip
+    assert res.skipped == 1 and not res.round_completed and "1 image(s) marked skipped" in res.message
+    assert [(r.seconds, r.annotator) for r in project.labels_of(1)] == [(42.0, "ann@x.org")] * 2
+    assert project.image(2).state == "skipped" and project.image(2).revision == 1
+    with pytest.raises(StoreError, match="image id 5: not in round 1"):
+        project.import_labels(tmp_path / "other.json", {}, "x", round=1, content_hash="h2", skip=[5])
+    with pytest.raises(StoreError, match="needs the round"):
+        project.import_labels(f, {}, "x", content_hash="h3", skip=[3])
