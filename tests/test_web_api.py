@@ -349,3 +349,19 @@ def test_serve_refuses_a_port_in_use(proj):
         port = s.getsockname()[1]
         with pytest.raises(ConfigError, match="in use"):
             serve(proj, AnnotateOptions(device="cpu"), port=port)
+
+
+def test_cli_refuses_what_cannot_be_served(trained, tmp_path):
+    res = CliRunner().invoke(cli, ["annotate", str(trained), "--host", "0.0.0.0", "--device", "cpu"])
+    assert res.exit_code == 2 and "--token" in res.output
+    res = CliRunner().invoke(cli, ["annotate", str(trained), "--round", "7"])
+    assert res.exit_code == 2 and "no round 7" in res.output
+    res = CliRunner().invoke(cli, ["run", str(trained), "--rounds", "1", "--budget", "1", "--oracle", "web",
+                                   "--host", "10.1.2.3", "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 2 and "--token" in res.output
+    empty = tmp_path / "empty"
+    shutil.copytree(trained, empty)
+    with Project.open(empty) as p:
+        p.skip_images(1, ROUND, complete_round=True)
+    res = CliRunner().invoke(cli, ["annotate", str(empty)])
+    assert res.exit_code == 2 and "no open round to label (round 1 is labelled)" in res.output
