@@ -26,7 +26,7 @@ UV_VERSION := 0.13.9
 UV := $(LOCK_VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench clean lock lock-upgrade
+.PHONY: venv demo test test-slow lint bench clean lock lock-upgrade label-studio browser
 
 venv: $(STAMP)
 
@@ -73,7 +73,28 @@ $(UV): Makefile
 demo: venv
 	$(BIN)/activepose demo
 
-test: venv
+# Label Studio for tests/test_label_studio_live.py, in its own environment (its pins clash with ours).
+LS_VENV := .venv-ls
+LABEL_STUDIO := label-studio==1.23.2
+
+label-studio: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed: Makefile
+	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet '$(LABEL_STUDIO)'
+	$(LS_VENV)/bin/python -c "import label_studio; print('label-studio', label_studio.__version__)"
+	touch $@
+
+# Debian's Chromium for the browser test (tests/test_web_browser.py), driven by Playwright's Python package
+# (`playwright install` cannot download browsers here; the test launches this binary).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	chromium --version
+
+test: venv label-studio browser
 	$(BIN)/python -m pytest -q
 
 test-slow: venv

@@ -812,3 +812,13 @@ def test_import_labels_stores_seconds_annotators_and_skips(project, tmp_path):
         project.import_labels(tmp_path / "other.json", {}, "x", round=1, content_hash="h2", skip=[5])
     with pytest.raises(StoreError, match="needs the round"):
         project.import_labels(f, {}, "x", content_hash="h3", skip=[3])
+
+
+def test_label_studio_coco_export_is_refused_as_coco(project, tmp_path):
+    f = write_coco(tmp_path / "result.json", {1: people(1)})
+    data = json.loads(f.read_text())
+    data["info"] = {"year": 2026, "version": "1.0", "contributor": "Label Studio"}
+    f.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="Label Studio's COCO export, which merges all people"):
+        project.import_coco(f)
+    assert project.labels_of(1) == []

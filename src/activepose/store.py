@@ -1000,6 +1000,12 @@ class Project:
                 parsed = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CocoError(path, [f"not valid JSON: {exc}"]) from exc
+            info = parsed.get("info") if isinstance(parsed, dict) else None
+            if isinstance(info, dict) and str(info.get("contributor", "")).strip().lower() == "label studio":
+                raise StoreError(
+                    f"{path}: cannot import: Label Studio's COCO export, which merges all people of an image into "
+                    "one; export 'JSON' in Label Studio and import it with --format label-studio"
+                )
             data = parse_coco(parsed, path=path, root=path.parent, skeleton=self.skeleton, check_images=False)
         except CocoError as exc:
             raise StoreError(f"{path}: cannot import: {exc}") from exc

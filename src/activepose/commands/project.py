@@ -143,8 +143,9 @@ def _what_next(project: Path, current, counts: dict, all_models: list) -> str:
     if current is None:
         return f"activepose select {project} --budget N   (or: activepose run {project} --rounds R --budget N ...)"
     return {
-        "open": f"activepose export {project} --round {current.id} --out round{current.id}.json, label it, then "
-                f"activepose label {project} --oracle file --labels FILE",
+        "open": f"activepose annotate {project}   (label round {current.id} in the browser), or activepose export "
+                f"{project} --round {current.id} --out round{current.id}.json, label it elsewhere, then activepose "
+                f"label {project} --oracle file --labels FILE",
         "labelled": f"activepose train {project}",
         "trained": f"activepose evaluate {project}",
         "evaluated": f"activepose evaluate {project}   (closes round {current.id})",
@@ -223,7 +224,8 @@ def select(
         atomic_write_json(out, {"round": res.round_id, "strategy": res.strategy, "ids": res.ids, "scores": res.scores,
                                 "stats": res.stats}, indent=1)  # fmt: skip
         console.print(f"wrote {out}")
-    next_step(f"activepose export {project} --round {res.round_id} --out round{res.round_id}.json   (label it), or "
+    next_step(f"activepose annotate {project}   (label it in the browser), or activepose export {project} --round "
+              f"{res.round_id} --out round{res.round_id}.json (label it elsewhere), or "
               f"activepose label {project} --oracle simulated --ground-truth GT.json")  # fmt: skip
 
 
@@ -260,7 +262,13 @@ def label(
         Path | None, typer.Option("--labels", help="file: the labelled file to import.", metavar="FILE")
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="file: coco or label-studio.", metavar="FORMAT")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="file: coco or label-studio (Label Studio's JSON export).",
+            metavar="FORMAT",
+        ),
     ] = "coco",
     include_empty: Annotated[
         bool,
@@ -349,19 +357,38 @@ def export(
         str,
         typer.Option(help="Label Studio: prefix of image URLs, e.g. /data/local-files/?d=", metavar="PREFIX"),
     ] = "",
+    ls_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--ls-root",
+            help="Label Studio: its local-files document root; image URLs become /data/local-files/?d=<path "
+            "relative to DIR> (every image must be under DIR).",
+            metavar="DIR",
+        ),
+    ] = None,
     input_size: o.ModelInput = None,
     batch_size: o.EvalBatch = o.EVAL_BATCH,
     device: o.Device = "auto",
 ) -> None:
     """Write a round's images for labelling (COCO or Label Studio tasks), pre-annotated with model predictions.
 
-    Label Studio also gets its labelling config next to the file (<stem>.config.xml).
+    Label Studio also gets its labelling config next to the file (<stem>.config.xml): keypoint labels plus a
+    per-point person choice (select a point, pick its person). With --ls-root, image URLs load through Label
+    Studio's local-files serving (the command prints what to set up).
     """
     from ..fileio import atomic_write_bytes
     from ..oracle import export_round, label_studio_config
+    from ..oracle.label_studio import config_people, local_files_setup
 
     if fmt not in ("coco", "label-studio"):
         raise ConfigError(f"unknown --format {fmt!r}; use coco or label-studio")
+    if ls_root is not None:
+        if fmt != "label-studio":
+            raise ConfigError("--ls-root is for --format label-studio")
+        if url_prefix:
+            raise ConfigError("--ls-root writes the image URLs itself: leave out --url-prefix")
+        if not ls_root.is_dir():
+            raise ConfigError(f"--ls-root {ls_root}: no such folder")
     if paths not in ("relative", "absolute"):
         raise ConfigError(f"unknown --paths {paths!r}; use relative or absolute")
     if out.is_dir():
@@ -382,18 +409,23 @@ def export(
                     loaded, [(i, proj.image_path(i)) for i in ids], input_size=input_size, batch_size=batch_size, reporter=rep
                 )  # fmt: skip
         written = export_round(proj, round_id, out, fmt, predictions, paths=paths, url_prefix=url_prefix,
-                               model_version=model.name if predictions is not None else "activepose")  # fmt: skip
-        config = None
+                               model_version=model.name if predictions is not None else "activepose",
+                               ls_root=ls_root)  # fmt: skip
+        config, setup = None, []
         if fmt == "label-studio":
-            config = atomic_write_bytes(
-                out.with_name(f"{out.stem}.config.xml"), label_studio_config(proj.skeleton).encode()
-            )
+            xml = label_studio_config(proj.skeleton, people=config_people(predictions))
+            config = atomic_write_bytes(out.with_name(f"{out.stem}.config.xml"), xml.encode())
+            if ls_root is not None:
+                setup = local_files_setup(proj, ids, ls_root)
     people = sum(len(p[1]) for p in (predictions or {}).values())
     extra = f" with {people} predicted people" if predictions is not None else ""
     console.print(
         f"round {round_id}: {len(ids)} images{extra} -> {written}" + (f" (config {config})" if config else "")
     )
     print_list("no prediction (unreadable image)", unreadable)
+    for line in setup:
+        console.print(f"Label Studio: {line}", soft_wrap=True, markup=False)
     flag = "" if fmt == "coco" else " --format label-studio"
-    next_step(f"label the images, then: activepose label {project} --oracle file --labels LABELLED.json{flag}"
+    where = "label the images" if fmt == "coco" else "label the tasks in Label Studio, Export > JSON"
+    next_step(f"{where}, then: activepose label {project} --oracle file --labels LABELLED.json{flag}"
               + ("   (untouched predictions need --accept-predictions)" if predictions is not None else ""))  # fmt: skip

@@ -71,7 +71,4 @@ class FileLabeller:
             return res.new_labels, res.message
         res = import_label_studio(project, self.path, round_id=round_id,
                                   accept_predictions=self.accept_predictions, complete_round=True)  # fmt: skip
-        message = f"{self.path}: {res.images} image(s), {res.people} people, {res.new_labels} new label(s)"
-        if res.skipped_tasks:
-            message += f"; {len(res.skipped_tasks)} task(s) without an annotation skipped"
-        return res.new_labels, message
+        return res.new_labels, f"{self.path}: {res.message}"
