@@ -50,3 +50,13 @@ def synthetic_project_data(root: Path, num_images: int, n_initial: int, n_test: 
         part["annotations"] = [a for a in raw["annotations"] if keep(a["image_id"])]
         (root / name).write_text(json.dumps(part))
     return root, gt
+
+
+def project_with_round(folder: Path, gt, round_ids):
+    """Return an open `Project` of the COCO data set `gt`'s images with round 1 open on `round_ids`."""
+    from activepose.store import Project
+
+    imgs = [(gt.image_path(f).resolve(), f.width, f.height, None, f.image_id) for f in gt]
+    p = Project.create(folder, gt.skeleton, imgs)
+    assert p.open_round("test", {}, [(i, 1.0 / i) for i in round_ids]) == 1
+    return p

@@ -20,6 +20,8 @@ from activepose.oracle.label_studio import LabelStudioImport, config_people, loc
 from activepose.store import Project, StoreError
 from activepose.synthetic import SyntheticConfig, make_synthetic_coco
 
+from .conftest import project_with_round
+
 ROUND = [2, 5, 7]
 
 
@@ -37,9 +39,7 @@ def gt(gt_path):
 
 @pytest.fixture
 def project(tmp_path, gt):
-    imgs = [(gt.image_path(f).resolve(), f.width, f.height, None, f.image_id) for f in gt]
-    p = Project.create(tmp_path / "proj", gt.skeleton, imgs)
-    assert p.open_round("test", {}, [(i, 1.0 / i) for i in ROUND]) == 1
+    p = project_with_round(tmp_path / "proj", gt, ROUND)
     yield p
     p.close()
 

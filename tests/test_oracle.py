@@ -12,8 +12,10 @@ import pytest
 
 from activepose.coco import load_coco
 from activepose.oracle import SimulatedOracle, export_round
-from activepose.store import Project, StoreError
+from activepose.store import StoreError
 from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+
+from .conftest import project_with_round
 
 ROUND = [2, 5, 7]
 
@@ -31,10 +33,7 @@ def gt(gt_path):
 
 @pytest.fixture
 def project(tmp_path, gt):
-    imgs = [(gt.image_path(f).resolve(), f.width, f.height, None, f.image_id) for f in gt]
-    p = Project.create(tmp_path / "proj", gt.skeleton, imgs)
-    r = p.open_round("test", {}, [(i, 1.0 / i) for i in ROUND])
-    assert r == 1
+    p = project_with_round(tmp_path / "proj", gt, ROUND)
     yield p
     p.close()
 
