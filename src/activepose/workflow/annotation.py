@@ -147,6 +147,7 @@ def preannotate(project, round_id: int, opts: AnnotateOptions, reporter: Reporte
         from .models import decoder_for, load, predict_files
 
         loaded = load(model, opts.device)
+        loaded.net.trunk_cache = None  # each image is predicted once (then cached here): no trunk feature cache
         same_keypoints(str(model), loaded.skeleton, project.skeleton, "the project's")
         decoder = decoder_for(loaded.skeleton, opts.relaxed_parts, opts.relaxed_score)
         strict = DecoderConfig()
