@@ -822,3 +822,20 @@ def test_label_studio_coco_export_is_refused_as_coco(project, tmp_path):
     with pytest.raises(StoreError, match="Label Studio's COCO export, which merges all people"):
         project.import_coco(f)
     assert project.labels_of(1) == []
+
+
+def test_annotator_summary_counts_current_labels_with_per_person_medians(project):
+    project.open_round("random", {}, [(1, None), (2, None), (3, None)])
+    kw = {"round": 1, "revision": None}
+    project.save_labels(
+        1, people(1, 3), source="web:ann", annotator="ann", people=[(2.0, 1), (4.0, 3), (9.0, 20)], **kw
+    )
+    project.save_labels(2, people(2, 1), source="web:bob", annotator="bob", people=[(None, None)], **kw)
+    project.save_labels(3, people(3, 1), source="web:ann", annotator="ann", **kw)
+    project.add_labels({4: people(4)}, "simulated")  # no annotator: not listed
+    assert project.annotator_summary() == {
+        "ann": {"images": 2, "people": 4, "median_seconds": 4.0, "median_clicks": 3.0},
+        "bob": {"images": 1, "people": 1, "median_seconds": None, "median_clicks": None},
+    }
+    project.add_labels({2: people(7, 1)}, "web:cy", annotator="cy")  # bob's labels superseded: cy's count
+    assert set(project.annotator_summary()) == {"ann", "cy"}

@@ -365,3 +365,14 @@ def test_cli_refuses_what_cannot_be_served(trained, tmp_path):
         p.skip_images(1, ROUND, complete_round=True)
     res = CliRunner().invoke(cli, ["annotate", str(empty)])
     assert res.exit_code == 2 and "no open round to label (round 1 is labelled)" in res.output
+
+
+def test_status_lists_annotators_with_their_cost_per_person(proj):
+    c, _ = client_for(proj)
+    h = {"X-Annotator": "ann"}
+    body = {"revision": 0, "people": [{"keypoints": person(), "seconds": 6.0, "clicks": 5}]}
+    assert c.post("/api/images/5/labels", json=body, headers=h).status_code == 200
+    out = _run("status", proj)
+    assert "annotators (current labels)" in out
+    row = next(line for line in out.splitlines() if "│ ann" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["ann", "1", "1", "6.0", "5"]

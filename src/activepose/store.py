@@ -1490,6 +1490,29 @@ class Project:
             out.setdefault(None, dict(empty))["images"] = int(n)
         return out
 
+    def annotator_summary(self) -> dict[str, dict[str, float | int | None]]:
+        """Return {annotator: {"images", "people", "median_seconds", "median_clicks"}} over current labels.
+
+        Only labels that name their annotator (the labelling page, Label Studio imports); the medians are per
+        person, over the people whose seconds / clicks were recorded (None when none were).
+        """
+        rows: dict[str, list[tuple[int, float | None, int | None]]] = {}
+        for who, image_id, secs, clicks in self._conn.execute(
+            "SELECT annotator, image_id, person_seconds, clicks FROM labels "
+            "WHERE superseded_at IS NULL AND annotator IS NOT NULL ORDER BY id"
+        ):
+            rows.setdefault(who, []).append((image_id, secs, clicks))
+
+        def median(values: list) -> float | None:
+            values = [v for v in values if v is not None]
+            return float(np.median(values)) if values else None
+
+        return {
+            who: {"images": len({r[0] for r in people}), "people": len(people),
+                  "median_seconds": median([r[1] for r in people]), "median_clicks": median([r[2] for r in people])}
+            for who, people in rows.items()
+        }  # fmt: skip
+
     # --- the labelling page: leases and revision-checked saves --------------------------------------
     def leases(self, now: float | None = None) -> dict[int, Lease]:
         """Return {image_id: Lease} of the leases that have not expired at `now` (default: the clock)."""

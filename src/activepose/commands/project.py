@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
@@ -96,6 +97,7 @@ def status(project: o.ProjectArg) -> None:
     with common.opened(project, readonly=True) as proj:
         all_rounds, all_models = proj.rounds(), proj.models()
         summary, counts, current = proj.round_summary(), proj.counts(), proj.current_round()
+        annotators = proj.annotator_summary()
     by_id = {m.id: m for m in all_models}
     table = Table(title=f"{project}: {len(all_rounds)} round(s)")
     for col, justify in (("round", "right"), ("strategy", "left"), ("budget", "right"), ("state", "left"),
@@ -135,6 +137,15 @@ def status(project: o.ProjectArg) -> None:
     untimed = sum(s["people"] - s["timed"] for s in summary.values())
     note = f"; {untimed} person label(s) without a recorded time not counted" if untimed else ""
     console.print(f"total label cost: {duration(total)} ({total:.0f} s){note}")
+    if annotators:
+        who = Table(title="annotators (current labels)")
+        for col in ("annotator", "images", "people", "median s / person", "median clicks / person"):
+            who.add_column(col, justify="left" if col == "annotator" else "right")
+        for name, a in sorted(annotators.items(), key=lambda kv: -kv[1]["people"]):
+            med_s, med_c = a["median_seconds"], a["median_clicks"]
+            who.add_row(escape(name), str(a["images"]), str(a["people"]),
+                        "-" if med_s is None else f"{med_s:.1f}", "-" if med_c is None else f"{med_c:g}")  # fmt: skip
+        console.print(who)
     console.print(f"results: {project / 'exports'} (metrics, learning curve, montages per round)")
     next_step(_what_next(project, current, counts, all_models))
 
