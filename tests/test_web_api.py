@@ -79,14 +79,29 @@ def test_round_lists_the_round_in_rank_order_with_skeleton_and_progress(proj):
     assert (proj / "exports" / "round_1" / "preannotations.json").is_file()
 
 
-def test_image_takes_a_lease_and_carries_predictions_with_per_keypoint_confidence(proj):
+def test_image_takes_a_lease_and_carries_predictions_with_per_keypoint_confidence(proj, monkeypatch):
+    from activepose.workflow import models
+
+    strong = np.zeros((K, 3))
+    strong[:6] = [[10 + j, 20 + j, 0.1 * (j + 1)] for j in range(6)]  # 6 parts, each with its own confidence
+    weak = np.zeros((K, 3))
+    weak[:2] = [30, 30, 0.2]  # 2 parts: below the evaluation thresholds, dropped beside a strong person
+    calls = []
+
+    def fake_predict(loaded, files, **kwargs):
+        calls.append([i for i, _ in files])
+        return {i: (np.stack([weak, strong]), np.array([0.2, 0.7])) for i, _ in files}, []
+
+    monkeypatch.setattr(models, "predict_files", fake_predict)
     c, desk = client_for(proj)
+    assert calls == [ROUND]  # every image of the round predicted once, when the desk opens
     r = c.get("/api/images/5", headers={"X-Annotator": "ann"}).json()
     assert r["id"] == 5 and r["revision"] == 0 and r["state"] == "queued" and r["labels"] == []
     assert r["lease"]["annotator"] == "ann" and r["lease"]["mine"] and r["lease"]["expires_in"] > 500
-    assert isinstance(r["predictions"], list)
-    for p in r["predictions"]:
-        assert len(p["keypoints"]) == K and all(0 <= k[2] <= 1 for k in p["keypoints"])
+    assert [p["score"] for p in r["predictions"]] == [0.7]
+    np.testing.assert_allclose(r["predictions"][0]["keypoints"], strong)
+    client_for(proj)  # a second server on the same round and model reads the cached pre-annotations
+    assert calls == [ROUND]
     other = c.get("/api/images/5", headers={"X-Annotator": "bob"}).json()
     assert other["lease"]["annotator"] == "ann" and not other["lease"]["mine"]
     listed = {

@@ -270,6 +270,10 @@ class LabelConflict(StoreError):
         self.revision = revision
 
 
+class RoundNotOpen(StoreError):
+    """A write that needs an open round met one that was completed (or moved on) meanwhile."""
+
+
 class LeaseHeld(StoreError):
     """Another annotator holds the image's lease."""
 
@@ -710,13 +714,7 @@ class Project:
         (read `round(round_id).state` to see whether it did).
         """
         with self._write() as c:
-            row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round_id),)).fetchone()
-            if row is None:
-                raise StoreError(f"{self.folder}: no round {round_id}")
-            if row[0] != "open":
-                raise StoreError(
-                    f"{self.folder}: round {round_id} is {row[0]!r}; only an open round's images can be skipped"
-                )
+            self._check_open(c, round_id, "only an open round's images can be skipped")
             items = {
                 i
                 for (i,) in c.execute("SELECT image_id FROM round_items WHERE round_id = ?", (int(round_id),))
@@ -732,13 +730,29 @@ class Project:
                     todo.append(image_id)
             if problems:
                 raise StoreError(f"{self.folder}: nothing skipped", problems)
-            c.executemany(
-                "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ?",
-                [(i,) for i in todo],
-            )
+            self._mark_skipped(c, todo)
             if complete_round:
                 self._complete_round(c, int(round_id))
         return len(todo)
+
+    def _check_open(self, c: sqlite3.Connection, round_id: int, why: str) -> None:
+        """Raise StoreError when round `round_id` does not exist, RoundNotOpen when it is not open."""
+        row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.folder}: no round {round_id}")
+        if row[0] != "open":
+            raise RoundNotOpen(f"{self.folder}: round {round_id} is {row[0]!r}, no longer open; {why}")
+
+    @staticmethod
+    def _mark_skipped(c: sqlite3.Connection, image_ids: Sequence[int]) -> int:
+        """Mark those of `image_ids` that are queued 'skipped' (a write: the revision grows); return how many."""
+        return sum(
+            c.execute(
+                "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ? AND state = 'queued'",
+                (image_id,),
+            ).rowcount
+            for image_id in dict.fromkeys(int(i) for i in image_ids)
+        )
 
     @staticmethod
     def _unknown(c: sqlite3.Connection, image_ids: Sequence[int]) -> list[str]:
@@ -1112,12 +1126,7 @@ class Project:
                 written = self._add_labels(c, labels, source, round, seconds, import_id, annotators)
             except StoreError as exc:
                 raise StoreError(f"{path}: cannot import, nothing stored", exc.problems) from None
-            n_skipped = 0
-            for image_id in dict.fromkeys(int(i) for i in skip):
-                n_skipped += c.execute(
-                    "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ? AND state = 'queued'",
-                    (image_id,),
-                ).rowcount
+            n_skipped = self._mark_skipped(c, skip)
             if written.changed or n_skipped:
                 c.execute("UPDATE imports SET n_labels = ? WHERE id = ?", (written.new_rows, import_id))
             else:  # nothing new (the same labels under another file name): leave no trace
@@ -1568,11 +1577,7 @@ class Project:
         self, c: sqlite3.Connection, image_id: int, round: int, annotator: str, revision: int | None,
         force: bool, now: float,
     ) -> tuple[str, int]:  # fmt: skip
-        row = c.execute("SELECT state FROM rounds WHERE id = ?", (int(round),)).fetchone()
-        if row is None:
-            raise StoreError(f"{self.folder}: no round {round}")
-        if row[0] != "open":
-            raise StoreError(f"{self.folder}: round {round} is {row[0]!r}, no longer open; nothing saved")
+        self._check_open(c, round, "nothing saved")
         item = c.execute(
             "SELECT i.state, i.revision FROM round_items ri JOIN images i ON i.id = ri.image_id "
             "WHERE ri.round_id = ? AND ri.image_id = ?",
@@ -1619,10 +1624,14 @@ class Project:
             written = self._add_labels(
                 c, {image_id: keypoints}, source, round, seconds, None, annotator, costs
             )
-            c.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
-            completed = self._complete_round(c, int(round))
-            state, rev = c.execute("SELECT state, revision FROM images WHERE id = ?", (image_id,)).fetchone()
-        return SaveResult(written.new_rows, rev, state, completed)
+            return self._saved(c, image_id, round, written.new_rows)
+
+    def _saved(self, c: sqlite3.Connection, image_id: int, round: int, new_rows: int) -> SaveResult:
+        """The end of a page save: the image's lease released, the round completed when it is done."""
+        c.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
+        completed = self._complete_round(c, int(round))
+        state, rev = c.execute("SELECT state, revision FROM images WHERE id = ?", (image_id,)).fetchone()
+        return SaveResult(new_rows, rev, state, completed)
 
     def skip_image(
         self, image_id: int, *, round: int, annotator: str, revision: int | None, force: bool = False,
@@ -1638,14 +1647,8 @@ class Project:
             state, _ = self._checked_round_image(c, image_id, round, annotator, revision, force, now)
             if state == "labelled":
                 raise StoreError(f"{self.folder}: image id {image_id} is labelled; it cannot be skipped")
-            c.execute(
-                "UPDATE images SET state = 'skipped', revision = revision + 1 WHERE id = ? AND state = 'queued'",
-                (image_id,),
-            )
-            c.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
-            completed = self._complete_round(c, int(round))
-            state, rev = c.execute("SELECT state, revision FROM images WHERE id = ?", (image_id,)).fetchone()
-        return SaveResult(0, rev, state, completed)
+            self._mark_skipped(c, [image_id])
+            return self._saved(c, image_id, round, 0)
 
     # --- export ------------------------------------------------------------------------------------
     def to_coco(

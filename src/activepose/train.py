@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -82,7 +83,9 @@ class TrainConfig:
     # augmentation is the horizontal flip and `train_crop` (px, a multiple of the stride) windows only.
     frozen_trunk: bool = False
     train_crop: int | None = None
-    feature_cache: str | None = None  # folder of cached trunk features (None: ~/.cache/activepose/trunk)
+    feature_cache: str | None = (
+        None  # folder of cached trunk features, made absolute (None: ~/.cache/activepose/trunk)
+    )
     precision: str = "fp32"  # "bf16": autocast where the device runs it natively (activepose.precision)
     targets: TargetConfig = field(default_factory=TargetConfig)
 
@@ -90,6 +93,8 @@ class TrainConfig:
         problems = train_config_problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+        if self.feature_cache is not None:  # checkpoints keep it: a relative folder would follow the cwd
+            self.feature_cache = os.path.abspath(self.feature_cache)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

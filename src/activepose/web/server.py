@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ActiveposeError, ConfigError
-from ..store import LabelConflict, LeaseHeld, StoreError
+from ..store import LabelConflict, LeaseHeld, RoundNotOpen, StoreError
 from ..workflow.annotation import (
     AnnotateOptions,
     InvalidLabels,
@@ -171,11 +171,12 @@ def create_app(desk: LabellingDesk, token: str | None = None) -> FastAPI:
             lease = exc.lease
             return _error(423, str(exc), lease={"annotator": lease.annotator,
                                                 "expires_in": round(lease.expires_at - time.time(), 1)})  # fmt: skip
+        except RoundNotOpen as exc:
+            return _error(409, str(exc))
         except (InvalidLabels, ConfigError) as exc:
             return _error(422, str(exc))
         except StoreError as exc:
-            detail = str(exc) + ("".join(f"; {p}" for p in exc.problems[:5]) if exc.problems else "")
-            return _error(409 if "no longer open" in detail else 422, detail)
+            return _error(422, str(exc) + "".join(f"; {p}" for p in exc.problems[:5]))
         except ActiveposeError as exc:
             return _error(400, str(exc))
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ActiveposeError, ConfigError, StateError
 from .reporting import SILENT, Reporter
+from .rounds import image_states, round_progress
 
 LEASE_SECONDS = 600.0
 MAX_PEOPLE = 100  # per image, in one save
@@ -147,7 +148,9 @@ def preannotate(project, round_id: int, opts: AnnotateOptions, reporter: Reporte
         from .models import decoder_for, load, predict_files
 
         loaded = load(model, opts.device)
-        loaded.net.trunk_cache = None  # each image is predicted once (then cached here): no trunk feature cache
+        loaded.net.trunk_cache = (
+            None  # each image is predicted once (then cached here): no trunk feature cache
+        )
         same_keypoints(str(model), loaded.skeleton, project.skeleton, "the project's")
         decoder = decoder_for(loaded.skeleton, opts.relaxed_parts, opts.relaxed_score)
         strict = DecoderConfig()
@@ -191,8 +194,9 @@ class LabellingDesk:
             self.round_id = pick_round(project, self.opts.round_id)
             self.skeleton = project.skeleton
             self.pre = preannotate(project, self.round_id, self.opts, reporter)
-            self._items = {i: rank for i, rank, _ in project.round(self.round_id).items}
-            self._scores = {i: s for i, _, s in project.round(self.round_id).items}
+            items = project.round(self.round_id).items
+        self._items = {i: rank for i, rank, _ in items}  # in rank order
+        self._scores = {i: score for i, _, score in items}
 
     def _project(self):
         from ..store import Project
@@ -215,11 +219,7 @@ class LabellingDesk:
         return image_id
 
     def progress(self) -> dict[str, int]:
-        project = self._project()
-        states = [project.image(i).state for i in self._items]
-        labelled, skipped = states.count("labelled"), states.count("skipped")
-        return {"total": len(states), "labelled": labelled, "skipped": skipped,
-                "todo": len(states) - labelled - skipped}  # fmt: skip
+        return round_progress(list(image_states(self._project(), self.round_id).values()))
 
     def state(self) -> str:
         return self._project().round(self.round_id).state
@@ -244,7 +244,7 @@ class LabellingDesk:
         project = self._project()
         leases = project.leases()
         images = []
-        for image_id, rank in sorted(self._items.items(), key=lambda kv: kv[1]):
+        for image_id, rank in self._items.items():
             img = project.image(image_id)
             images.append({"id": image_id, "rank": rank, "file": Path(img.path).name, "state": img.state,
                            "lease": self._lease_view(leases.get(image_id), annotator),
@@ -263,7 +263,7 @@ class LabellingDesk:
             "read_only": state != "open",
             "skeleton": {"name": sk.name, "keypoints": list(sk.keypoints), "limbs": [list(x) for x in sk.limbs],
                          "sides": sides(sk.keypoints)},
-            "progress": self.progress(), "images": images, "model": model,
+            "progress": round_progress([i["state"] for i in images]), "images": images, "model": model,
             "lease_seconds": self.opts.lease_seconds, "next": self.next_text() if state != "open" else "",
         }  # fmt: skip
 

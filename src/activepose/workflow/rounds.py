@@ -181,11 +181,22 @@ def label_round(project, oracle=None, skip: Sequence[int] = (), reporter: Report
     return _label_outcome(project, r, n, "; ".join(messages))
 
 
+def round_progress(states: Sequence[str]) -> dict[str, int]:
+    """{"total", "labelled", "skipped", "todo"} of a round whose images are in `states`."""
+    labelled, skipped = states.count("labelled"), states.count("skipped")
+    return {"total": len(states), "labelled": labelled, "skipped": skipped,
+            "todo": len(states) - labelled - skipped}  # fmt: skip
+
+
+def image_states(project, r: int) -> dict[int, str]:
+    """{image_id: state} of round `r`'s images, in rank order."""
+    return {i: project.image(i).state for i, _, _ in project.round(r).items}
+
+
 def _label_outcome(project, r: int, n: int, message: str) -> LabelOutcome:
-    info = project.round(r)
-    states = [project.image(i).state for i, _, _ in info.items]
+    done = round_progress(list(image_states(project, r).values()))
     return LabelOutcome(
-        r, n, states.count("labelled"), states.count("skipped"), len(states), info.state, message
+        r, n, done["labelled"], done["skipped"], done["total"], project.round(r).state, message
     )
 
 
