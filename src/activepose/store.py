@@ -51,6 +51,9 @@ from .skeleton import Skeleton
 DB_NAME = "project.db"
 SUBFOLDERS = ("checkpoints", "caches", "exports")
 BUSY_TIMEOUT_S = 30.0
+# The longest lease the labelling page may take. A stored lease that ends later than this from now (an
+# infinite one, or a wrong clock) is taken as expired, so one bad row cannot hold an image or break a server.
+MAX_LEASE_SECONDS = 86400.0
 IMAGE_STATES = ("unlabelled", "queued", "labelled", "skipped", "test")
 ROUND_STATES = ("open", "labelled", "trained", "evaluated", "closed")
 # The only legal round moves: state -> the states it may move to. Every method that changes a round's state
@@ -65,7 +68,6 @@ ROUND_MOVES: dict[str, tuple[str, ...]] = {
 # Two labellings of a person are the same when their visibility flags are equal and every coordinate is
 # within this many pixels (COCO exports round to 0.01 px, and keypoints pass through float32 on the way).
 LABEL_TOLERANCE_PX = 0.01
-SQLITE_HEADER = b"SQLite format 3\x00"
 _MAX_LISTED = 20
 
 # Migration i takes the schema from version i to i + 1; each is a list of SQL statements run in one
@@ -295,6 +297,19 @@ class _Written:
         return bool(self.new_rows or self.superseded or self.images)
 
 
+def check_lease_seconds(seconds: float) -> float:
+    """Return a lease length as float; StoreError unless it is a finite number in (0, MAX_LEASE_SECONDS]."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value <= MAX_LEASE_SECONDS:  # NaN fails too
+        raise StoreError(
+            f"a lease lasts more than 0 and at most {MAX_LEASE_SECONDS / 60:.0f} minutes, got {seconds!r} seconds"
+        )
+    return value
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -344,19 +359,21 @@ def _environment_error(exc: sqlite3.Error, db: Path, doing: str) -> StoreError |
 
 
 def _check_file(db: Path) -> None:
-    """Refuse, before any SQLite connection touches it, a file that cannot be an activepose database."""
+    """Refuse an empty `project.db` before any SQLite connection touches it; everything else is SQLite's job.
+
+    Only `stat` here, never `open()`: closing *any* file descriptor of the database drops every POSIX advisory
+    lock the process holds on it, SQLite's own included ("How To Corrupt An SQLite Database File", section
+    2.2). A process that already has a connection (the labelling server opens one per worker thread) would
+    then look unused to the others, and the next one to close a connection would delete the write-ahead log
+    the server still writes into: acknowledged saves lost. A file that is not an SQLite database (no header,
+    garbage, truncated) is refused by `_inspect`, which reads it through SQLite ("file is not a database").
+    """
     try:
         size = db.stat().st_size
-        with db.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
     except OSError as exc:
         raise StoreError(f"{db}: cannot read the project database ({exc.strerror or exc})") from None
     if size == 0:
         raise StoreError(f"{db}: not an activepose project (empty database); the file was not changed")
-    if header != SQLITE_HEADER:
-        raise StoreError(
-            f"{db}: not a SQLite database / corrupt (no SQLite header); the file was not changed"
-        )
 
 
 def _folder_writable(db: Path) -> bool:
@@ -1527,14 +1544,16 @@ class Project:
         """Return {image_id: Lease} of the leases that have not expired at `now` (default: the clock)."""
         now = time.time() if now is None else now
         rows = self._conn.execute(
-            "SELECT image_id, annotator, expires_at FROM leases WHERE expires_at > ?", (now,)
+            "SELECT image_id, annotator, expires_at FROM leases WHERE expires_at > ? AND expires_at <= ?",
+            (now, now + MAX_LEASE_SECONDS),
         )
         return {i: Lease(i, a, e) for i, a, e in rows}
 
     @staticmethod
     def _lease_of(c: sqlite3.Connection, image_id: int, now: float) -> Lease | None:
         row = c.execute(
-            "SELECT annotator, expires_at FROM leases WHERE image_id = ? AND expires_at > ?", (image_id, now)
+            "SELECT annotator, expires_at FROM leases WHERE image_id = ? AND expires_at > ? AND expires_at <= ?",
+            (image_id, now, now + MAX_LEASE_SECONDS),
         ).fetchone()
         return None if row is None else Lease(image_id, row[0], row[1])
 
@@ -1550,10 +1569,12 @@ class Project:
     def take_lease(self, image_id: int, annotator: str, seconds: float, now: float | None = None) -> Lease:
         """Lease image `image_id` to `annotator` for `seconds` (renewing their own lease); return it.
 
-        Raises LeaseHeld when another annotator's lease has not expired, StoreError for an unknown image.
+        Raises LeaseHeld when another annotator's lease has not expired, StoreError for an unknown image or a
+        length that is not a number of seconds in (0, MAX_LEASE_SECONDS].
         """
         now = time.time() if now is None else now
         image_id = int(image_id)
+        seconds = check_lease_seconds(seconds)
         with self._write() as c:
             if self._unknown(c, [image_id]):
                 raise StoreError(f"{self.folder}: no image with id {image_id}")
