@@ -26,6 +26,7 @@ TINY = ("--input-size", 64, "--width", 0.25, "--head-channels", 32, "--workers",
         "--device", "cpu")  # fmt: skip
 ROUND = [5, 6, 7, 8]
 K = 14
+JSON = {"content-type": "application/json"}  # every state change says JSON (a body or not)
 
 
 def _run(*args):
@@ -58,7 +59,7 @@ def proj(trained, tmp_path):
 
 def client_for(proj, token=None, **opts) -> tuple[TestClient, LabellingDesk]:
     desk = LabellingDesk(proj, AnnotateOptions(device="cpu", **opts))
-    return TestClient(create_app(desk, token)), desk
+    return TestClient(create_app(desk, token), base_url="http://127.0.0.1:8000"), desk
 
 
 def person(x0=10.0, y0=10.0, v=2):
@@ -224,17 +225,17 @@ def test_a_leased_image_cannot_be_saved_by_another_annotator_until_the_lease_end
     c.get("/api/images/6", headers=a)
     res = c.post("/api/images/6/labels", json={"revision": 0, "people": []}, headers=b)
     assert res.status_code == 423 and res.json()["lease"]["annotator"] == "ann"
-    assert c.post("/api/images/6/lease", headers=b).status_code == 423
+    assert c.post("/api/images/6/lease", headers={**b, **JSON}).status_code == 423
     assert c.post("/api/images/6/skip", json={"revision": 0}, headers=b).status_code == 423
-    assert c.post("/api/images/6/lease", headers=a).json()["lease"]["mine"]
+    assert c.post("/api/images/6/lease", headers={**a, **JSON}).json()["lease"]["mine"]
     time.sleep(0.6)  # the lease expires: bob may take over
     assert c.get("/api/images/6", headers=b).json()["lease"]["annotator"] == "bob"
     assert c.post("/api/images/6/labels", json={"revision": 0, "people": []}, headers=b).status_code == 200
     # release: a no-op for someone who holds nothing, frees the image for the one who does
     c.get("/api/images/7", headers=a)
-    assert c.delete("/api/images/7/lease", headers=b).json() == {"lease": None}
+    assert c.delete("/api/images/7/lease", headers={**b, **JSON}).json() == {"lease": None}
     assert c.get("/api/images/7", headers=b).json()["lease"]["annotator"] == "ann"
-    c.delete("/api/images/7/lease", headers=a)
+    c.delete("/api/images/7/lease", headers={**a, **JSON})
     assert c.get("/api/images/7", headers=b).json()["lease"]["annotator"] == "bob"
 
 
@@ -303,9 +304,17 @@ def test_token_is_required_on_every_request_when_set(proj):
 def test_off_loopback_needs_a_token():
     check_host("127.0.0.1", None)
     check_host("::1", None)
-    check_host("0.0.0.0", "t")
+    check_host("0.0.0.0", "t" * 16)
+    check_host("127.0.0.1", "a")  # on loopback any token is the user's choice
     with pytest.raises(ConfigError, match="--token"):
         check_host("0.0.0.0", None)
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        check_host("0.0.0.0", "a")  # issue 17: `--token a` was accepted off loopback
+    with pytest.raises(ConfigError, match="letters, digits"):
+        check_host("127.0.0.1", "a b\r\nSet-Cookie: x")
+    for port in (0, -1, 70000, 65536):
+        with pytest.raises(ConfigError, match="1 to 65535"):
+            check_host("127.0.0.1", None, port)
 
 
 def test_people_offered_pass_the_evaluation_thresholds_or_all_when_none_does():

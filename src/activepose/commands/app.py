@@ -63,16 +63,61 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code=code)
 
 
+_SECRET_OPTIONS = ("--token",)
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with the values of secret options (`--token X`, `--token=X`) replaced by ***."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in _SECRET_OPTIONS:
+            out.append(arg)
+            hide = True
+        elif arg.startswith(tuple(f"{o}=" for o in _SECRET_OPTIONS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
+
+
+def _secrets(argv: list[str]) -> list[str]:
+    """The secret values this process was given: secret options' values and ACTIVEPOSE_TOKEN."""
+    found = [os.environ.get("ACTIVEPOSE_TOKEN", "")]
+    for arg, value in zip(argv, argv[1:], strict=False):
+        if arg in _SECRET_OPTIONS:
+            found.append(value)
+    found += [a.split("=", 1)[1] for a in argv if a.startswith(tuple(f"{o}=" for o in _SECRET_OPTIONS))]
+    return [v for v in found if len(v) >= 4]
+
+
+def redact(text: str, argv: list[str]) -> str:
+    """`text` with every secret value of `argv` and the environment replaced by ***."""
+    for value in _secrets(argv):
+        text = text.replace(value, "***")
+    return text
+
+
 def _crash_log(text: str) -> Path:
+    """Write `text` to a new log file that only this user can read (0600, in a 0700 folder); return its path.
+
+    The folder is ~/.cache/activepose/logs (or $XDG_CACHE_HOME's); where that cannot be made, a new private
+    folder under the temporary directory (never a file straight in a world-writable /tmp, where another user
+    could read it or plant a link in its place).
+    """
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "activepose" / "logs"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         import tempfile
 
-        folder = Path(tempfile.gettempdir())
+        folder = Path(tempfile.mkdtemp(prefix="activepose-logs-"))  # 0700, made for this log alone
     path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(text)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     return path
 
 
@@ -104,10 +149,11 @@ def handled(fn):
 
 
 def _bug(exc: BaseException) -> typer.Exit:
-    text = "".join(traceback.format_exception(exc))
+    text = redact("".join(traceback.format_exception(exc)), sys.argv[1:])
     console.print(escape(text), soft_wrap=True, highlight=False)
     try:
-        log = _crash_log(f"activepose {' '.join(sys.argv[1:])}\n\n{text}")
+        command = " ".join(redacted_argv(sys.argv[1:]))
+        log = _crash_log(f"activepose {command}\n\n{text}")
         where = f"the traceback is saved in {log}"
     except OSError:
         where = "the traceback is above"

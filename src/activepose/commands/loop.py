@@ -12,7 +12,7 @@ import typer
 from ..errors import ConfigError
 from ..workflow import labelling, rounds
 from . import options as o
-from .annotate import Host, Port, Token
+from .annotate import AllowHost, Host, Port, Token, TokenFile, server_token
 from .app import RichReporter, command, console, duration, next_step
 
 
@@ -54,6 +54,8 @@ def run_loop(
     host: Host = "127.0.0.1",
     port: Port = 8000,
     token: Token = None,
+    token_file: TokenFile = None,
+    allow_host: AllowHost = None,
     training: o.TrainingOptions = None,
     selection: o.SelectionOptions = None,
 ) -> None:
@@ -78,8 +80,9 @@ def run_loop(
         from ..web.server import check_host
         from ..workflow.annotation import WebLabeller
 
-        check_host(host, token)
-        labeller = WebLabeller(host=host, port=port, token=token, device=device,
+        token = server_token(token, token_file)
+        check_host(host, token, port)
+        labeller = WebLabeller(host=host, port=port, token=token, allow_hosts=tuple(allow_host or ()), device=device,
                                on_ready=lambda url: console.print(f"[bold green]labelling page:[/] {url}"))  # fmt: skip
     else:
         labeller = labelling.SimulatedLabeller(ground_truth, seed=seed)

@@ -6,19 +6,31 @@ store. Security: images are served by id only (never by a client-given path), ev
 token when the server has one, request bodies are validated (types, sizes, keypoint counts, coordinates
 inside the image) and limited to `MAX_BODY` bytes, and every asset is served from this package (the Content
 Security Policy allows nothing else).
+
+Every request's `Host` must name this server (loopback names, the `--host` given, `--allow-host` names): a
+page of another site whose name was re-pointed at 127.0.0.1 (DNS rebinding) is refused. A request that
+carries an `Origin` must come from the page's own origin, and every state change (POST, DELETE) must say
+`Content-Type: application/json` and must not be marked cross-site by the browser (`Sec-Fetch-Site`): a
+cross-site form or "simple" request can do neither without a CORS preflight, which this server never
+grants. These checks are ours, not FastAPI's, so they hold whatever the installed version parses leniently.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import mimetypes
+import re
 import secrets
+import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Header, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -39,6 +51,10 @@ from ..workflow.reporting import SILENT, Reporter
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20  # bytes
 COOKIE = "activepose_token"
+MIN_TOKEN_LENGTH = 16  # off loopback; `python -c "import secrets; print(secrets.token_urlsafe(24))"` makes one
+_TOKEN_FORM = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL, a header and a cookie as it is
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+STATE_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
     "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
@@ -50,6 +66,8 @@ SECURITY_HEADERS = {
 
 
 Annotator = Annotated[str | None, Header(alias="X-Annotator")]  # module level: routes resolve it by name
+# Digits only: "+6505", " 6505" or "6505.0" are not image ids (a lenient int parse would take them).
+ImageId = Annotated[str, PathParam(pattern=r"^[0-9]{1,15}$")]
 
 
 class PersonIn(BaseModel):
@@ -122,13 +140,66 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def create_app(desk: LabellingDesk, token: str | None = None) -> FastAPI:
-    """Return the FastAPI app serving `desk`'s round; with `token`, every request must carry it."""
+def _host_name(value: str | None) -> str | None:
+    """The host name of a `Host` header ("127.0.0.1:8000", "[::1]:8000", "localhost"), lower case; None if malformed."""
+    if not value:
+        return None
+    try:
+        return urlsplit(f"//{value}").hostname
+    except ValueError:
+        return None
+
+
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The names a request's `Host` may carry for a server listening on `host`.
+
+    Always the loopback names (no other site can be served under them) and `host` itself; for a wildcard
+    address (0.0.0.0, ::) also this machine's host names; plus `extra` (`--allow-host`, e.g. a proxy's name).
+    """
+    names = {*LOOPBACK_NAMES, host.strip("[]").lower(), *(h.strip("[]").lower() for h in extra)}
+    if host in ("0.0.0.0", "::", ""):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(n for n in names if n)
+
+
+def _same_origin(request: Request) -> str | None:
+    """Why a request is cross-origin (its Origin is not the page's own, or the browser says so); None if not."""
+    origin = request.headers.get("origin")
+    own = request.headers.get("host", "").lower()
+    # host[:port] only: behind a TLS proxy the page's scheme (https) is not the one the server sees (http)
+    if origin is not None and (origin == "null" or urlsplit(origin.lower()).netloc != own):
+        return f"Origin {origin[:100]!r} is not this server's ({own})"
+    site = request.headers.get("sec-fetch-site")
+    if request.method in STATE_CHANGES and site not in (None, "same-origin", "none"):
+        return f"the browser marks it {site[:40]!r} (Sec-Fetch-Site)"
+    return None
+
+
+def create_app(
+    desk: LabellingDesk, token: str | None = None, hosts: Iterable[str] = LOOPBACK_NAMES
+) -> FastAPI:
+    """Return the FastAPI app serving `desk`'s round; with `token`, every request must carry it.
+
+    `hosts`: the names a request's `Host` header may carry (`allowed_hosts`); anything else is refused (400).
+    """
     app = FastAPI(title="activepose labelling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.desk = desk
+    hosts = frozenset(h.lower() for h in hosts)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        name = _host_name(request.headers.get("host"))
+        if name not in hosts:
+            shown = (request.headers.get("host") or "")[:100]
+            return _error(400, f"Host {shown!r} is not this server: open it as http://127.0.0.1 or a name "
+                               "given with --allow-host")  # fmt: skip
+        cross = _same_origin(request)
+        if cross is not None:
+            return _error(403, f"cross-origin request refused: {cross}")
+        if request.method in STATE_CHANGES:
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return _error(415, f"a change must be sent as Content-Type: application/json (got {kind[:60]!r})")
         if token is not None:
             given = request.query_params.get("token") if request.url.path == "/" else None
             auth = request.headers.get("authorization", "")
@@ -189,12 +260,12 @@ def create_app(desk: LabellingDesk, token: str | None = None) -> FastAPI:
         return call(lambda: desk.round_view(annotator_of(x_annotator)))
 
     @app.get("/api/images/{image_id}")
-    def image(image_id: int, x_annotator: Annotator = None):
-        return call(lambda i: desk.image_view(i, annotator_of(x_annotator)), image_id)
+    def image(image_id: ImageId, x_annotator: Annotator = None):
+        return call(lambda i: desk.image_view(i, annotator_of(x_annotator)), int(image_id))
 
     @app.get("/api/images/{image_id}/file")
-    def image_file(image_id: int):
-        path = call(desk.image_file, image_id)
+    def image_file(image_id: ImageId):
+        path = call(desk.image_file, int(image_id))
         if isinstance(path, Response):
             return path
         if not path.is_file():
@@ -203,23 +274,23 @@ def create_app(desk: LabellingDesk, token: str | None = None) -> FastAPI:
         return FileResponse(path, media_type=media)
 
     @app.post("/api/images/{image_id}/labels")
-    def save(image_id: int, body: SaveIn, x_annotator: Annotator = None):
+    def save(image_id: ImageId, body: SaveIn, x_annotator: Annotator = None):
         people = [Person(list(p.keypoints), p.seconds, p.clicks, p.origin) for p in body.people]
         return call(lambda i: desk.save(i, annotator_of(x_annotator), people, body.revision,
-                                        force=body.force, seconds=body.seconds), image_id)  # fmt: skip
+                                        force=body.force, seconds=body.seconds), int(image_id))  # fmt: skip
 
     @app.post("/api/images/{image_id}/skip")
-    def skip(image_id: int, body: SkipIn, x_annotator: Annotator = None):
-        return call(lambda i: desk.skip(i, annotator_of(x_annotator), body.revision, body.force), image_id)
+    def skip(image_id: ImageId, body: SkipIn, x_annotator: Annotator = None):
+        return call(lambda i: desk.skip(i, annotator_of(x_annotator), body.revision, body.force), int(image_id))
 
     @app.post("/api/images/{image_id}/lease")
-    def renew(image_id: int, x_annotator: Annotator = None):
-        out = call(lambda i: desk.renew(i, annotator_of(x_annotator)), image_id)
+    def renew(image_id: ImageId, x_annotator: Annotator = None):
+        out = call(lambda i: desk.renew(i, annotator_of(x_annotator)), int(image_id))
         return out if isinstance(out, Response) else {"lease": out}
 
     @app.delete("/api/images/{image_id}/lease")
-    def release(image_id: int, x_annotator: Annotator = None):
-        out = call(lambda i: desk.release(i, annotator_of(x_annotator)), image_id)
+    def release(image_id: ImageId, x_annotator: Annotator = None):
+        out = call(lambda i: desk.release(i, annotator_of(x_annotator)), int(image_id))
         return out if isinstance(out, Response) else {"lease": None}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -236,11 +307,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_host(host: str, token: str | None) -> None:
-    """Off loopback a token is required: anyone who can reach the port could otherwise label or read images."""
-    if not is_loopback(host) and not token:
+def check_host(host: str, token: str | None, port: int = 8000) -> None:
+    """Refuse what the server cannot safely or possibly listen with, before any work starts (ConfigError).
+
+    Off loopback a token is required (anyone who can reach the port could otherwise label or read images)
+    and must be at least `MIN_TOKEN_LENGTH` characters; a token is URL-safe characters only (it travels in
+    a link, a header and a cookie); the port is 1-65535.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a port is a whole number from 1 to 65535")
+    if token is not None and not _TOKEN_FORM.fullmatch(token):
+        raise ConfigError("--token: use letters, digits and . _ ~ - only (it goes into a link as it is)")
+    if is_loopback(host):
+        return
+    if not token:
         raise ConfigError(
             f"--host {host} is reachable from other machines: pass --token TOKEN (every request must carry it)"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"--host {host} is reachable from other machines: the token must have at least {MIN_TOKEN_LENGTH} "
+            f"characters (it has {len(token)}); e.g. python -c \"import secrets; print(secrets.token_urlsafe(24))\""
         )
 
 
@@ -251,23 +338,36 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
+    allow_hosts: Iterable[str] = (),
     until_complete: bool = False,
     reporter: Reporter = SILENT,
     on_ready=None,
 ) -> LabellingDesk:
     """Serve the labelling page for a round until Ctrl-C (or, with `until_complete`, until it is labelled).
 
-    Off loopback a token is required: anyone who can reach the port could otherwise label (or read images).
-    `on_ready(url)` is called once the server listens (the URL carries the token).
+    Holds the project's lock while it serves (`lock.project_lock`, re-entrant for `run --oracle web`): a
+    second server, a `run`, `train` or `select` on the same project is refused naming this one, while
+    reading commands and label imports go on. Off loopback a token is required: anyone who can reach the
+    port could otherwise label (or read images). `on_ready(url)` is called once the server listens (the URL
+    carries the token).
     """
+    from ..lock import project_lock
+
+    check_host(host, token, port)
+    with project_lock(folder, "annotate"):
+        return _serve(folder, opts, host, port, token, allowed_hosts(host, allow_hosts), until_complete,
+                      reporter, on_ready)  # fmt: skip
+
+
+def _serve(folder, opts, host, port, token, hosts, until_complete, reporter, on_ready) -> LabellingDesk:
     import uvicorn
 
-    check_host(host, token)
     desk = LabellingDesk(folder, opts, reporter)
-    app = create_app(desk, token)
+    app = create_app(desk, token, hosts)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     stop = threading.Event()
 
     def watch() -> None:

@@ -82,8 +82,17 @@ class AnnotateOptions:
     relaxed_score: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.lease_seconds <= 0:
-            raise ConfigError(f"lease seconds must be > 0, got {self.lease_seconds}")
+        from ..store import MAX_LEASE_SECONDS
+
+        if not 0 < self.lease_seconds <= MAX_LEASE_SECONDS:  # NaN and inf fail too
+            raise ConfigError(
+                f"--lease-minutes {self.lease_seconds / 60:g}: a lease lasts more than 0 and at most "
+                f"{MAX_LEASE_SECONDS / 60:.0f} minutes"
+            )
+        if isinstance(self.relaxed_parts, bool) or not isinstance(self.relaxed_parts, int) or self.relaxed_parts < 1:
+            raise ConfigError(f"relaxed_parts must be a whole number >= 1, got {self.relaxed_parts!r}")
+        if not 0 <= self.relaxed_score <= 1:
+            raise ConfigError(f"relaxed_score must be in [0, 1], got {self.relaxed_score!r}")
         if self.model is not None and not Path(self.model).is_file():
             raise ConfigError(f"--model {self.model}: no such file")
 
@@ -385,6 +394,7 @@ class WebLabeller:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
+    allow_hosts: tuple[str, ...] = ()
     model: Path | None = None
     device: str = "auto"
     reporter: Reporter = SILENT
@@ -395,7 +405,7 @@ class WebLabeller:
 
         before = project.round_summary().get(round_id, {}).get("people", 0)
         opts = AnnotateOptions(round_id=round_id, model=self.model, device=self.device)
-        serve(project.folder, opts, host=self.host, port=self.port, token=self.token,
+        serve(project.folder, opts, host=self.host, port=self.port, token=self.token, allow_hosts=self.allow_hosts,
               until_complete=True, reporter=self.reporter, on_ready=self.on_ready)  # fmt: skip
         info = project.round(round_id)
         if info.state == "open":

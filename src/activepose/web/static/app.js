@@ -90,7 +90,9 @@
   async function api(method, path, body, opts = {}) {
     const headers = { "Accept": "application/json" };
     if (S.annotator) headers["X-Annotator"] = S.annotator;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    // Every state change says JSON, body or not: the server refuses any other content type there, which
+    // a cross-site form or "simple" request cannot send without a CORS preflight (that it never grants).
+    if (method !== "GET") headers["Content-Type"] = "application/json";
     let res;
     try {
       res = await fetch(path, {
