@@ -129,6 +129,29 @@ def test_an_acknowledged_save_survives_a_failing_command_in_another_process_and_
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_stopping_the_server_normally_keeps_a_skip_made_by_another_process(project, tmp_path):
+    """The issue's other loss: after a failing command, a save, then `label --skip` from another process, a
+    normal stop (Ctrl-C) of the server wrote its own old pages over the skip and printed an I/O error."""
+    server = Server(project)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: server.http.get("/api/round").status_code, range(48)))
+        (tmp_path / "empty.json").write_text("{}")
+        cli("label", project, "--oracle", "file", "--labels", tmp_path / "empty.json", check=2)
+        assert server.save(ROUND[0], 12.0).status_code == 200
+        skipped = cli("label", project, "--skip", ROUND[2], check=0)
+        assert "1 skipped" in " ".join(skipped.stdout.split()), skipped.stdout
+        assert server.save(ROUND[1], 13.0).status_code == 200
+        server.proc.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn shuts down, the connections close
+        out, _ = server.proc.communicate(timeout=30)
+        assert "I/O error" not in out and "Traceback" not in out, out
+    finally:
+        server.kill()
+    stored = _stored(project)
+    assert stored[ROUND[2]][0] == "skipped"
+    assert stored[ROUND[0]] == ("labelled", 1, 12.0) and stored[ROUND[1]] == ("labelled", 1, 13.0)
+
+
 def test_a_second_server_on_the_project_is_refused_naming_the_first(project):
     server = Server(project)
     try:
