@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import signal
@@ -245,7 +247,10 @@ def test_short_lspet_training_beats_untrained_model(tmp_path):
         (dict(lr_gamma=0.0), r"--lr-gamma must be in \(0, 1\], got 0.0"),
         (dict(lr_gamma=1.5), r"--lr-gamma must be in \(0, 1\], got 1.5"),
         (dict(val_fraction=1.0), r"--val-fraction must be in \[0, 1\), got 1.0"),
-        (dict(width=0.0), r"--width must be > 0, got 0.0"),
+        (dict(width=0.0), r"--width must be in \(0, 16\], got 0.0"),
+        (dict(width=math.inf), r"--width must be in \(0, 16\], got inf"),  # issue 17: an OverflowError before
+        (dict(width=math.nan), r"--width must be in \(0, 16\], got nan"),
+        (dict(weight_decay=math.inf), r"--weight-decay must be a finite number >= 0, got inf"),
         (dict(head_channels=0), r"--head-channels must be >= 1, got 0"),
         (dict(max_minutes=-1.0), r"--max-minutes must be >= 0, got -1.0"),
         (dict(num_workers=-1), r"--workers must be >= 0, got -1"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import math
+import pickle
 import re
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -40,17 +42,88 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     # of its own; a plain write of the bytes raises the OSError itself (ENOSPC: a clear error, not a bug).
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    buffer.seek(0)
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(buffer)
+    if unsafe:  # a bug: load_checkpoint (weights_only=True) would refuse the file
+        raise TypeError(
+            f"{path}: checkpoint state holds {', '.join(sorted(unsafe))}: only tensors and plain Python data "
+            "may be saved"
+        )
     return atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
 
 
+def _legacy_rng_globals() -> list[Any]:
+    """Return the numpy globals that a legacy numpy RNG state needs, and no others (for `safe_globals`).
+
+    Checkpoints written before the RNG state was stored as plain data hold `np.random.get_state()`: a tuple
+    with a uint32 array, which pickles as `_reconstruct(ndarray, ...)` of a `dtype('uint32')`. Allowing these
+    lets only uint32 ndarrays be rebuilt (building any other dtype's instance is refused: its class is not
+    listed); `_reconstruct` is listed under numpy 2's and numpy 1's module name, so files written with
+    either load.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
+
+
+_LOAD_LOCK = threading.Lock()
+# Lines of torch's weights-only failure message that are advice, not the problem.
+_ADVICE = re.compile(r"(Weights only load failed|Please file an issue|Check the documentation|\(\d\) )")
+
+
+def _unpickler_problem(exc: Exception) -> tuple[str, bool]:
+    """Return (what a weights-only load failure says went wrong, on one line; whether it is a refusal).
+
+    A refusal is a file that needs a global (a class or function) that is not allowed, as a crafted file
+    does; anything else is a corrupt or truncated file. torch wraps both in paragraphs of advice.
+    """
+    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not _ADVICE.match(line)]
+    problem = lines[0].split(". Please use")[0].rstrip(".") if lines else type(exc).__name__
+    found = re.search(r"GLOBAL (\S+)|unrecognized function (.+)|allowlisted via .*?got (.+)", problem)
+    if found:
+        return next(g for g in found.groups() if g), True
+    return problem, False
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Return the state stored at `path`; raise CheckpointError naming the file when it cannot be used."""
+    """Return the state stored at `path`; raise CheckpointError naming the file when it cannot be used.
+
+    Loaded with `weights_only=True`: only tensors and plain Python data (dicts, lists, tuples, numbers,
+    strings) are rebuilt, so opening a crafted file never runs code; anything else is refused with a
+    CheckpointError. The one exception is scoped to this call: the numpy uint32 array of a legacy RNG state
+    (`_legacy_rng_globals`), which checkpoints written by earlier versions hold.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        # weights_only=False: checkpoints also hold plain-Python training state (RNG, history); only load trusted files.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # safe_globals adds to, then removes from, torch's process-wide allowlist: one load at a time, and
+        # only what is not listed already (leaving the caller's own entries in place).
+        with _LOAD_LOCK:
+            listed = torch.serialization.get_safe_globals()
+            extra = [g for g in _legacy_rng_globals() if g not in listed]
+            with torch.serialization.safe_globals(extra):
+                state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        problem, refused = _unpickler_problem(exc)
+        if refused:
+            raise CheckpointError(
+                f"{path}: refused: loading it needs {problem}, which is not allowed: a checkpoint may hold only "
+                "tensors and plain data (anything else could run code); activepose never writes such a file, so "
+                "it is not one of its checkpoints or was altered: delete it and train again (activepose train)"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({problem})") from None
     except Exception as exc:  # torch raises many types for a corrupt file
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != "activepose":

@@ -155,18 +155,18 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
     need(cfg.stages is None or cfg.stages >= 1, "stages", ">= 1")
     need(cfg.init in INIT_SCHEMES, "init", " or ".join(INIT_SCHEMES))
     need(cfg.head_channels >= 1, "head_channels", ">= 1")
-    need(cfg.width is None or cfg.width > 0, "width", "> 0")
+    need(cfg.width is None or 0 < cfg.width <= 16, "width", "in (0, 16]")
     need(cfg.input_size >= 8 and cfg.input_size % 8 == 0, "input_size", "a positive multiple of 8")
     need(cfg.batch_size >= 1, "batch_size", ">= 1")
     need(cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "> 0")
     need(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)")
-    need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
+    need(0 <= cfg.weight_decay < math.inf, "weight_decay", "a finite number >= 0")
     need(cfg.lr_step_epochs >= 1, "lr_step_epochs", ">= 1")
     need(0 < cfg.lr_gamma <= 1, "lr_gamma", "in (0, 1]")
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
     need(cfg.max_epochs >= 0, "max_epochs", ">= 0")
     need(cfg.patience >= 0, "patience", ">= 0")
-    need(cfg.min_delta >= 0, "min_delta", ">= 0")
+    need(0 <= cfg.min_delta < math.inf, "min_delta", "a finite number >= 0")
     need(0 <= cfg.val_fraction < 1, "val_fraction", "in [0, 1)")
     need(cfg.max_val_images >= 0, "max_val_images", ">= 0")
     need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch", ">= 1")
@@ -313,19 +313,45 @@ def split_ids(
     return sorted(ids[n_val:]), sorted(ids[:n_val])
 
 
+# The fields of numpy's legacy RNG state (`np.random.get_state()`), as `_rng_state` stores them.
+_NUMPY_RNG_FIELDS = ("bit_generator", "key", "pos", "has_gauss", "cached_gaussian")
+
+
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Return the python, numpy, torch (and CUDA) RNG states as tensors and plain Python data.
+
+    Plain, so that a checkpoint loads with `torch.load(weights_only=True)`: numpy's state is stored as a dict
+    of a string, a list of ints and numbers (`np.random.get_state()` is a tuple holding a uint32 array).
+    """
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    numpy_state = (str(name), key.tolist(), int(pos), int(has_gauss), float(cached_gaussian))
+    state = {
+        "python": random.getstate(),
+        "numpy": dict(zip(_NUMPY_RNG_FIELDS, numpy_state, strict=True)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_rng_tuple(saved: Any) -> tuple:
+    """Return the `np.random.set_state` tuple of a stored numpy RNG state: the plain dict `_rng_state` writes,
+    or the `np.random.get_state()` tuple (with a uint32 array) that checkpoints written before it hold."""
+    if isinstance(saved, dict):
+        saved = tuple(saved[k] for k in _NUMPY_RNG_FIELDS)
+    name, key, pos, has_gauss, cached_gaussian = saved
+    return str(name), np.asarray(key, dtype=np.uint32), int(pos), int(has_gauss), float(cached_gaussian)
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore the RNG states `_rng_state` returned (or a checkpoint written before it stored plain data)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np.random.set_state(_numpy_rng_tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded onto a GPU maps its tensors there
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _seed_everything(seed: int) -> None:
