@@ -81,7 +81,9 @@ class Server:
     def save(self, image_id: int, x: float) -> httpx.Response:
         rev = self.http.get(f"/api/images/{image_id}").json()["revision"]
         kps = [[x + j, 10.0 + j, 2] for j in range(K)]
-        return self.http.post(f"/api/images/{image_id}/labels", json={"revision": rev, "people": [{"keypoints": kps}]})
+        return self.http.post(
+            f"/api/images/{image_id}/labels", json={"revision": rev, "people": [{"keypoints": kps}]}
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -101,7 +103,9 @@ def _stored(folder: Path) -> dict[int, tuple[str, int, float | None]]:
         "        out[i] = [img.state, img.revision, float(rows[0].keypoints[0, 0]) if rows else None]\n"
         "print(json.dumps(out))"
     )
-    res = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return {int(k): tuple(v) for k, v in json.loads(res.stdout).items()}
 
@@ -221,3 +225,19 @@ def test_two_writer_processes_under_a_burst_keep_every_acknowledged_write(projec
         assert stored[image_id][0] == "labelled" and stored[image_id][2] == pytest.approx(5.0 + 5), image_id
     with Project.open(project) as p:
         assert p.round(1).state == "labelled"
+
+
+@pytest.mark.parametrize("fmt", ["coco", "label-studio"])
+@pytest.mark.parametrize("suffix", ["", "-wal"])
+def test_the_project_database_is_never_read_as_a_labels_file(project, fmt, suffix):
+    """`label --labels PROJECT/project.db` would open the database with open(): refused before reading it."""
+    with Project.open(project) as p:  # leaves a -wal companion (a WAL database keeps it while in use)
+        p.take_lease(ROUND[0], "ann", 60)
+        before = p.dump()
+        path = Path(f"{project / DB_NAME}{suffix}")
+        if not path.exists():
+            pytest.skip(f"no {path.name} at this point")
+        res = cli("label", project, "--oracle", "file", "--format", fmt, "--labels", path, check=2)
+        message = " ".join(res.stdout.split())
+        assert "the project's own database, not a labels file" in message and "Traceback" not in message
+        assert p.dump() == before

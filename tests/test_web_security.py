@@ -29,7 +29,9 @@ ROUND = [3, 4, 5]
 K = 14
 JSON = {"content-type": "application/json"}
 runner = CliRunner()
-app_module = importlib.import_module("activepose.commands.app")  # the module (the package exports the Typer app)
+app_module = importlib.import_module(
+    "activepose.commands.app"
+)  # the module (the package exports the Typer app)
 
 
 @pytest.fixture
@@ -69,7 +71,11 @@ def test_a_foreign_host_is_refused_on_every_route(proj, host):
         ("POST", f"/api/images/{ROUND[0]}/lease", None),
     ]:
         res = c.request(method, path, json=body, headers={**JSON, **headers})
-        assert res.status_code == 400 and "is not this server" in res.json()["detail"], (method, path, res.text)
+        assert res.status_code == 400 and "is not this server" in res.json()["detail"], (
+            method,
+            path,
+            res.text,
+        )
     assert dump(proj) == before  # not even a lease was taken
 
 
@@ -83,7 +89,9 @@ def test_allow_host_and_a_wildcard_listen_address(proj):
     hosts = allowed_hosts("0.0.0.0", ["labels.lab.example"])
     assert {"localhost", "127.0.0.1", "::1", "0.0.0.0", "labels.lab.example"} <= hosts
     assert client(proj, hosts, base="http://labels.lab.example:8000").get("/api/round").status_code == 200
-    assert client(proj, allowed_hosts("127.0.0.1"), base="http://labels.lab.example").get("/").status_code == 400
+    assert (
+        client(proj, allowed_hosts("127.0.0.1"), base="http://labels.lab.example").get("/").status_code == 400
+    )
 
 
 # --- cross-site requests -----------------------------------------------------------------------------------------
@@ -97,7 +105,9 @@ def test_a_cross_site_simple_lease_request_takes_nothing(proj):
     assert res.status_code == 415 and "application/json" in res.json()["detail"]
     res = c.post(f"/api/images/{ROUND[0]}/lease", headers={"content-type": "text/plain"})
     assert res.status_code == 415
-    res = c.delete(f"/api/images/{ROUND[0]}/lease", headers={"content-type": "application/x-www-form-urlencoded"})
+    res = c.delete(
+        f"/api/images/{ROUND[0]}/lease", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert res.status_code == 415
     assert dump(proj) == before
     # the page's own request: JSON, same origin
@@ -144,7 +154,7 @@ def test_only_digits_are_image_ids(proj, raw):
     assert c.get(f"/api/images/{raw}").status_code == 422
     assert c.post(f"/api/images/{raw}/labels", json=save_body()).status_code == 422
     assert c.get("/api/images/3").status_code == 200  # the real id (it takes the lease)
-    assert dump(proj).count("INSERT INTO \"labels\"") == before.count("INSERT INTO \"labels\"")
+    assert dump(proj).count('INSERT INTO "labels"') == before.count('INSERT INTO "labels"')
 
 
 # --- leases: bad lengths, and a bad row an earlier run left ---------------------------------------------------
@@ -213,7 +223,9 @@ def test_the_token_from_the_environment_or_a_file(proj, tmp_path, monkeypatch):
     from activepose.commands.annotate import server_token
 
     monkeypatch.setenv("ACTIVEPOSE_TOKEN", "x")
-    refused(["annotate", proj, "--host", "0.0.0.0"], "at least 16 characters (it has 1)")  # the env var is read
+    refused(
+        ["annotate", proj, "--host", "0.0.0.0"], "at least 16 characters (it has 1)"
+    )  # the env var is read
     monkeypatch.delenv("ACTIVEPOSE_TOKEN")
     secret = tmp_path / "token"
     secret.write_text("s3cret-token-from-a-file\n")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,53 @@ LOG = logging.getLogger(__name__)
 # clipped into the image; farther out is an error. The margin: this fraction of the longer image side, >= 1 px.
 OUTSIDE_TOLERANCE = 0.01
 _MAX_LISTED_PROBLEMS = 20
+# Limits shared by label imports and the labelling page (web API): people in one image, annotator names.
+MAX_PEOPLE_PER_IMAGE = 100
+# Annotator names (use with fullmatch): 1-64 letters, digits, spaces, '.', '_', '@' or '-'.
+ANNOTATOR_NAME = re.compile(r"[\w .@-]{1,64}")
+_INT64 = 2**63
+_FILE_NAME_BYTES = 255  # the longest file or folder name most file systems allow
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+_shown = reprlib.Repr()
+_shown.maxstring = _shown.maxother = 80
+_shown.maxlist = _shown.maxdict = 6
+_shown.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """Return a short repr of a value read from a file, for messages: bounded, control characters escaped."""
+    return _shown.repr(value)
+
+
+def is_int(value: Any) -> bool:
+    """True for a JSON integer that fits SQLite's 64 bits: not a bool, a float or a string."""
+    return type(value) is int and -_INT64 <= value < _INT64
+
+
+def is_real(value: Any) -> bool:
+    """True for a finite JSON number (a 64-bit int or a finite float): not a bool or a string."""
+    return is_int(value) or (type(value) is float and math.isfinite(value))
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def read_json(raw: bytes | str) -> Any:
+    """Parse JSON strictly; raise ValueError saying what is wrong: invalid JSON, NaN or Infinity, a number
+    beyond a float (1e400), an integer of thousands of digits, or nesting too deep to parse."""
+    try:
+        return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 class CocoError(ActiveposeError, ValueError):
@@ -158,7 +208,10 @@ def load_coco(
 ) -> CocoKeypoints:
     """Return the validated data set in `path`; raise CocoError listing every problem found.
 
-    Checks: JSON syntax and structure, one keypoint category, unique image and annotation ids,
+    Checks: JSON syntax (no NaN, infinity or nesting too deep to parse) and structure with strict types (ids
+    and sizes are 64-bit integers, never floats, strings or bools; see `keypoint_problem` for keypoints), at
+    most MAX_PEOPLE_PER_IMAGE people per image, file names without control characters, one keypoint category,
+    unique image and annotation ids,
     annotations pointing at known images and at the keypoint category, keypoint counts matching the
     skeleton, labelled keypoints inside the image (up to a margin of 1 % of the longer side, clipped onto
     the border), image files present (`check_images`) and readable with the stated size as training reads
@@ -170,9 +223,9 @@ def load_coco(
     if not path.is_file():
         raise CocoError(path, ["file not found"])
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CocoError(path, [f"not valid JSON: {exc}"]) from exc
+        data = read_json(path.read_bytes())
+    except ValueError as exc:
+        raise CocoError(path, [f"not valid JSON: {exc}"]) from None
     return parse_coco(
         data, path=path, root=path.parent, skeleton=skeleton,
         check_images=check_images, read_image_headers=read_image_headers,
@@ -201,14 +254,16 @@ def parse_coco(
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             problems.append(f"missing or non-list '{key}'")
+    if not isinstance(data.get("info") or {}, dict):
+        problems.append(f"'info' must be an object, got {shown(data['info'])}")
     if problems:
         raise CocoError(path, problems)
 
     category_ids: set[int] = set()
     for n, c in enumerate(data["categories"]):
-        try:
-            category_ids.add(int(c["id"]))
-        except (KeyError, TypeError, ValueError):
+        if isinstance(c, dict) and is_int(c.get("id")):
+            category_ids.add(c["id"])
+        else:
             problems.append(f"categories[{n}]: needs an integer 'id'")
     if problems:
         raise CocoError(path, problems)
@@ -216,9 +271,11 @@ def parse_coco(
     if not cats:
         raise CocoError(path, ["no category with a 'keypoints' list"])
     if len(cats) > 1:
-        LOG.warning("%s: %d keypoint categories; using the first (%s)", path, len(cats), cats[0].get("name"))
+        LOG.warning(
+            "%s: %d keypoint categories; using the first (%s)", path, len(cats), shown(cats[0].get("name"))
+        )
     category = cats[0]
-    other_keypoint_ids = {int(c["id"]) for c in cats[1:]}
+    other_keypoint_ids = {c["id"] for c in cats[1:]}
     try:
         file_skeleton = Skeleton.from_coco_category(category)
     except SkeletonError as exc:
@@ -232,20 +289,26 @@ def parse_coco(
              f"{list(skeleton.keypoints)}"],
         )  # fmt: skip
     k = skeleton.num_keypoints
-    category_id = int(category["id"])
+    category_id = category["id"]
     root = Path(root) if root is not None else Path(".")
 
     frames: dict[int, Frame] = {}
     for n, img in enumerate(data["images"]):
         where = f"images[{n}]"
-        try:
-            image_id = int(img["id"])
-            file_name = str(img["file_name"])
-            width, height = int(img["width"]), int(img["height"])
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append(f"{where}: needs integer 'id', 'width', 'height' and a 'file_name' ({exc!r})")
+        if not isinstance(img, dict):
+            problems.append(f"{where}: must be an object, got {shown(img)}")
             continue
-        where = f"image id {image_id} ({file_name!r})"
+        bad = [
+            f"{key} {shown(img.get(key))}" for key in ("id", "width", "height") if not is_int(img.get(key))
+        ]
+        if bad:
+            problems.append(f"{where}: 'id', 'width' and 'height' must be integers, got {', '.join(bad)}")
+            continue
+        image_id, file_name, width, height = img["id"], img.get("file_name"), img["width"], img["height"]
+        if not _file_name_ok(file_name):
+            problems.append(f"{where}: file_name {shown(file_name)} is not a file path")
+            continue
+        where = f"image id {image_id} ({shown(file_name)})"
         if image_id in frames:
             problems.append(f"{where}: duplicate image id")
             continue
@@ -269,22 +332,27 @@ def parse_coco(
     seen_ann: set[int] = set()
     has_scores = False
     ignored: dict[int, int] = {}  # annotations of non-keypoint categories (e.g. a full instances file)
+    count: dict[int, int] = {}  # people per image
     for n, ann in enumerate(data["annotations"]):
-        try:
-            ann_id, image_id = int(ann["id"]), int(ann["image_id"])
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"annotations[{n}]: needs integer 'id' and 'image_id'")
+        if not isinstance(ann, dict):
+            problems.append(f"annotations[{n}]: must be an object, got {shown(ann)}")
             continue
+        if not (is_int(ann.get("id")) and is_int(ann.get("image_id"))):
+            problems.append(
+                f"annotations[{n}]: needs integer 'id' and 'image_id', got id {shown(ann.get('id'))}, "
+                f"image_id {shown(ann.get('image_id'))}"
+            )
+            continue
+        ann_id, image_id = ann["id"], ann["image_id"]
         where = f"annotation id {ann_id} (image id {image_id})"
         if ann_id in seen_ann:
             problems.append(f"{where}: duplicate annotation id")
             continue
         seen_ann.add(ann_id)
         has_scores = has_scores or "score" in ann
-        try:
-            ann_category = int(ann.get("category_id", category_id))
-        except (TypeError, ValueError):
-            problems.append(f"{where}: 'category_id' must be an integer, got {ann.get('category_id')!r}")
+        ann_category = ann.get("category_id", category_id)
+        if not is_int(ann_category):
+            problems.append(f"{where}: 'category_id' must be an integer, got {shown(ann_category)}")
             continue
         if ann_category != category_id:
             if ann_category not in category_ids:
@@ -295,7 +363,7 @@ def parse_coco(
             elif ann_category in other_keypoint_ids:
                 problems.append(
                     f"{where}: category_id {ann_category} is a second keypoint category; only one is "
-                    f"supported (id {category_id}, {category.get('name')!r})"
+                    f"supported (id {category_id}, {shown(category.get('name'))})"
                 )
             else:
                 ignored[ann_category] = ignored.get(ann_category, 0) + 1
@@ -303,24 +371,15 @@ def parse_coco(
         if image_id not in frames:
             problems.append(f"{where}: refers to an unknown image id")
             continue
+        count[image_id] = count.get(image_id, 0) + 1
+        if count[image_id] > MAX_PEOPLE_PER_IMAGE:
+            continue  # one problem per image, below
         raw = ann.get("keypoints")
-        if not isinstance(raw, list) or len(raw) != 3 * k:
-            got = len(raw) if isinstance(raw, list) else type(raw).__name__
-            problems.append(
-                f"{where}: keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)"
-            )
+        problem = keypoint_problem(raw, k)
+        if problem:
+            problems.append(f"{where}: {problem}")
             continue
-        try:
-            kps = np.asarray(raw, dtype=np.float32).reshape(k, 3)
-        except (TypeError, ValueError):
-            problems.append(f"{where}: keypoints must be numbers")
-            continue
-        if not np.isfinite(kps).all():
-            problems.append(f"{where}: keypoints contain NaN or infinity")
-            continue
-        if not np.isin(kps[:, 2], (0, 1, 2)).all():
-            problems.append(f"{where}: visibility flags must be 0, 1 or 2")
-            continue
+        kps = np.asarray(raw, dtype=np.float64).reshape(k, 3)
         f = frames[image_id]
         lab = kps[:, 2] > 0
         t = max(1.0, OUTSIDE_TOLERANCE * max(f.width, f.height))
@@ -340,6 +399,11 @@ def parse_coco(
         people[image_id].append(kps)
         ann_ids[image_id].append(ann_id)
 
+    problems += [
+        f"image id {i}: {n} people, at most {MAX_PEOPLE_PER_IMAGE} per image"
+        for i, n in count.items()
+        if n > MAX_PEOPLE_PER_IMAGE
+    ]
     if problems:
         raise CocoError(path, problems)
     if ignored:
@@ -359,6 +423,31 @@ def parse_coco(
         category_id=category_id,
         info=dict(data.get("info") or {}),
         has_scores=has_scores,
+    )
+
+
+def keypoint_problem(raw: Any, k: int) -> str | None:
+    """Return what is wrong with one person's COCO keypoints [x1, y1, v1, ...] for `k` keypoints, or None:
+    coordinates must be finite numbers (not strings or bools), visibility flags the integers 0, 1 or 2."""
+    if not isinstance(raw, list) or len(raw) != 3 * k:
+        got = len(raw) if isinstance(raw, list) else type(raw).__name__
+        return f"keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)"
+    bad = [v for i, v in enumerate(raw) if i % 3 != 2 and not is_real(v)]
+    if bad:
+        return f"keypoint x / y must be numbers, got {shown(bad[0])}"
+    bad = [v for v in raw[2::3] if type(v) is not int or v not in (0, 1, 2)]
+    if bad:
+        return f"visibility flags must be the integers 0, 1 or 2, got {shown(bad[0])}"
+    return None
+
+
+def _file_name_ok(name: Any) -> bool:
+    """True for a string that can be a file path: not empty, no control characters, no part too long."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not _CONTROL.search(name)
+        and all(len(part.encode("utf-8", "replace")) <= _FILE_NAME_BYTES for part in Path(name).parts)
     )
 
 

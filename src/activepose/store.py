@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import faults
-from .coco import OUTSIDE_TOLERANCE, CocoError, CocoKeypoints, Frame, parse_coco, save_coco
+from .coco import OUTSIDE_TOLERANCE, CocoError, CocoKeypoints, Frame, parse_coco, read_json, save_coco, shown
 from .errors import ActiveposeError
 from .fileio import _strict, file_sha1
 from .skeleton import Skeleton
@@ -629,6 +629,24 @@ class Project:
     def close(self) -> None:
         self._conn.close()
 
+    def check_not_own_database(self, path: str | Path) -> None:
+        """Refuse to read `path` as an input file when it is this project's database or its -wal / -shm.
+
+        Reading it with `open()` would be harmless for its bytes but not for its locks: closing the descriptor
+        drops every SQLite lock this process holds on the database (see `_check_file`).
+        """
+        try:
+            given = os.stat(path)
+        except OSError:
+            return  # the reader names the missing file
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                own = os.stat(f"{self.db_path}{suffix}")
+            except OSError:
+                continue
+            if (own.st_dev, own.st_ino) == (given.st_dev, given.st_ino):
+                raise StoreError(f"{path}: this is the project's own database, not a labels file; nothing read")
+
     def __enter__(self) -> Project:
         return self
 
@@ -1021,6 +1039,7 @@ class Project:
         transaction once all its images are labelled or skipped (`ImportResult.round_completed`).
         """
         path = Path(path)
+        self.check_not_own_database(path)
         try:
             raw = path.read_bytes()  # hash and parse the same bytes
         except OSError as exc:
@@ -1028,9 +1047,9 @@ class Project:
         digest = hashlib.sha1(raw).hexdigest()
         try:
             try:
-                parsed = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CocoError(path, [f"not valid JSON: {exc}"]) from exc
+                parsed = read_json(raw)
+            except ValueError as exc:
+                raise CocoError(path, [f"not valid JSON: {exc}"]) from None
             info = parsed.get("info") if isinstance(parsed, dict) else None
             if isinstance(info, dict) and str(info.get("contributor", "")).strip().lower() == "label studio":
                 raise StoreError(
@@ -1042,7 +1061,7 @@ class Project:
             raise StoreError(f"{path}: cannot import: {exc}") from exc
         if not accept_predictions:
             scored = [
-                f"annotation id {a.get('id')} (image id {a.get('image_id')}): score {a['score']!r}"
+                f"annotation id {a['id']} (image id {a['image_id']}): score {shown(a['score'])}"
                 for a in parsed["annotations"]
                 if isinstance(a, dict) and "score" in a
             ]

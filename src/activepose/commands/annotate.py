@@ -62,6 +62,8 @@ def lease_seconds(minutes: float) -> float:
     if not 0 < minutes <= 1440:  # NaN and inf fail too
         raise ConfigError(f"--lease-minutes {minutes}: a lease lasts more than 0 and at most 1440 minutes")
     return 60.0 * minutes
+
+
 AnnotateModel = Annotated[
     Path | None,
     typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,16 @@ from ..errors import ConfigError
 from ..workflow import common, create, labelling, models, rounds
 from . import options as o
 from .app import RichReporter, command, console, duration, next_step, print_list
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_SHOWN_ANNOTATORS = 20  # rows of the annotator table in `status`
+
+
+def _printable(text: str, limit: int) -> str:
+    """Return imported text (names, file names) as it may reach the terminal: control characters (and
+    bidirectional overrides) removed, at most `limit` characters, markup escaped."""
+    text = _UNPRINTABLE.sub("", str(text))
+    return escape(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 @command()
@@ -141,11 +152,14 @@ def status(project: o.ProjectArg) -> None:
         who = Table(title="annotators (current labels)")
         for col in ("annotator", "images", "people", "median s / person", "median clicks / person"):
             who.add_column(col, justify="left" if col == "annotator" else "right")
-        for name, a in sorted(annotators.items(), key=lambda kv: -kv[1]["people"]):
+        ranked = sorted(annotators.items(), key=lambda kv: -kv[1]["people"])
+        for name, a in ranked[:_SHOWN_ANNOTATORS]:
             med_s, med_c = a["median_seconds"], a["median_clicks"]
-            who.add_row(escape(name), str(a["images"]), str(a["people"]),
+            who.add_row(_printable(name, 64), str(a["images"]), str(a["people"]),
                         "-" if med_s is None else f"{med_s:.1f}", "-" if med_c is None else f"{med_c:g}")  # fmt: skip
         console.print(who)
+        if len(ranked) > _SHOWN_ANNOTATORS:
+            console.print(f"... and {len(ranked) - _SHOWN_ANNOTATORS} more annotator(s)")
     console.print(f"results: {project / 'exports'} (metrics, learning curve, montages per round)")
     next_step(_what_next(project, current, counts, all_models))
 
@@ -321,7 +335,7 @@ def label(
     with common.opened(project) as proj:
         res = rounds.label_round(proj, labeller, skip=skip or ())
     if res.message:
-        console.print(res.message, soft_wrap=True, markup=False)
+        console.print(_printable(res.message, 2000), soft_wrap=True)
         if res.new_labels == 0 and labeller is not None:
             console.print("nothing new added")
     console.print(f"round {res.round_id}: {res.labelled}/{res.total} images labelled"

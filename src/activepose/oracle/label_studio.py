@@ -30,12 +30,15 @@ that says to export "JSON": JSON_MIN and CSV flatten the regions and lose their 
 Label Studio's COCO export merges all people of an image into one. Each task's latest annotation decides:
 - skipped in Label Studio (`was_cancelled`): with `round_id` the image becomes 'skipped' (when still queued);
 - otherwise its regions are the image's labels; `lead_time` is stored as the image's labelling seconds and
-  `completed_by` (a user id, or a user with an `email`) as its annotator.
+  `completed_by` (a user id, or a user with an `email`) as its annotator: its email or name when the labelling
+  page's rule (`coco.ANNOTATOR_NAME`) allows it, else "label-studio user <id>"; anything else is refused.
 A point's person is its person choice; else `meta.person` (or `meta.instance`); else the person of an id
 `p<N>k<J>`. In a task where some point has a person, a point without one is refused (naming the task, the
 region and the keypoint) rather than guessed; a task where no point has one (a config without the person
 choice) is one person. A keypoint name twice for one person is refused. Imported points get v = 2 (Label
-Studio has no occluded flag); keypoints not placed get v = 0.
+Studio has no occluded flag); keypoints not placed get v = 0. Types are checked strictly (ids are 64-bit
+integers, x / y finite numbers, never strings or bools; no NaN, infinity or nesting too deep to parse), and an
+image holds at most `coco.MAX_PEOPLE_PER_IMAGE` people.
 
 Model output is not a human label: Label Studio marks each region with `origin` ("prediction": a
 pre-annotation submitted untouched, "prediction-changed": one the annotator edited, "manual": drawn by hand).
@@ -48,8 +51,6 @@ recorded once (`Project.import_labels`).
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from ..coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, is_int, is_real, read_json, shown
 from ..skeleton import Skeleton
 from ..store import Project, StoreError
 from .files import _image_ref
@@ -75,6 +77,7 @@ _PERSON = re.compile(r"^person (\d+)$")
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio renames uploaded files to <hash8>-<name>
 _COLOURS = {"left": "#1f77b4", "right": "#d62728"}
 _OTHER = "#2ca02c"
+_SHOWN_NAMES = 5  # annotators named in an import's summary line
 _USE_JSON = "export 'JSON' in Label Studio (Export > JSON, or /api/projects/<id>/export?exportType=JSON) and import that"
 
 
@@ -261,7 +264,10 @@ class LabelStudioImport:
         if self.seconds is not None:
             parts.append(f"{self.seconds:.0f} s of labelling")
         if self.annotators:
-            parts.append("by " + ", ".join(self.annotators))
+            more = len(self.annotators) - _SHOWN_NAMES
+            parts.append(
+                "by " + ", ".join(self.annotators[:_SHOWN_NAMES]) + (f" and {more} more" if more > 0 else "")
+            )
         if self.already_imported:
             parts.append("already imported")
         if self.round_completed:
@@ -289,8 +295,8 @@ def _read_tasks(path: Path) -> tuple[bytes, list[Any]]:
             f"export merges all people of an image into one), not Label Studio's JSON export; {_USE_JSON}"
         )
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = read_json(raw)
+    except ValueError as exc:
         first = raw.lstrip()[:4096].decode("utf-8", "replace").splitlines()
         head = first[0] if first else ""
         if head and head[0] not in "[{" and ("," in head or "\t" in head):
@@ -299,7 +305,7 @@ def _read_tasks(path: Path) -> tuple[bytes, list[Any]]:
                 f"{path}: cannot import: a {kind} file (Label Studio's {kind} export?), not Label Studio's JSON "
                 f"export: {kind} flattens the regions and loses which person each point belongs to; {_USE_JSON}"
             ) from None
-        raise StoreError(f"{path}: cannot import: not JSON ({exc}); {_USE_JSON}") from exc
+        raise StoreError(f"{path}: cannot import: not JSON ({exc}); {_USE_JSON}") from None
     if isinstance(data, dict):
         if "images" in data or ("annotations" in data and "categories" in data):
             raise StoreError(
@@ -336,26 +342,33 @@ def _latest(task: dict[str, Any]) -> dict[str, Any] | None:
     return anns[-1]
 
 
-def _annotator(ann: dict[str, Any]) -> str | None:
+def _annotator(ann: dict[str, Any], where: str, problems: list[str]) -> str | None:
+    """Return who made the annotation as a name the labelling page allows (`ANNOTATOR_NAME`), or None.
+
+    `completed_by` is a Label Studio user id ("label-studio user <id>"), a user object (its email or username
+    when the rule allows it, else its id) or a name; anything else, or a name the rule refuses, is a problem.
+    """
     who = ann.get("completed_by")
-    if isinstance(who, dict):
-        for key in ("email", "username", "id"):
-            if who.get(key) not in (None, ""):
-                return str(who[key]) if key != "id" else f"label-studio user {who[key]}"
+    if who is None or who == "":
         return None
-    if isinstance(who, int) and not isinstance(who, bool):
-        return f"label-studio user {who}"
-    if isinstance(who, str) and who:
-        return who
-    return None
+    user = who.get("id") if isinstance(who, dict) else who
+    names = [who.get("email"), who.get("username")] if isinstance(who, dict) else [who]
+    names.append(f"label-studio user {user}" if is_int(user) else None)
+    name = next((n for n in names if isinstance(n, str) and ANNOTATOR_NAME.fullmatch(n)), None)
+    if name is None:
+        problems.append(
+            f"{where}: completed_by {shown(who)} is not an annotator name (a Label Studio user id, or 1-64 "
+            "letters, digits, spaces, '.', '_', '@' or '-')"
+        )
+    return name
 
 
 def _lead_time(ann: dict[str, Any], where: str, problems: list[str]) -> float | None:
     t = ann.get("lead_time")
     if t is None:
         return None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-        problems.append(f"{where}: lead_time {t!r} is not a number of seconds")
+    if not is_real(t) or t < 0:
+        problems.append(f"{where}: lead_time {shown(t)} is not a number of seconds")
         return None
     return float(t)
 
@@ -366,10 +379,21 @@ def _region_person(item: dict[str, Any]) -> int | None:
     if isinstance(meta, dict):
         for key in ("person", "instance"):
             value = meta.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            if is_int(value) and value >= 0:
                 return value
     m = _ID.match(str(item.get("id", "")))
     return int(m.group(1)) if m else None
+
+
+def _value(item: dict[str, Any], where: str, problems: list[str]) -> dict[str, Any] | None:
+    """Return a result region's `value` object; a missing or non-object one is a listed problem."""
+    value = item.get("value")
+    if not isinstance(value, dict):
+        problems.append(
+            f"{where}: region {shown(item.get('id'))}: 'value' must be an object, got {shown(value)}"
+        )
+        return None
+    return value
 
 
 def _task_people(
@@ -386,11 +410,19 @@ def _task_people(
             or item.get("from_name") != PERSON_NAME
         ):
             continue
-        picked = (item.get("value") or {}).get("choices") or []
-        m = _PERSON.match(picked[0]) if len(picked) == 1 and isinstance(picked[0], str) else None
+        value = _value(item, where, problems)
+        if value is None:
+            continue
+        picked = value.get("choices")
+        m = (
+            _PERSON.fullmatch(picked[0])
+            if isinstance(picked, list) and len(picked) == 1 and isinstance(picked[0], str)
+            else None
+        )
         if m is None or int(m.group(1)) < 1:
             problems.append(
-                f"{where}: region {item.get('id')!r} has person choice {picked}, expected one 'person N'"
+                f"{where}: region {shown(item.get('id'))} has person choice {shown(picked)}, "
+                "expected one 'person N'"
             )
             continue
         if item.get("id") not in (None, ""):  # a choice belongs to the region with its id
@@ -400,21 +432,28 @@ def _task_people(
         if not isinstance(item, dict) or item.get("type") != "keypointlabels":
             continue  # other controls (text areas, relations) are not keypoints
         rid = "" if item.get("id") is None else str(item["id"])
-        value = item.get("value") or {}
-        labels = value.get("keypointlabels") or []
-        if len(labels) != 1 or labels[0] not in names:
+        value = _value(item, where, problems)
+        if value is None:
+            continue
+        labels = value.get("keypointlabels")
+        if not (
+            isinstance(labels, list)
+            and len(labels) == 1
+            and isinstance(labels[0], str)
+            and labels[0] in names
+        ):
             problems.append(
-                f"{where}: keypoint region {rid!r} has labels {labels}, expected one keypoint name"
+                f"{where}: keypoint region {shown(rid)} has labels {shown(labels)}, expected one keypoint name"
             )
             continue
-        try:
-            x = float(value["x"]) / 100.0 * width
-            y = float(value["y"]) / 100.0 * height
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"{where}: keypoint region {rid!r} has no numeric x / y")
+        x, y = value.get("x"), value.get("y")
+        if not (is_real(x) and is_real(y)):
+            problems.append(
+                f"{where}: keypoint region {shown(rid)}: x / y must be numbers, got {shown(x)} / {shown(y)}"
+            )
             continue
         person = chosen[rid] if rid and rid in chosen else _region_person(item)
-        points.append((rid, names[labels[0]], x, y, person))
+        points.append((rid, names[labels[0]], x / 100.0 * width, y / 100.0 * height, person))
     grouped = any(p is not None for *_, p in points)
     groups: dict[int, np.ndarray] = {}
     first: dict[tuple[int, int], str] = {}  # (person, keypoint) -> region id that placed it
@@ -423,16 +462,16 @@ def _task_people(
         if person is None:
             if grouped:
                 problems.append(
-                    f"{where}: region {rid!r} (keypoint {name!r}) has no person: select the point in Label Studio "
-                    "and pick its person"
+                    f"{where}: region {shown(rid)} (keypoint {name!r}) has no person: select the point in Label "
+                    "Studio and pick its person"
                 )
                 continue
             person = 0  # no point of the task has a person: the task is one person
         kps = groups.setdefault(person, np.zeros((k, 3)))
         if kps[j, 2] > 0:
             problems.append(
-                f"{where}: region {rid!r}: {person_choice(person)} has keypoint {name!r} twice "
-                f"(also region {first[(person, j)]!r})"
+                f"{where}: region {shown(rid)}: {person_choice(person)} has keypoint {name!r} twice "
+                f"(also region {shown(first[(person, j)])})"
                 + ("" if grouped else "; pick each point's person in Label Studio")
             )
             continue
@@ -465,6 +504,7 @@ def import_label_studio(
     to 'labelled' in the same transaction once all its images are labelled or skipped.
     """
     path = Path(path)
+    project.check_not_own_database(path)
     raw, tasks = _read_tasks(path)
     source = source or f"label-studio:{path.name}"
     by_name: dict[str, list[int]] = {}
@@ -484,7 +524,10 @@ def import_label_studio(
             problems.append(f"tasks[{n}]: not a JSON object")
             continue
         tid = task.get("id", f"#{n}")
-        where = f"task {tid}"
+        where = f"task {tid}" if is_int(tid) or "id" not in task else f"task {shown(tid)}"
+        if not isinstance(task.get("annotations") or [], list):
+            problems.append(f"{where}: annotations must be a list, got {shown(task['annotations'])}")
+            continue
         ann = _latest(task)
         if ann is None:
             unannotated.append(tid)
@@ -493,7 +536,7 @@ def import_label_studio(
         image_id, why = _map_task(project, data if isinstance(data, dict) else {}, by_name)
         if image_id is None:
             problems.append(
-                f"{where} (image {data.get('image') if isinstance(data, dict) else data!r}): {why}"
+                f"{where} (image {shown(data.get('image') if isinstance(data, dict) else data)}): {why}"
             )
             continue
         if in_round is not None and image_id not in in_round:
@@ -503,7 +546,11 @@ def import_label_studio(
             problems.append(f"{where}: image id {image_id} appears in more than one task")
             continue
         seen.add(image_id)
-        if ann.get("was_cancelled"):
+        skipped = ann.get("was_cancelled")
+        if skipped is not None and not isinstance(skipped, bool):
+            problems.append(f"{where}: was_cancelled must be true or false, got {shown(skipped)}")
+            continue
+        if skipped:
             cancelled.append(image_id)
             continue
         result = ann.get("result") or []
@@ -525,11 +572,15 @@ def import_label_studio(
         img = project.image(image_id)
         kps, found = _task_people(result, project, img.width, img.height, where)
         problems += found
+        if len(kps) > MAX_PEOPLE_PER_IMAGE:
+            problems.append(
+                f"{where}: image id {image_id}: {len(kps)} people, at most {MAX_PEOPLE_PER_IMAGE} per image"
+            )
         labels[image_id] = kps
         t = _lead_time(ann, where, problems)
         if t is not None:
             seconds[image_id] = t
-        who = _annotator(ann)
+        who = _annotator(ann, where, problems)
         if who is not None:
             annotators[image_id] = who
     if predicted:
@@ -571,7 +622,9 @@ def _map_task(
 ) -> tuple[int | None, str]:
     name = _file_name(str(data.get("image", "")))
     given = data.get("activepose_image_id")
-    if isinstance(given, int):
+    if given is not None and not is_int(given):
+        return None, f"activepose_image_id must be a 64-bit integer, got {shown(given)}"
+    if given is not None:
         try:
             if Path(project.image(given).path).name == name:
                 return given, ""
@@ -582,5 +635,5 @@ def _map_task(
         if len(hits) == 1:
             return hits[0], ""
         if len(hits) > 1:
-            return None, f"{len(hits)} project images are named {candidate!r}"
-    return None, f"no project image named {name!r}"
+            return None, f"{len(hits)} project images are named {shown(candidate)}"
+    return None, f"no project image named {shown(name)}"

@@ -36,6 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..coco import MAX_PEOPLE_PER_IMAGE
 from ..errors import ActiveposeError, ConfigError
 from ..store import LabelConflict, LeaseHeld, RoundNotOpen, StoreError
 from ..workflow.annotation import (
@@ -51,7 +52,9 @@ from ..workflow.reporting import SILENT, Reporter
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20  # bytes
 COOKIE = "activepose_token"
-MIN_TOKEN_LENGTH = 16  # off loopback; `python -c "import secrets; print(secrets.token_urlsafe(24))"` makes one
+MIN_TOKEN_LENGTH = (
+    16  # off loopback; `python -c "import secrets; print(secrets.token_urlsafe(24))"` makes one
+)
 _TOKEN_FORM = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL, a header and a cookie as it is
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 STATE_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -83,7 +86,7 @@ class SaveIn(BaseModel):
     revision: int = Field(ge=0)
     force: bool = False
     seconds: float | None = Field(default=None, ge=0, le=86400)
-    people: list[PersonIn] = Field(max_length=100)
+    people: list[PersonIn] = Field(max_length=MAX_PEOPLE_PER_IMAGE)
 
 
 class SkipIn(BaseModel):
@@ -199,7 +202,9 @@ def create_app(
         if request.method in STATE_CHANGES:
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind != "application/json":
-                return _error(415, f"a change must be sent as Content-Type: application/json (got {kind[:60]!r})")
+                return _error(
+                    415, f"a change must be sent as Content-Type: application/json (got {kind[:60]!r})"
+                )
         if token is not None:
             given = request.query_params.get("token") if request.url.path == "/" else None
             auth = request.headers.get("authorization", "")
@@ -281,7 +286,9 @@ def create_app(
 
     @app.post("/api/images/{image_id}/skip")
     def skip(image_id: ImageId, body: SkipIn, x_annotator: Annotator = None):
-        return call(lambda i: desk.skip(i, annotator_of(x_annotator), body.revision, body.force), int(image_id))
+        return call(
+            lambda i: desk.skip(i, annotator_of(x_annotator), body.revision, body.force), int(image_id)
+        )
 
     @app.post("/api/images/{image_id}/lease")
     def renew(image_id: ImageId, x_annotator: Annotator = None):
@@ -327,7 +334,7 @@ def check_host(host: str, token: str | None, port: int = 8000) -> None:
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             f"--host {host} is reachable from other machines: the token must have at least {MIN_TOKEN_LENGTH} "
-            f"characters (it has {len(token)}); e.g. python -c \"import secrets; print(secrets.token_urlsafe(24))\""
+            f'characters (it has {len(token)}); e.g. python -c "import secrets; print(secrets.token_urlsafe(24))"'
         )
 
 

@@ -17,7 +17,6 @@ something to correct rather than a blank image.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -26,13 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from ..coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE
 from ..errors import ActiveposeError, ConfigError, StateError
 from .reporting import SILENT, Reporter
 from .rounds import image_states, round_progress
 
 LEASE_SECONDS = 600.0
-MAX_PEOPLE = 100  # per image, in one save
-_ANNOTATOR = re.compile(r"^[\w .@-]{1,64}$")
 ORIGINS = ("predicted", "manual")
 
 
@@ -48,7 +46,7 @@ def check_annotator(name: str | None) -> str:
     """Return the annotator name, 'anonymous' for none; raise ConfigError for names the page cannot show."""
     if name is None or name == "":
         return "anonymous"
-    if not _ANNOTATOR.match(name) or not name.strip():
+    if not ANNOTATOR_NAME.fullmatch(name) or not name.strip():
         raise ConfigError(
             f"annotator name {name[:80]!r} is not allowed: 1-64 letters, digits, spaces, '.', '_', '@' or '-'"
         )
@@ -89,7 +87,11 @@ class AnnotateOptions:
                 f"--lease-minutes {self.lease_seconds / 60:g}: a lease lasts more than 0 and at most "
                 f"{MAX_LEASE_SECONDS / 60:.0f} minutes"
             )
-        if isinstance(self.relaxed_parts, bool) or not isinstance(self.relaxed_parts, int) or self.relaxed_parts < 1:
+        if (
+            isinstance(self.relaxed_parts, bool)
+            or not isinstance(self.relaxed_parts, int)
+            or self.relaxed_parts < 1
+        ):
             raise ConfigError(f"relaxed_parts must be a whole number >= 1, got {self.relaxed_parts!r}")
         if not 0 <= self.relaxed_score <= 1:
             raise ConfigError(f"relaxed_score must be in [0, 1], got {self.relaxed_score!r}")
@@ -308,8 +310,8 @@ class LabellingDesk:
     def _validated(self, image_id: int, people: list[Person]) -> np.ndarray:
         img = self._project().image(image_id)
         k = self.skeleton.num_keypoints
-        if len(people) > MAX_PEOPLE:
-            raise InvalidLabels(f"people: {len(people)} people, at most {MAX_PEOPLE} per image")
+        if len(people) > MAX_PEOPLE_PER_IMAGE:  # the cap label imports apply too
+            raise InvalidLabels(f"people: {len(people)} people, at most {MAX_PEOPLE_PER_IMAGE} per image")
         out = np.zeros((len(people), k, 3))
         for n, person in enumerate(people):
             kps = np.asarray(person.keypoints, dtype=np.float64)
