@@ -645,7 +645,9 @@ class Project:
             except OSError:
                 continue
             if (own.st_dev, own.st_ino) == (given.st_dev, given.st_ino):
-                raise StoreError(f"{path}: this is the project's own database, not a labels file; nothing read")
+                raise StoreError(
+                    f"{path}: this is the project's own database, not a labels file; nothing read"
+                )
 
     def __enter__(self) -> Project:
         return self

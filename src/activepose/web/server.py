@@ -52,9 +52,8 @@ from ..workflow.reporting import SILENT, Reporter
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 1 << 20  # bytes
 COOKIE = "activepose_token"
-MIN_TOKEN_LENGTH = (
-    16  # off loopback; `python -c "import secrets; print(secrets.token_urlsafe(24))"` makes one
-)
+# Off loopback; `python -c "import secrets; print(secrets.token_urlsafe(24))"` makes one.
+MIN_TOKEN_LENGTH = 16
 _TOKEN_FORM = re.compile(r"[A-Za-z0-9._~-]+")  # goes into a URL, a header and a cookie as it is
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 STATE_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
