@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from activepose.coco import load_coco
-from activepose.store import DB_NAME, Project
+from activepose.store import DB_NAME, Project, StoreError
 
 from .conftest import project_with_round, synthetic_project_data
 
@@ -235,9 +235,29 @@ def test_the_project_database_is_never_read_as_a_labels_file(project, fmt, suffi
         p.take_lease(ROUND[0], "ann", 60)
         before = p.dump()
         path = Path(f"{project / DB_NAME}{suffix}")
-        if not path.exists():
-            pytest.skip(f"no {path.name} at this point")
+        assert path.exists()  # an open WAL database keeps its -wal companion
         res = cli("label", project, "--oracle", "file", "--format", fmt, "--labels", path, check=2)
         message = " ".join(res.stdout.split())
         assert "the project's own database, not a labels file" in message and "Traceback" not in message
         assert p.dump() == before
+
+
+def test_an_image_file_name_pointing_at_the_database_is_never_hashed(project, tmp_path, monkeypatch):
+    """A COCO file whose image is named like no project image is matched by content hash; a `file_name` that
+    is the project's database must not be opened for it (inside the import's write transaction)."""
+    import activepose.store as store_module
+
+    hashed = []
+    real = store_module.file_sha1
+    monkeypatch.setattr(store_module, "file_sha1", lambda p: hashed.append(Path(p)) or real(p))
+    gt = json.loads((project.parent / "data" / "annotations.json").read_text())
+    gt["images"] = [{**gt["images"][0], "id": 999, "file_name": str(project / DB_NAME)}]
+    gt["annotations"] = [{**a, "image_id": 999} for a in gt["annotations"] if a["image_id"] == 1][:1]
+    labels = tmp_path / "points_at_db.json"
+    labels.write_text(json.dumps(gt))
+    with Project.open(project) as p:
+        before = p.dump()
+        with pytest.raises(StoreError, match="no project image by id, name or hash"):
+            p.import_coco(labels, source="file")
+        assert p.dump() == before
+    assert project / DB_NAME not in [h.resolve() for h in hashed]

@@ -57,7 +57,8 @@ def save_body(x=10.0) -> dict:
 
 # --- DNS rebinding: the Host header -----------------------------------------------------------------------------
 @pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", "",
-                                  "localhost.", "[::1"])  # fmt: skip
+                                  "localhost.", "[::1", "evil.example@127.0.0.1", "127.0.0.1:abc",
+                                  "127.0.0.1/x"])  # fmt: skip
 def test_a_foreign_host_is_refused_on_every_route(proj, host):
     c = client(proj)
     before = dump(proj)
@@ -144,6 +145,32 @@ def test_a_cross_origin_read_is_refused(proj):
     c = client(proj)
     assert c.get("/api/round", headers={"origin": "http://evil.example"}).status_code == 403
     assert c.get("/api/round", headers={"origin": "http://127.0.0.1:8000"}).status_code == 200
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_cross_site_get_takes_no_lease(proj, site):
+    """Opening an image leases it: an <img> or no-cors fetch from another site (no Origin on a GET) must not."""
+    c = client(proj)
+    before = dump(proj)
+    for path in (f"/api/images/{ROUND[0]}", f"/api/images/{ROUND[0]}/file", "/api/round"):
+        res = c.get(path, headers={"sec-fetch-site": site, "sec-fetch-mode": "no-cors"})
+        assert res.status_code == 403 and "Sec-Fetch-Site" in res.json()["detail"], path
+    assert dump(proj) == before
+    # a link from another site to the page itself still opens it; the page's own requests are same-origin
+    assert c.get("/", headers={"sec-fetch-site": site, "sec-fetch-mode": "navigate"}).status_code == 200
+    res = c.get(f"/api/images/{ROUND[0]}", headers={"sec-fetch-site": "same-origin"})
+    assert res.status_code == 200 and res.json()["lease"]["annotator"] == "anonymous"
+
+
+def test_behind_a_proxy_the_allowed_name_is_a_valid_origin(proj):
+    """nginx's default passes its upstream's name as Host: the page's Origin is the proxy's name instead."""
+    desk = LabellingDesk(proj, AnnotateOptions(predictions=False, device="cpu"))
+    hosts = allowed_hosts("127.0.0.1", ["labels.lab.example"])
+    c = TestClient(create_app(desk, None, hosts, ["labels.lab.example"]), base_url="http://127.0.0.1:8000")
+    page = {"origin": "https://labels.lab.example", "sec-fetch-site": "same-origin"}
+    assert c.post(f"/api/images/{ROUND[0]}/labels", json=save_body(), headers=page).status_code == 200
+    other = {"origin": "https://evil.example", "sec-fetch-site": "cross-site"}
+    assert c.post(f"/api/images/{ROUND[1]}/labels", json=save_body(), headers=other).status_code == 403
 
 
 # --- image ids ----------------------------------------------------------------------------------------------------
@@ -241,11 +268,13 @@ def test_crash_logs_are_private_and_hold_no_token(tmp_path, monkeypatch):
     token = "tok-" + "z" * 20
     monkeypatch.setattr(sys, "argv", ["activepose", "annotate", "P", "--token", token, f"--token={token}x"])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    exit_ = app_module._bug(RuntimeError(f"boom http://127.0.0.1:8000/?token={token}"))
+    app_module.remember_secret("file-token-" + "q" * 16)  # as --token-file does
+    exit_ = app_module._bug(RuntimeError(f"boom http://127.0.0.1:8000/?token={token} file-token-{'q' * 16}"))
     assert exit_.exit_code == 1
     (log,) = (tmp_path / "cache" / "activepose" / "logs").iterdir()
     text = log.read_text()
     assert token not in text and "--token ***" in text and "--token=***" in text and "boom" in text
+    assert "file-token-" not in text
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     # no cache folder possible: a private folder under the temporary directory, never a file in /tmp itself
     (tmp_path / "not-a-folder").write_text("")

@@ -35,6 +35,8 @@ ANNOTATOR_NAME = re.compile(r"[\w .@-]{1,64}")
 _INT64 = 2**63
 _FILE_NAME_BYTES = 255  # the longest file or folder name most file systems allow
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What must never reach a terminal from imported text: control characters, zero-width and bidi overrides.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 _shown = reprlib.Repr()
 _shown.maxstring = _shown.maxother = 80
@@ -45,6 +47,11 @@ _shown.maxlevel = 3
 def shown(value: Any) -> str:
     """Return a short repr of a value read from a file, for messages: bounded, control characters escaped."""
     return _shown.repr(value)
+
+
+def printable(text: Any) -> str:
+    """`text` as it may reach a terminal: control characters, zero-width and bidi overrides removed."""
+    return _UNPRINTABLE.sub("", str(text))
 
 
 def is_int(value: Any) -> bool:

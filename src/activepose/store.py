@@ -304,9 +304,7 @@ def check_lease_seconds(seconds: float) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not 0 < value <= MAX_LEASE_SECONDS:  # NaN fails too
-        raise StoreError(
-            f"a lease lasts more than 0 and at most {MAX_LEASE_SECONDS / 60:.0f} minutes, got {seconds!r} seconds"
-        )
+        raise StoreError(f"a lease lasts more than 0 and at most {MAX_LEASE_SECONDS / 60:.0f} minutes")
     return value
 
 
@@ -629,25 +627,29 @@ class Project:
     def close(self) -> None:
         self._conn.close()
 
-    def check_not_own_database(self, path: str | Path) -> None:
-        """Refuse to read `path` as an input file when it is this project's database or its -wal / -shm.
+    def is_own_database(self, path: str | Path) -> bool:
+        """True when `path` is this project's database or its -wal / -shm companion (by device and inode).
 
-        Reading it with `open()` would be harmless for its bytes but not for its locks: closing the descriptor
-        drops every SQLite lock this process holds on the database (see `_check_file`).
+        Such a file must never be read with `open()`: closing the descriptor drops every SQLite lock this
+        process holds on the database (see `_check_file`), which can lose another process's commits.
         """
         try:
             given = os.stat(path)
         except OSError:
-            return  # the reader names the missing file
+            return False
         for suffix in ("", "-wal", "-shm"):
             try:
                 own = os.stat(f"{self.db_path}{suffix}")
             except OSError:
                 continue
             if (own.st_dev, own.st_ino) == (given.st_dev, given.st_ino):
-                raise StoreError(
-                    f"{path}: this is the project's own database, not a labels file; nothing read"
-                )
+                return True
+        return False
+
+    def check_not_own_database(self, path: str | Path) -> None:
+        """Refuse (StoreError) to read `path` as an input file when `is_own_database(path)`."""
+        if self.is_own_database(path):
+            raise StoreError(f"{path}: this is the project's own database, not a labels file; nothing read")
 
     def __enter__(self) -> Project:
         return self
@@ -1107,6 +1109,7 @@ class Project:
         the same transaction (the file says they cannot be labelled; labelled or skipped ones are unchanged).
         """
         path = Path(path)
+        self.check_not_own_database(path)
         if content_hash is None:
             try:
                 content_hash = file_sha1(path)
@@ -1201,7 +1204,7 @@ class Project:
                 mapping[f.image_id] = candidates[0]
                 continue
             fp = data.image_path(f)
-            if fp.is_file():
+            if fp.is_file() and not self.is_own_database(fp):  # never hash the database itself
                 hits = [
                     r[0] for r in c.execute("SELECT id FROM images WHERE content_hash = ?", (file_sha1(fp),))
                 ]

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import ConfigError
 from . import options as o
-from .app import RichReporter, command, console, next_step
+from .app import RichReporter, command, console, next_step, remember_secret
 
 Host = Annotated[
     str, typer.Option(help="Address to listen on (loopback by default; others need --token).", metavar="HOST")
@@ -54,14 +54,8 @@ def server_token(token: str | None, token_file: Path | None) -> str | None:
         raise ConfigError(f"--token-file {token_file}: cannot read it ({exc})") from None
     if not lines or not lines[0].strip():
         raise ConfigError(f"--token-file {token_file}: the file is empty")
+    remember_secret(lines[0].strip())
     return lines[0].strip()
-
-
-def lease_seconds(minutes: float) -> float:
-    """--lease-minutes as seconds; ConfigError unless it is a finite number in (0, 1440]."""
-    if not 0 < minutes <= 1440:  # NaN and inf fail too
-        raise ConfigError(f"--lease-minutes {minutes}: a lease lasts more than 0 and at most 1440 minutes")
-    return 60.0 * minutes
 
 
 AnnotateModel = Annotated[
@@ -98,13 +92,12 @@ def annotate(
     Serves until Ctrl-C. When every image is labelled or skipped the round is 'labelled' and the page says so;
     then train (`activepose train`) or let `activepose run --oracle web` go on.
     """
-    from ..web.server import check_host, serve
+    from ..web.server import serve
     from ..workflow.annotation import AnnotateOptions
 
     token = server_token(token, token_file)
-    check_host(host, token, port)
     opts = AnnotateOptions(round_id=round_id, model=model, predictions=predictions, device=device,
-                           lease_seconds=lease_seconds(lease_minutes))  # fmt: skip
+                           lease_seconds=60.0 * lease_minutes)  # fmt: skip
 
     def ready(url: str) -> None:
         console.print(f"[bold green]labelling page:[/] {url}   (Ctrl-C stops the server)", soft_wrap=True)

@@ -64,38 +64,36 @@ def fail(message: str, code: int = 2) -> None:
 
 
 _SECRET_OPTIONS = ("--token",)
+_SECRETS: set[str] = set()  # secret values read at run time (a --token-file's token)
 
 
-def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line with the values of secret options (`--token X`, `--token=X`) replaced by ***."""
-    out, hide = [], False
+def remember_secret(value: str) -> None:
+    """Keep `value` out of tracebacks and crash logs (as command-line and ACTIVEPOSE_TOKEN values are)."""
+    _SECRETS.add(value)
+
+
+def redacted(argv: list[str]) -> tuple[list[str], set[str]]:
+    """Return the command line with secret options' values (`--token X`, `--token=X`) replaced by ***, and
+    every secret value this process knows: those values, ACTIVEPOSE_TOKEN and `remember_secret`'s."""
+    out, found = [], {os.environ.get("ACTIVEPOSE_TOKEN", ""), *_SECRETS}
+    hide = False
     for arg in argv:
+        name, eq, value = arg.partition("=")
         if hide:
+            found.add(arg)
             out.append("***")
-            hide = False
-        elif arg in _SECRET_OPTIONS:
-            out.append(arg)
-            hide = True
-        elif arg.startswith(tuple(f"{o}=" for o in _SECRET_OPTIONS)):
-            out.append(arg.split("=", 1)[0] + "=***")
+        elif eq and name in _SECRET_OPTIONS:
+            found.add(value)
+            out.append(f"{name}=***")
         else:
             out.append(arg)
-    return out
-
-
-def _secrets(argv: list[str]) -> list[str]:
-    """The secret values this process was given: secret options' values and ACTIVEPOSE_TOKEN."""
-    found = [os.environ.get("ACTIVEPOSE_TOKEN", "")]
-    for arg, value in zip(argv, argv[1:], strict=False):
-        if arg in _SECRET_OPTIONS:
-            found.append(value)
-    found += [a.split("=", 1)[1] for a in argv if a.startswith(tuple(f"{o}=" for o in _SECRET_OPTIONS))]
-    return [v for v in found if len(v) >= 4]
+        hide = not hide and arg in _SECRET_OPTIONS
+    return out, {v for v in found if v}
 
 
 def redact(text: str, argv: list[str]) -> str:
-    """`text` with every secret value of `argv` and the environment replaced by ***."""
-    for value in _secrets(argv):
+    """`text` with every secret value (see `redacted`) replaced by ***, longest first."""
+    for value in sorted(redacted(argv)[1], key=len, reverse=True):
         text = text.replace(value, "***")
     return text
 
@@ -152,7 +150,7 @@ def _bug(exc: BaseException) -> typer.Exit:
     text = redact("".join(traceback.format_exception(exc)), sys.argv[1:])
     console.print(escape(text), soft_wrap=True, highlight=False)
     try:
-        command = " ".join(redacted_argv(sys.argv[1:]))
+        command = " ".join(redacted(sys.argv[1:])[0])
         log = _crash_log(f"activepose {command}\n\n{text}")
         where = f"the traceback is saved in {log}"
     except OSError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -16,14 +15,15 @@ from ..workflow import common, create, labelling, models, rounds
 from . import options as o
 from .app import RichReporter, command, console, duration, next_step, print_list
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _SHOWN_ANNOTATORS = 20  # rows of the annotator table in `status`
 
 
 def _printable(text: str, limit: int) -> str:
     """Return imported text (names, file names) as it may reach the terminal: control characters (and
     bidirectional overrides) removed, at most `limit` characters, markup escaped."""
-    text = _UNPRINTABLE.sub("", str(text))
+    from ..coco import printable
+
+    text = printable(text)
     return escape(text if len(text) <= limit else text[: limit - 3] + "...")
 
 

@@ -9,10 +9,12 @@ Security Policy allows nothing else).
 
 Every request's `Host` must name this server (loopback names, the `--host` given, `--allow-host` names): a
 page of another site whose name was re-pointed at 127.0.0.1 (DNS rebinding) is refused. A request that
-carries an `Origin` must come from the page's own origin, and every state change (POST, DELETE) must say
-`Content-Type: application/json` and must not be marked cross-site by the browser (`Sec-Fetch-Site`): a
-cross-site form or "simple" request can do neither without a CORS preflight, which this server never
-grants. These checks are ours, not FastAPI's, so they hold whatever the installed version parses leniently.
+carries an `Origin` must come from the page's own origin (or an `--allow-host` name, for a proxy), a request
+the browser marks as coming from another site (`Sec-Fetch-Site`) is refused (opening an image takes its
+lease, so not even a cross-site GET may reach the API; only a navigation to the page itself may), and every
+state change (POST, DELETE) must say `Content-Type: application/json`: a cross-site form or "simple" request
+cannot without a CORS preflight, which this server never grants. These checks are ours, not FastAPI's, so
+they hold whatever the installed version parses leniently.
 """
 
 from __future__ import annotations
@@ -142,14 +144,14 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+_HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def _host_name(value: str | None) -> str | None:
     """The host name of a `Host` header ("127.0.0.1:8000", "[::1]:8000", "localhost"), lower case; None if malformed."""
-    if not value:
+    if not value or not _HOST_HEADER.fullmatch(value):  # no user info ("a@b"), paths or odd ports
         return None
-    try:
-        return urlsplit(f"//{value}").hostname
-    except ValueError:
-        return None
+    return urlsplit(f"//{value}").hostname
 
 
 def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str]:
@@ -164,29 +166,42 @@ def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str]:
     return frozenset(n for n in names if n)
 
 
-def _same_origin(request: Request) -> str | None:
-    """Why a request is cross-origin (its Origin is not the page's own, or the browser says so); None if not."""
+def _cross_site(request: Request, proxies: frozenset[str]) -> str | None:
+    """Why a request comes from another site, None when it does not.
+
+    Its `Origin` (sent with every cross-origin fetch and every POST) must be the page's own `host:port`, or an
+    `--allow-host` name (`proxies`: a proxy may rewrite Host); the browser's `Sec-Fetch-Site` must be
+    same-origin or none (typed by hand), except for a navigation to the page itself (a link to it).
+    """
     origin = request.headers.get("origin")
-    own = request.headers.get("host", "").lower()
-    # host[:port] only: behind a TLS proxy the page's scheme (https) is not the one the server sees (http)
-    if origin is not None and (origin == "null" or urlsplit(origin.lower()).netloc != own):
-        return f"Origin {origin[:100]!r} is not this server's ({own})"
+    if origin is not None:
+        # host[:port] only: behind a TLS proxy the page's scheme (https) is not the one the server sees (http)
+        parts = urlsplit(origin.lower()) if origin != "null" else None
+        own = request.headers.get("host", "").lower()
+        if parts is None or not (parts.netloc == own or parts.hostname in proxies):
+            return f"Origin {origin[:100]!r} is not this server's ({own[:100]})"
     site = request.headers.get("sec-fetch-site")
-    if request.method in STATE_CHANGES and site not in (None, "same-origin", "none"):
+    navigation = request.method == "GET" and request.url.path == "/"
+    if site not in (None, "same-origin", "none") and not navigation:
         return f"the browser marks it {site[:40]!r} (Sec-Fetch-Site)"
     return None
 
 
 def create_app(
-    desk: LabellingDesk, token: str | None = None, hosts: Iterable[str] = LOOPBACK_NAMES
+    desk: LabellingDesk,
+    token: str | None = None,
+    hosts: Iterable[str] = LOOPBACK_NAMES,
+    proxies: Iterable[str] = (),
 ) -> FastAPI:
     """Return the FastAPI app serving `desk`'s round; with `token`, every request must carry it.
 
     `hosts`: the names a request's `Host` header may carry (`allowed_hosts`); anything else is refused (400).
+    `proxies`: names (`--allow-host`) a page's `Origin` may carry although the `Host` the server sees differs.
     """
     app = FastAPI(title="activepose labelling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.desk = desk
     hosts = frozenset(h.lower() for h in hosts)
+    proxies = frozenset(h.strip("[]").lower() for h in proxies)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -195,7 +210,7 @@ def create_app(
             shown = (request.headers.get("host") or "")[:100]
             return _error(400, f"Host {shown!r} is not this server: open it as http://127.0.0.1 or a name "
                                "given with --allow-host")  # fmt: skip
-        cross = _same_origin(request)
+        cross = _cross_site(request, proxies)
         if cross is not None:
             return _error(403, f"cross-origin request refused: {cross}")
         if request.method in STATE_CHANGES:
@@ -361,15 +376,14 @@ def serve(
 
     check_host(host, token, port)
     with project_lock(folder, "annotate"):
-        return _serve(folder, opts, host, port, token, allowed_hosts(host, allow_hosts), until_complete,
-                      reporter, on_ready)  # fmt: skip
+        return _serve(folder, opts, host, port, token, tuple(allow_hosts), until_complete, reporter, on_ready)
 
 
-def _serve(folder, opts, host, port, token, hosts, until_complete, reporter, on_ready) -> LabellingDesk:
+def _serve(folder, opts, host, port, token, allow_hosts, until_complete, reporter, on_ready) -> LabellingDesk:
     import uvicorn
 
     desk = LabellingDesk(folder, opts, reporter)
-    app = create_app(desk, token, hosts)
+    app = create_app(desk, token, allowed_hosts(host, allow_hosts), allow_hosts)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host

@@ -80,13 +80,12 @@ class AnnotateOptions:
     relaxed_score: float = 0.1
 
     def __post_init__(self) -> None:
-        from ..store import MAX_LEASE_SECONDS
+        from ..store import StoreError, check_lease_seconds
 
-        if not 0 < self.lease_seconds <= MAX_LEASE_SECONDS:  # NaN and inf fail too
-            raise ConfigError(
-                f"--lease-minutes {self.lease_seconds / 60:g}: a lease lasts more than 0 and at most "
-                f"{MAX_LEASE_SECONDS / 60:.0f} minutes"
-            )
+        try:
+            check_lease_seconds(self.lease_seconds)  # the store's rule: finite, in (0, 1440] minutes
+        except StoreError as exc:
+            raise ConfigError(f"--lease-minutes {self.lease_seconds / 60:g}: {exc}") from None
         if (
             isinstance(self.relaxed_parts, bool)
             or not isinstance(self.relaxed_parts, int)
