@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARCH := $(shell uname -m)
-# Torch builds that install from the local disk of our machines (see README, "Installation").
+# Torch builds that install from the local disk of our machines (see docs/install.md).
 TORCH_PINS_x86_64 := torch==2.14.1 torchvision==0.29.1
 TORCH_PINS_aarch64 := torch==2.9.1 torchvision==0.24.1
 ifeq ($(ARCH),aarch64)

@@ -35,7 +35,7 @@ import torch
 
 
 def _pool(data: Path, n: int, seed: int = 0):
-    from activepose.coco import load_coco
+    from activepose.pose.coco import load_coco
 
     pool = load_coco(data / "pool.json")
     ids = [int(i) for i in np.random.default_rng(seed).choice(pool.image_ids, n, replace=False)]
@@ -43,7 +43,7 @@ def _pool(data: Path, n: int, seed: int = 0):
 
 
 def _model(skeleton, bf16: bool):
-    from activepose.models import create_model
+    from activepose.pose.models import create_model
 
     torch.manual_seed(0)
     m = create_model("mobilenet_v2", num_keypoints=skeleton.num_keypoints, num_limbs=skeleton.num_limbs,
@@ -53,7 +53,7 @@ def _model(skeleton, bf16: bool):
 
 
 def _epoch(model, loader, features: bool, params) -> float:
-    from activepose.train import pose_loss
+    from activepose.pose.train import pose_loss
 
     opt = torch.optim.Adam(params, 1e-3)
     model.train()
@@ -69,11 +69,11 @@ def _epoch(model, loader, features: bool, params) -> float:
 
 
 def speed(args) -> None:
-    from activepose.data import PoseDataset
-    from activepose.fields import TargetConfig
-    from activepose.precision import bf16_supported
-    from activepose.train import make_loader
-    from activepose.trunk import CachedFeatureDataset, attach_trunk_cache, trunk_features
+    from activepose.device import bf16_supported
+    from activepose.pose.data import PoseDataset
+    from activepose.pose.fields import TargetConfig
+    from activepose.pose.train import make_loader
+    from activepose.pose.trunk import CachedFeatureDataset, attach_trunk_cache, trunk_features
 
     coco = _pool(args.data, args.images)
     paths = [coco.image_path(coco.frame(i)) for i in coco.image_ids]
@@ -101,7 +101,7 @@ def speed(args) -> None:
                 ds = CachedFeatureDataset(coco, coco.image_ids, {False: feats}, 256, TargetConfig(), crop)
                 rows.append((name, _epoch(m, make_loader(ds, args.batch, True, 0, 0, 1), True, params)))
             if bf16:
-                from activepose.evaluate import EvalConfig, evaluate_model
+                from activepose.pose.evaluate import EvalConfig, evaluate_model
                 from activepose.workflow.models import decoder_for
 
                 m.eval()
@@ -124,10 +124,10 @@ def speed(args) -> None:
 
 
 def accuracy(args) -> None:
-    from activepose.checkpoint import load_model
-    from activepose.coco import load_coco
-    from activepose.evaluate import EvalConfig, evaluate_model
-    from activepose.train import TrainConfig, train
+    from activepose.pose.checkpoint import load_model
+    from activepose.pose.coco import load_coco
+    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.train import TrainConfig, train
     from activepose.workflow.models import decoder_for
     from activepose.workflow.presets import PRESETS
 
@@ -137,7 +137,7 @@ def accuracy(args) -> None:
         [int(i) for i in np.random.default_rng(1).choice(test.image_ids, args.test_images, False)]
     )
     base = {**PRESETS["cpu"], "max_epochs": args.epochs, "lr": args.lr, "device": "cpu"}
-    from activepose.data import AugmentConfig
+    from activepose.pose.data import AugmentConfig
 
     variants = {
         "step decay (x0.2 at 70 %)": {"lr_schedule": "step", "lr_step_epochs": max(1, int(0.7 * args.epochs)),

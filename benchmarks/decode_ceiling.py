@@ -20,10 +20,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
 
-    from activepose.coco import load_coco
-    from activepose.decode import Decoder
-    from activepose.evaluate import EvalConfig, metrics_for
-    from activepose.fields import encode_targets
+    from activepose.pose.coco import load_coco
+    from activepose.pose.decode import Decoder
+    from activepose.pose.evaluate import EvalConfig, metrics_for
+    from activepose.pose.fields import encode_targets
 
     gt = load_coco(args.data)
     decoder = Decoder(gt.skeleton)

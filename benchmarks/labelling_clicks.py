@@ -65,7 +65,7 @@ def pick_images(
 
 
 def make_project(folder: Path, raw: dict, images: list[dict]) -> None:
-    from activepose.store import Project
+    from activepose.project.store import Project
     from activepose.workflow.create import ProjectSource, create_project
 
     if folder.exists():
@@ -286,7 +286,7 @@ def run_mode(browser, url: str, mode: str, gt: dict, tol: float, pause: float, s
 
 
 def read_back(folder: Path, run: dict, gt: dict, tol: float) -> list[dict]:
-    from activepose.store import Project
+    from activepose.project.store import Project
 
     people = []
     with Project.open(folder, readonly=True) as p:

@@ -45,11 +45,11 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from activepose.checkpoint import load_model
-    from activepose.coco import load_coco
-    from activepose.data import letterbox
     from activepose.fileio import read_image
-    from activepose.models import create_model
+    from activepose.pose.checkpoint import load_model
+    from activepose.pose.coco import load_coco
+    from activepose.pose.data import letterbox
+    from activepose.pose.models import create_model
     from activepose.sampling.features import create_extractor, extract_features
     from activepose.sampling.uncertainty import UncertaintyConfig, masked_peak_confidences, score_pool
 

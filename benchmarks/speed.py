@@ -34,12 +34,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    from activepose.coco import load_coco
-    from activepose.data import PoseDataset
-    from activepose.decode import Decoder
-    from activepose.models import create_model
-    from activepose.synthetic import SyntheticConfig, make_synthetic_coco
-    from activepose.train import pose_loss
+    from activepose.pose.coco import load_coco
+    from activepose.pose.data import PoseDataset
+    from activepose.pose.decode import Decoder
+    from activepose.pose.models import create_model
+    from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+    from activepose.pose.train import pose_loss
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

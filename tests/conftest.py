@@ -23,7 +23,7 @@ def tiny_model(skeleton, seed: int = 0):
     """Return a small, fast, seeded vgg_tiny pose model (quarter width, 32-channel stages) for tests."""
     import torch
 
-    from activepose.models import create_model
+    from activepose.pose.models import create_model
 
     torch.manual_seed(seed)
     return create_model(
@@ -37,7 +37,7 @@ def synthetic_project_data(root: Path, num_images: int, n_initial: int, n_test: 
     `n_initial` ids) and test.json (the last `n_test`) beside it; return (root, path of the full file)."""
     import json
 
-    from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+    from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 
     cfg = SyntheticConfig(num_images=num_images, image_size=(64, 64), max_people=2, min_people=1)
     gt = make_synthetic_coco(root, "lsp14", cfg, seed=3)
@@ -54,7 +54,7 @@ def synthetic_project_data(root: Path, num_images: int, n_initial: int, n_test: 
 
 def project_with_round(folder: Path, gt, round_ids):
     """Return an open `Project` of the COCO data set `gt`'s images with round 1 open on `round_ids`."""
-    from activepose.store import Project
+    from activepose.project.store import Project
 
     imgs = [(gt.image_path(f).resolve(), f.width, f.height, None, f.image_id) for f in gt]
     p = Project.create(folder, gt.skeleton, imgs)

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.store import DB_NAME, Project
+from activepose.project.store import DB_NAME, Project
 
 from .conftest import synthetic_project_data
 
@@ -543,7 +543,7 @@ def test_train_refuses_another_architecture(tmp_path, trained, option, value, ne
 
 
 def test_train_without_architecture_options_continues_the_run(tmp_path, trained):
-    from activepose.train import run_config
+    from activepose.pose.train import run_config
 
     proj = copy_project(trained, tmp_path)
     code, out = cli("train", proj)  # no options at all: the run's own settings, nothing new to do
@@ -575,7 +575,7 @@ def test_predict_on_a_file_of_another_skeleton(tmp_path, trained):
     code, out = cli(
         "predict", "--model", model, "--images", c17, "--out", tmp_path / "pred.json", "--device", "cpu"
     )
-    from activepose.skeleton import get_skeleton
+    from activepose.pose.skeleton import get_skeleton
 
     theirs, ours = (list(get_skeleton(name).keypoints) for name in ("coco17", "lsp14"))
     refused(code, out, str(c17), f"keypoints {theirs} (coco17) differ from the model's {ours} (lsp14)")

@@ -21,12 +21,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from activepose.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from activepose.cli import app
-from activepose.coco import load_coco
-from activepose.store import Project
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
-from activepose.train import TrainConfig, _rng_state, _set_rng_state, train
+from activepose.pose.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from activepose.pose.coco import load_coco
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.train import TrainConfig, _rng_state, _set_rng_state, train
+from activepose.project.store import Project
 
 from .conftest import synthetic_project_data
 

@@ -146,7 +146,7 @@ def test_select_budget_too_large_and_missing_model(trained):
 
 
 def test_subset_is_seeded_disjoint_and_relocatable(trained, tmp_path):
-    from activepose.coco import load_coco
+    from activepose.pose.coco import load_coco
 
     root, data = trained
     a, rest = tmp_path / "x" / "a.json", tmp_path / "y" / "rest.json"

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.coco import load_coco
-from activepose.store import Project
+from activepose.pose.coco import load_coco
+from activepose.project.store import Project
 
 from .conftest import synthetic_project_data
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from activepose.coco import CocoError, load_coco, parse_coco, results_to_coco, save_coco
-from activepose.skeleton import PRESETS
+from activepose.pose.coco import CocoError, load_coco, parse_coco, results_to_coco, save_coco
+from activepose.pose.skeleton import PRESETS
 
 from .conftest import shared_file
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.coco import load_coco
-from activepose.data import AugmentConfig, PoseDataset, build_augmentation, collate, letterbox
-from activepose.fields import TargetConfig
 from activepose.fileio import read_image
-from activepose.skeleton import PRESETS
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.coco import load_coco
+from activepose.pose.data import AugmentConfig, PoseDataset, build_augmentation, collate, letterbox
+from activepose.pose.fields import TargetConfig
+from activepose.pose.skeleton import PRESETS
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 
 SK = PRESETS["lsp14"]
 K = SK.num_keypoints

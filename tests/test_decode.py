@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from activepose.coco import load_coco
-from activepose.decode import Decoder, DecoderConfig
 from activepose.errors import ConfigError
-from activepose.fields import encode_targets
-from activepose.skeleton import PRESETS, Skeleton
+from activepose.pose.coco import load_coco
+from activepose.pose.decode import Decoder, DecoderConfig
+from activepose.pose.fields import encode_targets
+from activepose.pose.skeleton import PRESETS, Skeleton
 
 from .conftest import shared_file
 from .test_fields import make_person, person_grid
@@ -236,7 +236,7 @@ def test_synthetic_scenes_round_trip(name):
     The generator overlaps people on purpose; a person whose joint lies on another's same-type limb is
     ambiguous in the targets themselves (see `_in_foreign_band`) and may be assembled wrongly.
     """
-    from activepose.synthetic import SyntheticConfig, render_scene
+    from activepose.pose.synthetic import SyntheticConfig, render_scene
 
     sk = PRESETS[name]
     dec = Decoder(sk)

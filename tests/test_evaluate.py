@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activepose.coco import CocoKeypoints, Frame, annotation_dict
 from activepose.errors import ConfigError
-from activepose.evaluate import (
+from activepose.pose.coco import CocoKeypoints, Frame, annotation_dict
+from activepose.pose.evaluate import (
     METRICS,
     EvalConfig,
     metrics_for,
@@ -21,8 +21,8 @@ from activepose.evaluate import (
     report_table,
     tta_metrics,
 )
-from activepose.skeleton import PRESETS, Skeleton
-from activepose.tta import TTA_NAMES, TTAS, apply_tta, get_tta, parse_ttas
+from activepose.pose.skeleton import PRESETS, Skeleton
+from activepose.pose.tta import TTA_NAMES, TTAS, apply_tta, get_tta, parse_ttas
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_metrics_for_and_report_table():
 
 
 def test_eval_config_scale_and_scale_summary():
-    from activepose.evaluate import scale_summary
+    from activepose.pose.evaluate import scale_summary
 
     ds = make_dataset(PRESETS["coco17"])
     assert {(f.width, f.height) for f in ds.frames} == {(320, 200)}

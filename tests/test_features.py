@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from activepose.errors import ConfigError, EnvironmentProblem
-from activepose.models import create_model
-from activepose.models.mobilenet import deep_sort_weights_path
+from activepose.pose.models import create_model
+from activepose.pose.models.mobilenet import deep_sort_weights_path
 from activepose.sampling.cache import VECTORS, VectorCache, image_content_hash, model_fingerprint
 from activepose.sampling.features import (
     EXTRACTORS,

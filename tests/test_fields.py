@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from activepose.fields import (
+from activepose.pose.fields import (
     TargetConfig,
     encode_heatmaps,
     encode_pafs,
@@ -19,10 +19,10 @@ from activepose.fields import (
     peak_confidences,
     smooth_heatmaps,
 )
-from activepose.fields.assemble import assemble_people, greedy_match, limb_order
-from activepose.fields.heatmap import gaussian_kernel1d
-from activepose.fields.paf import limb_candidates, limb_scores
-from activepose.skeleton import PRESETS, Skeleton
+from activepose.pose.fields.assemble import assemble_people, greedy_match, limb_order
+from activepose.pose.fields.heatmap import gaussian_kernel1d
+from activepose.pose.fields.paf import limb_candidates, limb_scores
+from activepose.pose.skeleton import PRESETS, Skeleton
 
 # A standing pose, in units of the person's height, centred near the hips (x right, y down).
 TEMPLATE = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from activepose.coco import MAX_PEOPLE_PER_IMAGE
-from activepose.store import DB_NAME, Project
+from activepose.pose.coco import MAX_PEOPLE_PER_IMAGE
+from activepose.project.store import DB_NAME, Project
 
 from .test_bad_input import (  # noqa: F401  (data and base are fixtures)
     ROUND,

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.coco import load_coco
 from activepose.oracle import export_round, import_label_studio, label_studio_config
 from activepose.oracle.label_studio import LabelStudioImport, config_people, local_files_setup
-from activepose.store import Project, StoreError
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.coco import load_coco
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.project.store import Project, StoreError
 
 from .conftest import project_with_round
 

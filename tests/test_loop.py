@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from activepose.loop import next_step
-from activepose.skeleton import get_skeleton
-from activepose.store import Project
+from activepose.pose.skeleton import get_skeleton
+from activepose.project.store import Project
 
 from .conftest import synthetic_project_data
 
@@ -75,7 +75,7 @@ def test_next_step_trains_and_evaluates_initial_labels_first(project):
 
 
 def test_closing_needs_the_rounds_own_model(project):
-    from activepose.store import StoreError
+    from activepose.project.store import StoreError
 
     r = project.open_round("random", {}, [(1, None)])
     project.add_labels({1: _people()}, "simulated", round=r)

@@ -1,4 +1,4 @@
-"""Tests for activepose.models: registry, PoseNet shapes, config round trip, init and weight loading."""
+"""Tests for activepose.pose.models: registry, PoseNet shapes, config round trip, init and weight loading."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from activepose.errors import ConfigError, EnvironmentProblem
-from activepose.models import (
+from activepose.pose.models import (
     BACKBONES,
     PoseNet,
     build_model,
@@ -22,10 +22,10 @@ from activepose.models import (
     list_backbones,
     register_backbone,
 )
-from activepose.models.base import Backbone, WeightsNotFound, assign_state
-from activepose.models.mobilenet import deep_sort_weights_path
-from activepose.models.vgg import VGG_TINY_LAYOUT
-from activepose.skeleton import PRESETS
+from activepose.pose.models.base import Backbone, WeightsNotFound, assign_state
+from activepose.pose.models.mobilenet import deep_sort_weights_path
+from activepose.pose.models.vgg import VGG_TINY_LAYOUT
+from activepose.pose.skeleton import PRESETS
 
 ALL_BACKBONES = list_backbones()
 
@@ -215,7 +215,7 @@ def test_resnet18_missing_explicit_weights_file_raises(tmp_path):
 
 def test_resnet18_default_weights_absent_warns_and_uses_random_init(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="activepose.models"):
+    with caplog.at_level(logging.WARNING, logger="activepose.pose.models"):
         model = make("resnet18", pretrained=True)
     assert model.config["pretrained"] is None
     assert any("random initialisation" in r.getMessage() for r in caplog.records)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activepose.coco import load_coco
 from activepose.oracle import SimulatedOracle, export_round
-from activepose.store import StoreError
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.coco import load_coco
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.project.store import StoreError
 
 from .conftest import project_with_round
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.coco import CocoKeypoints, Frame
-from activepose.skeleton import PRESETS, Skeleton
+from activepose.pose.coco import CocoKeypoints, Frame
+from activepose.pose.skeleton import PRESETS, Skeleton
 
 SK = PRESETS["lsp14"]
 INPUT = 192
@@ -81,8 +81,8 @@ class GroundTruthOracle(torch.nn.Module):
 
     def register(self, image: np.ndarray, people: np.ndarray, size: int | None = None) -> None:
         """Register `image` as letterboxed to `size` (default: the oracle's input size)."""
-        from activepose.data import letterbox
-        from activepose.fields import encode_targets
+        from activepose.pose.data import letterbox
+        from activepose.pose.fields import encode_targets
 
         size = size or self.input_size
         padded, scale = letterbox(image, size)
@@ -102,14 +102,14 @@ class GroundTruthOracle(torch.nn.Module):
 
 
 def make_decoder(skeleton: Skeleton):
-    from activepose.decode import Decoder, DecoderConfig
+    from activepose.pose.decode import Decoder, DecoderConfig
 
     return Decoder(skeleton, DecoderConfig(), stride=8)
 
 
 def test_predict_images_maps_back_to_image_coordinates(tmp_path):
     from activepose.fileio import read_image
-    from activepose.predict import predict_images
+    from activepose.pose.predict import predict_images
 
     coco = make_coco(tmp_path)
     oracle = GroundTruthOracle(SK, INPUT)
@@ -134,7 +134,7 @@ def test_predict_images_maps_back_to_image_coordinates(tmp_path):
 
 
 def test_tta_samples_and_ground_truth_agree(tmp_path):
-    from activepose.predict import iter_tta_samples, tta_ground_truth
+    from activepose.pose.predict import iter_tta_samples, tta_ground_truth
 
     coco = make_coco(tmp_path)
     for name in ("clean", "zoom_in", "zoom_out"):
@@ -154,9 +154,9 @@ def test_tta_samples_and_ground_truth_agree(tmp_path):
 
 
 def test_evaluate_model_oracle_vs_untrained(tmp_path):
-    from activepose.evaluate import EvalConfig, evaluate_model
-    from activepose.models import create_model
-    from activepose.predict import iter_tta_samples
+    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.models import create_model
+    from activepose.pose.predict import iter_tta_samples
 
     coco = make_coco(tmp_path)
     ttas = ("clean", "dark", "zoom_out")
@@ -199,7 +199,7 @@ def _shade_of(pixels: np.ndarray, colour) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_draw_overlay_colours_people():
-    from activepose.predict import draw_overlay, person_colour
+    from activepose.pose.predict import draw_overlay, person_colour
 
     # Renderer-independent checks (OpenCV 4 and 5 anti-alias differently: exact-colour pixel counts differ).
     rng = np.random.default_rng(0)
@@ -245,7 +245,7 @@ def test_draw_overlay_colours_people():
 
 def test_predict_coco_names_unreadable_image(tmp_path):
     from activepose.fileio import ImageReadError
-    from activepose.predict import predict_coco
+    from activepose.pose.predict import predict_coco
 
     coco = make_coco(tmp_path)
     (tmp_path / "im1.png").write_bytes(b"not an image")
@@ -255,9 +255,9 @@ def test_predict_coco_names_unreadable_image(tmp_path):
 
 
 def test_oracle_on_real_lspet_images():
-    from activepose.coco import load_coco
-    from activepose.evaluate import EvalConfig, evaluate_model
-    from activepose.predict import iter_tta_samples
+    from activepose.pose.coco import load_coco
+    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.predict import iter_tta_samples
 
     from .conftest import shared_file
 
@@ -281,7 +281,7 @@ def test_oracle_on_real_lspet_images():
 # --- input scale ------------------------------------------------------------------------------------------
 def test_input_scale_sizes_policies_and_parsing():
     from activepose.errors import ConfigError
-    from activepose.predict import InputScale, describe_scale, median_train_scale, parse_scale
+    from activepose.pose.predict import InputScale, describe_scale, median_train_scale, parse_scale
 
     auto = InputScale(128, 0.5, "auto")
     assert auto.size_for(256, 200) == 128 and auto.size_for(200, 256) == 128
@@ -335,7 +335,7 @@ def _check_mapped_back(pred, gt: np.ndarray, scale: float) -> None:
 
 
 def test_auto_scale_keeps_people_at_the_training_pixel_scale(tmp_path):
-    from activepose.predict import InputScale, predict_images
+    from activepose.pose.predict import InputScale, predict_images
 
     images, people = _scenes(tmp_path)
     factor, size = 0.5, 160  # a model trained at 160 px on 320-px images
@@ -363,7 +363,7 @@ def test_auto_scale_keeps_people_at_the_training_pixel_scale(tmp_path):
 def test_predict_coco_batches_by_input_side_and_keeps_the_order(tmp_path):
     import cv2
 
-    from activepose.predict import InputScale, predict_coco
+    from activepose.pose.predict import InputScale, predict_coco
 
     images, people = _scenes(tmp_path)
     frames = []
@@ -388,10 +388,10 @@ def test_predict_coco_batches_by_input_side_and_keeps_the_order(tmp_path):
 
 def test_fixed_scale_reproduces_the_single_letterbox_forward_pass(tmp_path):
     """`fixed` (and no scale) = every image letterboxed to input_size, one pass per batch, as before."""
-    from activepose.data import letterbox
-    from activepose.evaluate import EvalConfig, evaluate_model
     from activepose.fileio import read_image
-    from activepose.predict import InputScale, predict_coco, predict_images
+    from activepose.pose.data import letterbox
+    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.predict import InputScale, predict_coco, predict_images
 
     from .conftest import tiny_model
 

@@ -19,8 +19,8 @@ from activepose.cli import app
 from activepose.errors import ConfigError
 from activepose.experiment.grid import COLUMNS, TIMING_COLUMNS, SimulationConfig, simulate
 from activepose.experiment.report import write_report
-from activepose.store import Project
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.project.store import Project
 from activepose.workflow import resolve_train_config
 
 from .conftest import synthetic_project_data
@@ -262,9 +262,9 @@ def test_simulate_without_a_schedule_or_preset_is_refused(tmp_path, data):
 
 # --- what each strategy chose ----------------------------------------------------------------------------
 def test_choices_say_what_each_strategy_chose_per_round(grid, data):
-    from activepose.coco import load_coco
-    from activepose.evaluate import gt_person_count
     from activepose.experiment.choices import choices_table, round_choices
+    from activepose.pose.coco import load_coco
+    from activepose.pose.evaluate import gt_person_count
 
     out, _ = grid
     _, gt_path, _ = data

@@ -3,7 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from activepose.skeleton import PRESETS, Skeleton, SkeletonError, get_skeleton, infer_flip_pairs, match_preset
+from activepose.pose.skeleton import (
+    PRESETS,
+    Skeleton,
+    SkeletonError,
+    get_skeleton,
+    infer_flip_pairs,
+    match_preset,
+)
 
 from .conftest import shared_file
 

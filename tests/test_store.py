@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activepose import store
-from activepose.coco import annotation_dict, load_coco
-from activepose.skeleton import get_skeleton
-from activepose.store import Project, StoreError
+from activepose.pose.coco import annotation_dict, load_coco
+from activepose.pose.skeleton import get_skeleton
+from activepose.project import store
+from activepose.project.store import Project, StoreError
 
 SK = get_skeleton("coco17")
 K = SK.num_keypoints
@@ -225,7 +225,7 @@ def test_rounds(project):
 _IMPORTER = """
 import sys, time
 from pathlib import Path
-from activepose.store import Project
+from activepose.project.store import Project
 folder, go, files = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 while not go.exists():
     time.sleep(0.005)
@@ -256,8 +256,8 @@ def test_two_processes_import_concurrently(project, tmp_path):
 
 _KILLED = """
 import sys, time
-from activepose import store
-from activepose.store import Project
+from activepose.project import store
+from activepose.project.store import Project
 import numpy as np
 K = int(sys.argv[2])
 p = Project.open(sys.argv[1])
@@ -685,7 +685,7 @@ def test_open_read_only_never_writes(tmp_path):
 _READ_ONLY = """
 import sys
 from pathlib import Path
-from activepose.store import Project, StoreError
+from activepose.project.store import Project, StoreError
 folder = Path(sys.argv[1])
 try:
     (folder / "probe").touch()

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activepose.coco import load_coco
-from activepose.store import DB_NAME, Project, StoreError
+from activepose.pose.coco import load_coco
+from activepose.project.store import DB_NAME, Project, StoreError
 
 from .conftest import project_with_round, synthetic_project_data
 
@@ -95,7 +95,7 @@ class Server:
 def _stored(folder: Path) -> dict[int, tuple[str, int, float | None]]:
     """{image id: (state, revision, x of the first keypoint of its first person)} read by a fresh process."""
     code = (
-        "import json, sys; from activepose.store import Project\n"
+        "import json, sys; from activepose.project.store import Project\n"
         "with Project.open(sys.argv[1], readonly=True) as p:\n"
         "    out = {}\n"
         "    for i in p.image_ids():\n"
@@ -175,7 +175,7 @@ def test_a_second_server_on_the_project_is_refused_naming_the_first(project):
 _WRITER = """
 import sys
 import numpy as np
-from activepose.store import Project
+from activepose.project.store import Project
 folder, image_ids, n = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], int(sys.argv[3])
 for k in range(n):
     for image_id in image_ids:
@@ -245,7 +245,7 @@ def test_the_project_database_is_never_read_as_a_labels_file(project, fmt, suffi
 def test_an_image_file_name_pointing_at_the_database_is_never_hashed(project, tmp_path, monkeypatch):
     """A COCO file whose image is named like no project image is matched by content hash; a `file_name` that
     is the project's database must not be opened for it (inside the import's write transaction)."""
-    import activepose.store as store_module
+    import activepose.project.store as store_module
 
     hashed = []
     real = store_module.file_sha1

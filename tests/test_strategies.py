@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activepose.coco import load_coco
 from activepose.errors import ConfigError, EnvironmentProblem
+from activepose.pose.coco import load_coco
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.sampling.strategies import (
     STRATEGIES,
     SelectionConfig,
@@ -18,7 +19,6 @@ from activepose.sampling.strategies import (
     select_batch,
 )
 from activepose.sampling.uncertainty import UncertaintyConfig
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
 
 from .conftest import tiny_model
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from activepose.coco import load_coco
-from activepose.skeleton import PRESETS, Skeleton
-from activepose.synthetic import (
+from activepose.pose.coco import load_coco
+from activepose.pose.skeleton import PRESETS, Skeleton
+from activepose.pose.synthetic import (
     SyntheticConfig,
     SyntheticError,
     canonical_name,

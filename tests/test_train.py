@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.checkpoint import CheckpointError, load_checkpoint, load_model, resolve_device
-from activepose.coco import load_coco
 from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.fileio import file_sha1
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
-from activepose.train import TrainConfig, split_ids, suggest_lr, train
+from activepose.pose.checkpoint import CheckpointError, load_checkpoint, load_model, resolve_device
+from activepose.pose.coco import load_coco
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.train import TrainConfig, split_ids, suggest_lr, train
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
 
 
 def test_training_records_its_pixel_scale_and_auto_scale_uses_it(tiny_data, tmp_path):
-    from activepose.evaluate import SCALE_KEY
+    from activepose.pose.evaluate import SCALE_KEY
     from activepose.workflow.rounds import EvalOptions, evaluate_model_on, input_scale
 
     train(_cfg(max_epochs=1, input_size=32), tiny_data, tmp_path)
@@ -186,8 +186,8 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tiny_data, tmp_path):
 
 def test_training_reduces_loss_on_a_fixed_batch(tiny_data):
     """The model, targets and loss fit together: a few Adam steps on one batch lower the loss clearly."""
-    from activepose.data import PoseDataset
-    from activepose.train import pose_loss
+    from activepose.pose.data import PoseDataset
+    from activepose.pose.train import pose_loss
 
     from .conftest import tiny_model
 
@@ -208,9 +208,9 @@ def test_training_reduces_loss_on_a_fixed_batch(tiny_data):
 @pytest.mark.slow
 def test_short_lspet_training_beats_untrained_model(tmp_path):
     """Five CPU minutes on 400 LSPET images give a model clearly better than its untrained start (slow)."""
-    from activepose.checkpoint import load_model
-    from activepose.decode import Decoder
-    from activepose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.checkpoint import load_model
+    from activepose.pose.decode import Decoder
+    from activepose.pose.evaluate import EvalConfig, evaluate_model
 
     from .conftest import shared_file
 
@@ -332,7 +332,7 @@ def test_changed_architecture_on_an_existing_run_is_refused(tiny_data, tmp_path)
 
 
 def test_architecture_defaults_compare_by_their_effective_value():
-    from activepose.train import architecture_changes
+    from activepose.pose.train import architecture_changes
 
     stored = _cfg(width=None, stages=None).to_dict()
     assert architecture_changes(stored, _cfg(width=1.0, stages=3).to_dict()) == []  # vgg_tiny's defaults
@@ -343,7 +343,7 @@ def test_architecture_defaults_compare_by_their_effective_value():
 
 
 def test_run_config_reads_the_runs_own_options(tiny_data, tmp_path):
-    from activepose.train import run_config
+    from activepose.pose.train import run_config
 
     assert run_config(tmp_path / "empty") is None
     cfg = _cfg(max_epochs=1, head_channels=16)
@@ -356,8 +356,8 @@ def test_run_config_reads_the_runs_own_options(tiny_data, tmp_path):
 
 
 def test_loaded_model_without_a_training_config_uses_the_default_input_size(tmp_path):
-    from activepose.checkpoint import DEFAULT_INPUT_SIZE, save_checkpoint
-    from activepose.skeleton import PRESETS
+    from activepose.pose.checkpoint import DEFAULT_INPUT_SIZE, save_checkpoint
+    from activepose.pose.skeleton import PRESETS
 
     from .conftest import tiny_model
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.coco import load_coco
-from activepose.data import letterbox
-from activepose.decode import DecoderConfig
 from activepose.errors import ConfigError
-from activepose.fields.heatmap import gaussian_kernel1d, peak_confidences
 from activepose.fileio import read_image
-from activepose.models import create_model
+from activepose.pose.coco import load_coco
+from activepose.pose.data import letterbox
+from activepose.pose.decode import DecoderConfig
+from activepose.pose.fields.heatmap import gaussian_kernel1d, peak_confidences
+from activepose.pose.models import create_model
+from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.sampling.uncertainty import (
     PoolUncertainty,
     UncertaintyConfig,
@@ -21,7 +22,6 @@ from activepose.sampling.uncertainty import (
     score_peaks,
     score_pool,
 )
-from activepose.synthetic import SyntheticConfig, make_synthetic_coco
 
 
 def blob_maps(heights: list[list[float]], size: int = 16, sigma: float = 1.5) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from activepose.cli import app as cli
 from activepose.errors import ConfigError
-from activepose.store import Project
+from activepose.project.store import Project
 from activepose.web.server import MAX_BODY, check_host, create_app, serve
 from activepose.workflow.annotation import AnnotateOptions, LabellingDesk, WebLabeller, _people, sides
 

@@ -64,7 +64,7 @@ def served(tmp_path, monkeypatch):
     """
     _chromium()
     pytest.importorskip("uvicorn")
-    from activepose.store import Project
+    from activepose.project.store import Project
     from activepose.web.server import create_app
     from activepose.workflow import annotation
     from activepose.workflow.create import ProjectSource, create_project
@@ -152,7 +152,7 @@ def _wait_ready(page, image_id=None):
 
 
 def test_drag_add_visibility_save_reload(served, page):
-    from activepose.store import Project
+    from activepose.project.store import Project
 
     image = served["images"][0]
     image_id = image["id"]
@@ -248,7 +248,7 @@ def _post(url: str, body: dict, annotator: str) -> tuple[int, dict]:
 
 
 def test_undo_conflict_skip_nobody_and_the_complete_banner(served, page):
-    from activepose.store import Project
+    from activepose.project.store import Project
 
     first, second, third = (im["id"] for im in served["images"])
     pred = np.asarray(served["predicted"][first][0]["keypoints"])
@@ -303,7 +303,7 @@ def test_undo_conflict_skip_nobody_and_the_complete_banner(served, page):
 
 
 def test_lease_held_by_someone_else(served, page):
-    from activepose.store import Project
+    from activepose.project.store import Project
 
     image_id = served["images"][0]["id"]
     with Project.open(served["folder"]) as p:

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from activepose.cli import app as cli_app
-from activepose.coco import load_coco
 from activepose.errors import ConfigError
-from activepose.store import MAX_LEASE_SECONDS, Project, StoreError
+from activepose.pose.coco import load_coco
+from activepose.project.store import MAX_LEASE_SECONDS, Project, StoreError
 from activepose.web.server import allowed_hosts, create_app
 from activepose.workflow.annotation import AnnotateOptions, LabellingDesk
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import ConfigError, StateError
 from .lock import project_lock
-from .store import Project
+from .project.store import Project
 from .workflow.curve import is_evaluated, write_learning_curve
 from .workflow.reporting import SILENT, Reporter
 from .workflow.rounds import (

@@ -53,7 +53,7 @@ def subset(
 
     Image file names are rewritten relative to the output file's folder, so the subset works from anywhere.
     """
-    from ..coco import save_coco
+    from ..pose.coco import save_coco
 
     coco = common.load_data(data, check_images=False)
     if not 0 < size <= len(coco):
@@ -88,7 +88,7 @@ def synth(
     seed: o.Seed = 0,
 ) -> None:
     """Generate a synthetic multi-person COCO keypoint data set (deterministic per seed)."""
-    from ..synthetic import SyntheticConfig, make_synthetic_coco
+    from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
 
     path = make_synthetic_coco(out, skeleton, SyntheticConfig(num_images=num_images, image_size=(size, size),
                                                               max_people=max_people), seed=seed)  # fmt: skip

@@ -149,7 +149,7 @@ def demo(
     CPU cores with the defaults; the same command again reuses what is done.
     """
     from ..experiment.grid import SimulationConfig
-    from ..synthetic import SyntheticConfig, make_synthetic_coco
+    from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
     from ..workflow.presets import resolve_train_config
     from .simulate import run_simulation
 

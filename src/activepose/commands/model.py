@@ -46,7 +46,7 @@ def train(
     training: o.TrainingOptions = None,
 ) -> None:
     """Train a pose model; the same command again resumes it, new data continues it (a new session)."""
-    from ..train import train as run_train
+    from ..pose.train import train as run_train
 
     if project is not None and (data is not None or out is not None):
         raise ConfigError("with a PROJECT folder, --data and --out come from the project")
@@ -110,7 +110,7 @@ def lr_find_cmd(
     device: o.Device = "auto",
 ) -> None:
     """Run the learning-rate range test (the paper recommends it) and suggest a starting learning rate."""
-    from ..train import lr_find
+    from ..pose.train import lr_find
 
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"need 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
@@ -126,7 +126,7 @@ def lr_find_cmd(
                   f"min-loss/10 rule: {res.min_loss_lr:.2e}")  # fmt: skip
     if out is not None:
         from ..fileio import atomic_write_json
-        from ..plots import plot_lr_find
+        from ..workflow.plots import plot_lr_find
 
         atomic_write_json(out / "lr_find.json", res.__dict__, indent=1)
         plot_lr_find(res, out / "lr_find.png")
@@ -157,9 +157,9 @@ def predict(
     """Predict poses for a folder of images (or a COCO file's images) and write COCO results JSON."""
     import cv2
 
-    from ..coco import results_to_coco
     from ..fileio import atomic_write_json
-    from ..predict import describe_scale, draw_overlay
+    from ..pose.coco import results_to_coco
+    from ..pose.predict import describe_scale, draw_overlay
 
     # validates before loading anything
     rounds.EvalOptions(batch_size=batch_size, input_size=input_size, scale=scale)
@@ -244,9 +244,9 @@ def evaluate(
     device: o.Device = "auto",
 ) -> None:
     """Evaluate a model: person count accuracy, OKS AP/AR, PCK@0.2, clean and under test-time augmentations."""
-    from ..evaluate import SCALE_KEY, report_table
     from ..fileio import atomic_write_json
-    from ..predict import describe_scale
+    from ..pose.evaluate import SCALE_KEY, report_table
+    from ..pose.predict import describe_scale
 
     opts = rounds.EvalOptions(test=data, ttas=o.parse_tta(tta), max_images=max_images, batch_size=batch_size,
                               input_size=input_size, min_parts=min_parts, min_score=min_score, device=device,

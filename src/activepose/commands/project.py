@@ -21,7 +21,7 @@ _SHOWN_ANNOTATORS = 20  # rows of the annotator table in `status`
 def _printable(text: str, limit: int) -> str:
     """Return imported text (names, file names) as it may reach the terminal: control characters (and
     bidirectional overrides) removed, at most `limit` characters, markup escaped."""
-    from ..coco import printable
+    from ..pose.coco import printable
 
     text = printable(text)
     return escape(text if len(text) <= limit else text[: limit - 3] + "...")

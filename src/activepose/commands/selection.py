@@ -10,8 +10,8 @@ from .app import RichReporter, console
 
 
 def select_pool(pool: Path, labelled: Path | None, opts, out: Path | None, montage: Path | None) -> None:
-    from ..checkpoint import resolve_device
     from ..fileio import atomic_write_json
+    from ..pose.checkpoint import resolve_device
     from ..sampling.strategies import SelectionContext, select_batch
     from .project import _selection_table
 

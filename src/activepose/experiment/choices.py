@@ -46,7 +46,7 @@ def _strategy_seed(name: str) -> tuple[str, int] | None:
 
 def round_choices(out_dir: str | Path) -> list[RoundChoice]:
     """Return one RoundChoice per labelled round of every project under `out_dir/projects`."""
-    from ..store import Project
+    from ..project.store import Project
 
     out: list[RoundChoice] = []
     for folder in sorted((Path(out_dir) / "projects").glob("*-seed*")):

@@ -61,13 +61,13 @@ UNCOMPARED_KEYS = frozenset(
 
 
 def _all_ttas() -> tuple[str, ...]:
-    from ..tta import TTA_NAMES
+    from ..pose.tta import TTA_NAMES
 
     return tuple(TTA_NAMES)
 
 
 def _default_train():
-    from ..train import TrainConfig
+    from ..pose.train import TrainConfig
 
     return TrainConfig()
 
@@ -107,7 +107,7 @@ class SimulationConfig:
     )
 
     def __post_init__(self) -> None:
-        from ..checkpoint import check_device
+        from ..pose.checkpoint import check_device
         from ..sampling.strategies import STRATEGIES
         from ..workflow.common import load_data
         from ..workflow.rounds import EvalOptions
@@ -341,7 +341,7 @@ def _initial_set(cfg: SimulationConfig, plan: _Plan, seed: int, folder: Path) ->
     """Write (once) and return `folder/initial.json`: the seed's initial labelled set, drawn from the pool."""
     import numpy as np
 
-    from ..coco import save_coco
+    from ..pose.coco import save_coco
 
     path = folder / "initial.json"
     if path.is_file():
@@ -361,7 +361,7 @@ def _initial_set(cfg: SimulationConfig, plan: _Plan, seed: int, folder: Path) ->
 
 def _initial_model(cfg: SimulationConfig, seed: int, folder: Path, initial: Path, reporter: Reporter) -> Path:
     """Train (or resume, or find finished) the seed's initial model; return its run folder."""
-    from ..train import train
+    from ..pose.train import train
     from ..workflow.common import load_data
 
     run_dir = folder / "initial_run"
@@ -420,7 +420,7 @@ def _setup_project(cfg: SimulationConfig, plan: _Plan, folder: Path, initial: Pa
                    metrics: dict[str, dict], reporter: Reporter) -> None:  # fmt: skip
     """Create the project (once), copy the seed's initial run in, record it as model 1 and its evaluation."""
     from ..fileio import atomic_write_json
-    from ..store import Project
+    from ..project.store import Project
     from ..workflow.create import ProjectSource, create_project
     from ..workflow.curve import is_evaluated
     from ..workflow.models import record_model
@@ -469,7 +469,7 @@ def _fmt(value: Any, digits: int) -> str:
 def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r: int,
                reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
     """Return the rows of cell (strategy, seed, r) from the project's stored state (evaluating as needed)."""
-    from ..store import Project
+    from ..project.store import Project
     from ..workflow.models import load
     from ..workflow.rounds import RUN_DIR
 

@@ -505,7 +505,7 @@ def plot_curves(
     """PNG bytes of Figure 3 A-F for one test set: `metric` (in %) against `xaxis` ("images" or
     "minutes"), a subplot per TTA, per strategy the mean over seeds with its 95 % t-band (no band where
     only one seed); None when no strategy has a finite value."""
-    from ..plots import _pyplot
+    from ..workflow.plots import _pyplot
 
     if xaxis not in X_AXES:
         raise ValueError(f"xaxis must be one of {sorted(X_AXES)}, got {xaxis!r}")

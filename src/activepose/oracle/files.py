@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..coco import annotation_dict
 from ..fileio import atomic_write_json
-from ..store import Project, StoreError
+from ..pose.coco import annotation_dict
+from ..project.store import Project, StoreError
 
 Predictions = Mapping[int, tuple[np.ndarray, np.ndarray]]
 

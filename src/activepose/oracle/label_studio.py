@@ -61,9 +61,9 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ..coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, is_int, is_real, read_json, shown
-from ..skeleton import Skeleton
-from ..store import Project, StoreError
+from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, is_int, is_real, read_json, shown
+from ..pose.skeleton import Skeleton
+from ..project.store import Project, StoreError
 from .files import _image_ref
 
 FROM_NAME = "kp"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..coco import CocoKeypoints
-from ..store import Project, StoreError
+from ..pose.coco import CocoKeypoints
+from ..project.store import Project, StoreError
 
 SOURCE = "simulated"
 

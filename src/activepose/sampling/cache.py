@@ -191,7 +191,7 @@ def prefetch_map(
 ) -> Iterator[R]:
     """Yield fn(item) for every item, in order, computed by `num_workers` threads at most `prefetch` ahead.
 
-    The generic form of `activepose.predict.iter_tta_samples` (which is tied to COCO frames and TTAs): image
+    The generic form of `activepose.pose.predict.iter_tta_samples` (which is tied to COCO frames and TTAs): image
     decoding and resizing (OpenCV releases the GIL) overlap the caller's forward passes. 0 workers: inline.
     """
     if num_workers <= 0:

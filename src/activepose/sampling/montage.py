@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..coco import CocoKeypoints
-from ..data import letterbox
 from ..fileio import read_image
+from ..pose.coco import CocoKeypoints
+from ..pose.data import letterbox
 
 
 def _tile(

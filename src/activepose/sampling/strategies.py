@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..coco import CocoKeypoints
 from ..errors import ActiveposeError, ConfigError
+from ..pose.coco import CocoKeypoints
 from . import NEEDS_MODEL
 from .uncertainty import PoolUncertainty, UncertaintyConfig, score_pool
 

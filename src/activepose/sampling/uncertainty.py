@@ -1,7 +1,7 @@
 """Heatmap-peak uncertainty of pool images (the paper's uncertainty filter), batched and cached.
 
 Per image and keypoint the *peak* is the maximum of the model's last-stage heatmap after the decoder's
-Gaussian smoothing (`activepose.fields.heatmap`, sigma `DecoderConfig.smooth_sigma`), taken over the
+Gaussian smoothing (`activepose.pose.fields.heatmap`, sigma `DecoderConfig.smooth_sigma`), taken over the
 cells that show image content: letterbox padding (bottom/right, black) is masked out, because a peak
 there is no keypoint the decoder could return (it would be clipped onto the image border) yet would make
 the image look confident. A keypoint is *confident* when its peak >= thHM; an image is *uncertain* when
@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..coco import CocoKeypoints
-from ..data import letterbox
-from ..decode import DecoderConfig
-from ..defaults import INPUT_SIZE, TH_HM
+from ..config import INPUT_SIZE, TH_HM
 from ..errors import ConfigError
-from ..fields.heatmap import peak_confidences, single_threaded, smooth_heatmaps
 from ..fileio import read_image
+from ..pose.coco import CocoKeypoints
+from ..pose.data import letterbox
+from ..pose.decode import DecoderConfig
+from ..pose.fields.heatmap import peak_confidences, single_threaded, smooth_heatmaps
 from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 
 LOG = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def score_pool(
     it when the weights change), else `model_fingerprint(model)`, a hash of its state dict.
     `progress(n)` is called with the number of images done (cache hits first, then per batch).
     """
-    from ..predict import model_device
+    from ..pose.predict import model_device
 
     ids = [f.image_id for f in coco.frames] if image_ids is None else [int(i) for i in image_ids]
     paths = [coco.image_path(i) for i in ids]

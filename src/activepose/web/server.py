@@ -38,9 +38,9 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..coco import MAX_PEOPLE_PER_IMAGE
 from ..errors import ActiveposeError, ConfigError
-from ..store import LabelConflict, LeaseHeld, RoundNotOpen, StoreError
+from ..pose.coco import MAX_PEOPLE_PER_IMAGE
+from ..project.store import LabelConflict, LeaseHeld, RoundNotOpen, StoreError
 from ..workflow.annotation import (
     AnnotateOptions,
     InvalidLabels,

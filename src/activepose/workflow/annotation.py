@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE
 from ..errors import ActiveposeError, ConfigError, StateError
+from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE
 from .reporting import SILENT, Reporter
 from .rounds import image_states, round_progress
 
@@ -80,7 +80,7 @@ class AnnotateOptions:
     relaxed_score: float = 0.1
 
     def __post_init__(self) -> None:
-        from ..store import StoreError, check_lease_seconds
+        from ..project.store import StoreError, check_lease_seconds
 
         try:
             check_lease_seconds(self.lease_seconds)  # the store's rule: finite, in (0, 1440] minutes
@@ -153,7 +153,7 @@ def preannotate(project, round_id: int, opts: AnnotateOptions, reporter: Reporte
     ids = [i for i, _, _ in project.round(round_id).items]
     todo = [i for i in ids if i not in people]
     if todo:
-        from ..decode import DecoderConfig
+        from ..pose.decode import DecoderConfig
         from .common import same_keypoints
         from .models import decoder_for, load, predict_files
 
@@ -195,7 +195,7 @@ class LabellingDesk:
     """One round of a project, served to annotators. Thread-safe: one store connection per thread."""
 
     def __init__(self, folder: str | Path, opts: AnnotateOptions | None = None, reporter: Reporter = SILENT):
-        from ..store import Project
+        from ..project.store import Project
 
         self.folder = Path(folder)
         self.opts = opts or AnnotateOptions()
@@ -209,7 +209,7 @@ class LabellingDesk:
         self._scores = {i: score for i, _, score in items}
 
     def _project(self):
-        from ..store import Project
+        from ..project.store import Project
 
         project = getattr(self._local, "project", None)
         if project is None:
@@ -279,7 +279,7 @@ class LabellingDesk:
 
     def image_view(self, image_id: int, annotator: str) -> dict[str, Any]:
         """One image for `annotator`: takes its lease when free and the round is open."""
-        from ..store import LeaseHeld
+        from ..project.store import LeaseHeld
 
         project = self._project()
         image_id = self._check(int(image_id))

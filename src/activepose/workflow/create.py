@@ -60,7 +60,7 @@ def _probe(path: Path) -> tuple[tuple[int, int, str] | None, str | None]:
 
 
 def _check_target(folder: Path) -> Path:
-    from ..store import DB_NAME
+    from ..project.store import DB_NAME
 
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "a project already exists there" if (folder / DB_NAME).exists() else "the folder is not empty"
@@ -70,8 +70,8 @@ def _check_target(folder: Path) -> Path:
 
 def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter = SILENT) -> CreatedProject:
     """Create a project (project.db + checkpoints/, caches/, exports/) in `folder` from `source`."""
-    from ..skeleton import get_skeleton
-    from ..store import Project
+    from ..pose.skeleton import get_skeleton
+    from ..project.store import Project
 
     folder = Path(folder)
     target = _check_target(folder)

@@ -32,7 +32,7 @@ def learning_curve(project) -> list[dict]:
 def write_learning_curve(project) -> Path | None:
     """Write exports/learning_curve.{json,png}; return the PNG's path (None before any evaluation)."""
     from ..fileio import atomic_write_json
-    from ..plots import plot_learning_curve
+    from .plots import plot_learning_curve
 
     points = learning_curve(project)
     if not points:

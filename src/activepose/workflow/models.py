@@ -13,7 +13,7 @@ from .reporting import SILENT, Reporter
 
 def decoder_for(skeleton, min_parts: int | None = None, min_score: float | None = None):
     """Return the default Decoder for `skeleton`, with the minimum parts / person score changed if given."""
-    from ..decode import Decoder, DecoderConfig
+    from ..pose.decode import Decoder, DecoderConfig
 
     changes = {"min_parts": min_parts, "min_person_score": min_score}
     return Decoder(
@@ -23,7 +23,7 @@ def decoder_for(skeleton, min_parts: int | None = None, min_score: float | None 
 
 def load(path: str | Path, device: str = "auto"):
     """Return the `LoadedModel` (net, skeleton, input size, ...) of a checkpoint on `device`."""
-    from ..checkpoint import load_model, resolve_device
+    from ..pose.checkpoint import load_model, resolve_device
 
     return load_model(path, resolve_device(device))
 
@@ -40,7 +40,7 @@ def predict_files(
     image (e.g. to draw an overlay), in the order batches complete; the result is in `files`' order.
     """
     from ..fileio import ImageReadError, read_image
-    from ..predict import InputScale, model_device, predict_stream
+    from ..pose.predict import InputScale, model_device, predict_stream
     from .rounds import input_scale
 
     decoder = decoder or decoder_for(loaded.skeleton)

@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import ConfigError
 
 # `paper`: the paper's settings (VGG-tiny at 368 px, batch 4, Adam 1e-4, patience 35): meant for a GPU.
-# `cpu`: what trains usefully on 2 CPU cores (figures: README "Fast CPU rounds", benchmarks/cpu_training.py): the
-# ImageNet MobileNetV2 trunk frozen, its features computed once per image and cached (activepose.trunk); only
+# `cpu`: what trains usefully on 2 CPU cores (figures: docs/training.md, benchmarks/cpu_training.py): the
+# ImageNet MobileNetV2 trunk frozen, its features computed once per image and cached (activepose.pose.trunk); only
 # the neck and three 64-channel stages trained, on 128-px windows of 256-px inputs (people at full scale for
 # the cost of 128 px); bf16 autocast where the CPU has it; a one-cycle schedule per session (warm-up, then
 # annealing: PCK 16.7 vs 10.4 % for step decay at 800 LSPET images); a fixed 5 x 64 batches per session, so every
@@ -72,7 +72,7 @@ def simulation_settings(preset: str | None, **given: Any) -> dict[str, Any]:
 
 def resolve_train_config(run_dir: Path | None = None, preset: str | None = None, **given: Any):
     """Return the TrainConfig for a command: `given` options (None = not given) over the preset over the run's."""
-    from ..train import TrainConfig, check_same_architecture, run_config
+    from ..pose.train import TrainConfig, check_same_architecture, run_config
 
     base = TrainConfig()
     existing = run_config(run_dir) if run_dir is not None else None

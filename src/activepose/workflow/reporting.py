@@ -16,7 +16,7 @@ class Reporter:
     def note(self, text: str) -> None:
         """A line worth showing to the user (what was decided, what was written where)."""
 
-    # training callbacks (see activepose.train.TrainCallbacks)
+    # training callbacks (see activepose.pose.train.TrainCallbacks)
     def on_epoch_start(self, session: int, epoch: int, num_batches: int) -> None:
         pass
 

@@ -80,7 +80,7 @@ def check_can_select(project, budget: int) -> None:
 
 def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> RoundSelection:
     """Choose `opts.budget` unlabelled images with `opts.strategy` and open the next round with them."""
-    from ..checkpoint import resolve_device
+    from ..pose.checkpoint import resolve_device
     from ..sampling.strategies import SelectionContext, select_batch
 
     device = resolve_device(opts.device)
@@ -217,8 +217,8 @@ def train_round(project, cfg, reporter: Reporter = SILENT, new_session: bool = F
     A time budget ends the session (so grown data starts the next one). A 'labelled' round becomes 'trained'
     with the recorded model in one transaction.
     """
-    from ..checkpoint import resolve_device
-    from ..train import train
+    from ..pose.checkpoint import resolve_device
+    from ..pose.train import train
 
     resolve_device(cfg.device)  # a device this machine lacks is refused before the lock and any work
     ids = project.labelled_ids()
@@ -249,7 +249,7 @@ def train_round(project, cfg, reporter: Reporter = SILENT, new_session: bool = F
 
 # --- evaluate -----------------------------------------------------------------------------------------------
 def _all_ttas() -> tuple[str, ...]:
-    from ..tta import TTA_NAMES
+    from ..pose.tta import TTA_NAMES
 
     return tuple(TTA_NAMES)
 
@@ -273,8 +273,8 @@ class EvalOptions:
     scale: str | float | None = None
 
     def __post_init__(self) -> None:
-        from ..predict import parse_scale
-        from ..tta import TTA_NAMES
+        from ..pose.predict import parse_scale
+        from ..pose.tta import TTA_NAMES
 
         self.scale = parse_scale(self.scale)
         unknown = [t for t in self.ttas if t not in TTA_NAMES]
@@ -297,7 +297,7 @@ def input_scale(loaded, input_size: int | None, scale: str | float | None):
     explicit size means every image at that size: fixed). With auto or a factor, --input-size only moves
     the cap (4x it).
     """
-    from ..predict import InputScale
+    from ..pose.predict import InputScale
 
     if scale is None and input_size is not None:
         scale = "fixed"
@@ -322,8 +322,8 @@ def evaluate_model_on(loaded, data_path: Path, opts: EvalOptions, reporter: Repo
     | factor, "factor", "input_sizes": {"min", "median", "max"}, "capped"} (+ "note" when auto fell back to
     fixed); `evaluate.tta_metrics(report)` is the report without it.
     """
-    from ..checkpoint import resolve_device
-    from ..evaluate import SCALE_KEY, EvalConfig, evaluate_model, scale_summary
+    from ..pose.checkpoint import resolve_device
+    from ..pose.evaluate import SCALE_KEY, EvalConfig, evaluate_model, scale_summary
 
     data = seeded_subset(load_data(data_path), opts.max_images, opts.seed)
     same_keypoints(str(data_path), data.skeleton, loaded.skeleton)
@@ -362,9 +362,9 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
     Storing the metrics moves the round 'trained' -> 'evaluated' (one transaction); writing the learning
     curve then closes it. A crash between the two leaves 'evaluated', which `close_round` finishes.
     """
-    from ..evaluate import SCALE_KEY, tta_metrics
     from ..fileio import atomic_write_json
-    from ..predict import describe_scale
+    from ..pose.evaluate import SCALE_KEY, tta_metrics
+    from ..pose.predict import describe_scale
 
     latest = project.latest_model()
     if latest is None:

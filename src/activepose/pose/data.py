@@ -8,7 +8,7 @@ Pipeline of one training sample (`PoseDataset` with `augment`):
    (input_size, input_size) canvas: the random affine below acts about the canvas centre, so centring
    makes rotation and scaling act about the image content and keeps people in frame;
 3. the random augmentation of `build_augmentation` at network resolution (cheap: one 256 x 256 warp);
-4. targets from `activepose.fields.encode_targets`.
+4. targets from `activepose.pose.fields.encode_targets`.
 Without `augment` the sample is the plain letterbox (top-left, zero padding bottom/right) used at
 inference, and `scale` maps network-input coordinates back to the image (image = input / scale).
 """
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import INPUT_SIZE
+from ..errors import ConfigError
+from ..fileio import read_image
 from .coco import CocoKeypoints
-from .defaults import INPUT_SIZE
-from .errors import ConfigError
 from .fields import TargetConfig, encode_targets
-from .fileio import read_image
 from .skeleton import Skeleton
 
 LOG = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Predictions are `{image_id: (keypoints (N, K, 3), scores (N,))}` in original image coordinates, the third
 keypoint column being the confidence (0 = part not found). Ground truth is a `CocoKeypoints` data set whose
-frames hold the people as they appear in the evaluated images (use `activepose.predict.tta_ground_truth`
+frames hold the people as they appear in the evaluated images (use `activepose.pose.predict.tta_ground_truth`
 for an augmented set). A GT person counts only if at least one of its keypoints is labelled (v > 0).
 """
 
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import INPUT_SIZE
+from ..errors import ConfigError
 from .coco import CocoKeypoints, annotation_dict, results_to_coco
-from .defaults import INPUT_SIZE
-from .errors import ConfigError
 from .skeleton import Skeleton
 from .tta import TTA_NAMES, parse_ttas
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ActiveposeError
 from .coco import CocoKeypoints, Frame, save_coco
-from .errors import ActiveposeError
 from .skeleton import Skeleton, get_skeleton
 
 LOG = logging.getLogger(__name__)

@@ -42,11 +42,20 @@ from typing import Any
 
 import numpy as np
 
-from . import faults
-from .coco import OUTSIDE_TOLERANCE, CocoError, CocoKeypoints, Frame, parse_coco, read_json, save_coco, shown
-from .errors import ActiveposeError
-from .fileio import _strict, file_sha1
-from .skeleton import Skeleton
+from .. import faults
+from ..errors import ActiveposeError
+from ..fileio import _strict, file_sha1
+from ..pose.coco import (
+    OUTSIDE_TOLERANCE,
+    CocoError,
+    CocoKeypoints,
+    Frame,
+    parse_coco,
+    read_json,
+    save_coco,
+    shown,
+)
+from ..pose.skeleton import Skeleton
 
 DB_NAME = "project.db"
 SUBFOLDERS = ("checkpoints", "caches", "exports")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .fields.assemble import assemble_people, greedy_match, limb_order
 from .fields.heatmap import find_peaks, single_threaded, smooth_heatmaps
 from .fields.paf import limb_candidates, limb_scores

@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import faults
+from .. import faults
+from ..config import INPUT_SIZE
+from ..errors import ConfigError
+from ..fileio import atomic_write_json
 from .checkpoint import check_device, load_checkpoint, resolve_device, save_checkpoint
 from .coco import CocoKeypoints
 from .data import AugmentConfig, PoseDataset
-from .defaults import INPUT_SIZE
-from .errors import ConfigError
 from .fields import TargetConfig
-from .fileio import atomic_write_json
 
 LOG = logging.getLogger(__name__)
 
@@ -79,14 +79,14 @@ class TrainConfig:
     device: str = "auto"
     grayscale: bool = False
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    # Train only the neck and stages on cached ImageNet-trunk features (see activepose.trunk); with it,
+    # Train only the neck and stages on cached ImageNet-trunk features (see activepose.pose.trunk); with it,
     # augmentation is the horizontal flip and `train_crop` (px, a multiple of the stride) windows only.
     frozen_trunk: bool = False
     train_crop: int | None = None
     feature_cache: str | None = (
         None  # folder of cached trunk features, made absolute (None: ~/.cache/activepose/trunk)
     )
-    precision: str = "fp32"  # "bf16": autocast where the device runs it natively (activepose.precision)
+    precision: str = "fp32"  # "bf16": autocast where the device runs it natively (activepose.device)
     targets: TargetConfig = field(default_factory=TargetConfig)
 
     def __post_init__(self) -> None:
@@ -177,7 +177,7 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
         need(cfg.train_crop >= 8 and cfg.train_crop % 8 == 0, "train_crop", "a positive multiple of 8")
         if not cfg.frozen_trunk:
             problems.append("--train-crop needs --frozen-trunk (it crops cached trunk features)")
-    from .precision import PRECISIONS
+    from ..device import PRECISIONS
 
     need(cfg.precision in PRECISIONS, "precision", " or ".join(PRECISIONS))
     if cfg.frozen_trunk and not cfg.pretrained:
@@ -672,7 +672,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epo
 
 def prepare_model(model, cfg: TrainConfig, device: torch.device) -> None:
     """Set how `model` runs as `cfg` trained it: its precision and, with a frozen trunk, the trunk cache."""
-    from .precision import autocast_dtype
+    from ..device import autocast_dtype
 
     model.autocast_dtype = autocast_dtype(cfg.precision, device)
     if cfg.frozen_trunk:
@@ -683,7 +683,7 @@ def prepare_model(model, cfg: TrainConfig, device: torch.device) -> None:
 
 def _forward(model, batch: dict[str, Any], device: torch.device):
     """Return (stage outputs, batch size) of `model` on a batch of images or of cached trunk features."""
-    if "features" in batch:  # activepose.trunk.CachedFeatureDataset
+    if "features" in batch:  # activepose.pose.trunk.CachedFeatureDataset
         x = batch["features"].to(device, non_blocking=True).float()
         return model.forward_features(x), len(x)
     x = batch["image"].to(device, non_blocking=True)

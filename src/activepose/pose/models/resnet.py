@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from activepose.models.base import Backbone, conv_relu
-from activepose.models.registry import register_backbone
+from activepose.pose.models.base import Backbone, conv_relu
+from activepose.pose.models.registry import register_backbone
 
 # torchvision's file names for ImageNet resnet18 weights (current IMAGENET1K_V1, then the legacy one).
 RESNET18_FILES = ("resnet18-f37072fd.pth", "resnet18-5c106cde.pth")

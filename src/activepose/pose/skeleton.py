@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ActiveposeError
+from ..errors import ActiveposeError
 
 LOG = logging.getLogger(__name__)
 

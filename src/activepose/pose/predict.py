@@ -20,10 +20,10 @@ from itertools import islice
 import numpy as np
 import torch
 
+from ..config import INPUT_SIZE
+from ..errors import ConfigError
+from ..fileio import read_image
 from .coco import CocoKeypoints, Frame
-from .defaults import INPUT_SIZE
-from .errors import ConfigError
-from .fileio import read_image
 from .skeleton import Skeleton
 from .tta import TTA, get_tta
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ActiveposeError
-from .fileio import ImageReadError, atomic_write_json, exif_orientation, image_size
+from ..errors import ActiveposeError
+from ..fileio import ImageReadError, atomic_write_json, exif_orientation, image_size
 from .skeleton import Skeleton, SkeletonError, match_preset
 
 LOG = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from activepose.errors import ConfigError
 
 if TYPE_CHECKING:
-    from activepose.models.base import Backbone
+    from activepose.pose.models.base import Backbone
 
 BackboneBuilder = Callable[..., "Backbone"]
 BACKBONES: dict[str, BackboneBuilder] = {}

@@ -15,7 +15,7 @@ image (the network sees whole images when predicting) while a step costs what a 
 costs. The only augmentations are that window and a horizontal flip (whose features are cached too): the
 trunk's input is fixed, so rotation, zoom and colour changes are not available in this mode.
 
-What each part buys on LSPET with 2 CPU cores: `benchmarks/cpu_training.py`, figures in the README.
+What each part buys on LSPET with 2 CPU cores: `benchmarks/cpu_training.py`, figures in docs/training.md.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..fileio import read_image
 from .coco import CocoKeypoints
 from .data import _clean_people, letterbox
 from .fields import TargetConfig, encode_targets
-from .fileio import read_image
 
 LOG = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class TrunkCache:
     """
 
     def __init__(self, model, cache_dir: str | Path | None = None) -> None:
-        from .sampling.cache import model_fingerprint
+        from ..sampling.cache import model_fingerprint
 
         self.model = model
         self.body = model.backbone.body
@@ -70,7 +70,7 @@ class TrunkCache:
         self.hits = self.misses = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from .sampling.cache import VectorCache
+        from ..sampling.cache import VectorCache
 
         b, _, h, w = x.shape
         shape = (self.channels, h // self.stride, w // self.stride)
@@ -121,7 +121,7 @@ def trunk_features(
 
     Goes through `model.trunk`, so with a `TrunkCache` attached only inputs never seen are computed.
     """
-    from .sampling.cache import batched, prefetch_map
+    from ..sampling.cache import batched, prefetch_map
 
     was_training = model.training
     model.eval()

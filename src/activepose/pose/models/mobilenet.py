@@ -7,8 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from activepose.models.base import Backbone, conv_relu
-from activepose.models.registry import register_backbone
+from activepose.pose.models.base import Backbone, conv_relu
+from activepose.pose.models.registry import register_backbone
 
 # torchvision mobilenet_v2().features: index 7 is the first block at stride 16, 13 the last 96-channel block.
 _FIRST_STRIDE16_BLOCK = 7

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from activepose.models.base import Backbone, conv_relu
-from activepose.models.registry import register_backbone
+from activepose.pose.models.base import Backbone, conv_relu
+from activepose.pose.models.registry import register_backbone
 
 # (out_channels per 3x3 conv) per block; a 2x2 max-pool follows each block but the last -> stride 8.
 # The last two convs of block 4 (256, 128) play the role of OpenPose's conv4_3_CPM / conv4_4_CPM.

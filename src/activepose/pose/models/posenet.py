@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from activepose.models.base import IMAGENET_MEAN, IMAGENET_STD, init_weights
-from activepose.models.heads import build_stages
-from activepose.models.registry import get_backbone_builder
+from activepose.pose.models.base import IMAGENET_MEAN, IMAGENET_STD, init_weights
+from activepose.pose.models.heads import build_stages
+from activepose.pose.models.registry import get_backbone_builder
 
 LOG = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ class PoseNet(nn.Module):
         self.embed_dim = self.backbone.embed_channels
         # Not part of the architecture nor of the state dict: set by whoever runs the model.
         self.trunk_cache = (
-            None  # activepose.trunk.attach_trunk_cache: frozen-trunk features read from a cache
+            None  # activepose.pose.trunk.attach_trunk_cache: frozen-trunk features read from a cache
         )
-        self.autocast_dtype: torch.dtype | None = None  # activepose.precision: e.g. torch.bfloat16
+        self.autocast_dtype: torch.dtype | None = None  # activepose.device: e.g. torch.bfloat16
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # channels_last is ~1.7x faster for these convs on CPU (oneDNN) and helps GPU AMP; not architecture.

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .defaults import INPUT_SIZE
-from .errors import ActiveposeError, ConfigError, EnvironmentProblem
-from .fileio import atomic_write, file_sha1
+from ..config import INPUT_SIZE
+from ..errors import ActiveposeError, ConfigError, EnvironmentProblem
+from ..fileio import atomic_write, file_sha1
 from .skeleton import Skeleton
 
 if TYPE_CHECKING:

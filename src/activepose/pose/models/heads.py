@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from activepose.models.base import conv_relu
+from activepose.pose.models.base import conv_relu
 
 # OpenPose-plus VGG-tiny: stage 1 has 3 3x3 convs per branch, refinement stages 5; each branch then has a
 # 1x1 conv and a linear 1x1 output conv. Refinement convs are 3x3 there too (the original OpenPose uses

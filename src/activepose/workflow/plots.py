@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fileio import atomic_write
+from ..fileio import atomic_write
 
 
 def _pyplot():
