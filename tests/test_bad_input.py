@@ -24,7 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.project.store import DB_NAME, Project
+from activepose.project.schema import DB_NAME
+from activepose.project.store import Project
 
 from .conftest import synthetic_project_data
 

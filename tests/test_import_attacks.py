@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from activepose.pose.coco import MAX_PEOPLE_PER_IMAGE
-from activepose.project.store import DB_NAME, Project
+from activepose.project.schema import DB_NAME
+from activepose.project.store import Project
 
 from .test_bad_input import (  # noqa: F401  (data and base are fixtures)
     ROUND,

@@ -18,7 +18,8 @@ from activepose.oracle import export_round, import_label_studio, label_studio_co
 from activepose.oracle.label_studio import LabelStudioImport, config_people, local_files_setup
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
-from activepose.project.store import Project, StoreError
+from activepose.project.schema import StoreError
+from activepose.project.store import Project
 
 from .conftest import project_with_round
 

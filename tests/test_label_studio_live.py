@@ -31,7 +31,8 @@ from activepose.oracle import export_round, import_label_studio, label_studio_co
 from activepose.oracle.label_studio import config_people
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
-from activepose.project.store import Project, StoreError
+from activepose.project.schema import StoreError
+from activepose.project.store import Project
 
 from .conftest import REPO, SHARED_DATA
 

@@ -75,7 +75,7 @@ def test_next_step_trains_and_evaluates_initial_labels_first(project):
 
 
 def test_closing_needs_the_rounds_own_model(project):
-    from activepose.project.store import StoreError
+    from activepose.project.schema import StoreError
 
     r = project.open_round("random", {}, [(1, None)])
     project.add_labels({1: _people()}, "simulated", round=r)

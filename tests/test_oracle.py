@@ -13,7 +13,7 @@ import pytest
 from activepose.oracle import SimulatedOracle, export_round
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
-from activepose.project.store import StoreError
+from activepose.project.schema import StoreError
 
 from .conftest import project_with_round
 

@@ -18,8 +18,9 @@ import pytest
 
 from activepose.pose.coco import annotation_dict, load_coco
 from activepose.pose.skeleton import get_skeleton
-from activepose.project import store
-from activepose.project.store import Project, StoreError
+from activepose.project import leases, store
+from activepose.project.schema import StoreError
+from activepose.project.store import Project
 
 SK = get_skeleton("coco17")
 K = SK.num_keypoints
@@ -757,7 +758,7 @@ def test_disk_full_is_a_store_error_and_changes_nothing(project):
 def test_leases_expire_and_belong_to_one_annotator(project):
     lease = project.take_lease(1, "ann", 60, now=1000.0)
     assert (lease.annotator, lease.expires_at) == ("ann", 1060.0)
-    with pytest.raises(store.LeaseHeld, match="being labelled by 'ann'") as err:
+    with pytest.raises(leases.LeaseHeld, match="being labelled by 'ann'") as err:
         project.take_lease(1, "bob", 60, now=1030.0)
     assert err.value.lease.annotator == "ann"
     assert project.take_lease(1, "ann", 60, now=1030.0).expires_at == 1090.0  # renewed
@@ -772,7 +773,7 @@ def test_save_labels_checks_round_lease_and_revision_in_one_transaction(project)
     project.open_round("random", {}, [(1, None), (2, None)])
     assert project.image(1).revision == 0
     project.take_lease(1, "ann", 60, now=time.time())
-    with pytest.raises(store.LeaseHeld):
+    with pytest.raises(leases.LeaseHeld):
         project.save_labels(1, people(1), source="web:bob", round=1, annotator="bob", revision=0)
     res = project.save_labels(1, people(1), source="web:ann", round=1, annotator="ann", revision=0,
                               seconds=9.0, people=[(4.0, 3), (5.0, 7)])  # fmt: skip
@@ -780,7 +781,7 @@ def test_save_labels_checks_round_lease_and_revision_in_one_transaction(project)
     assert [(r.annotator, r.person_seconds, r.clicks, r.seconds) for r in project.labels_of(1)] == [
         ("ann", 4.0, 3, 9.0), ("ann", 5.0, 7, 9.0)]  # fmt: skip
     assert project.leases() == {}
-    with pytest.raises(store.LabelConflict, match="revision 1") as err:  # a page that loaded revision 0
+    with pytest.raises(leases.LabelConflict, match="revision 1") as err:  # a page that loaded revision 0
         project.save_labels(1, people(3), source="web:bob", round=1, annotator="bob", revision=0)
     assert err.value.revision == 1 and project.image(1).revision == 1
     with pytest.raises(StoreError, match="1 per-person cost.s. for 2 people"):

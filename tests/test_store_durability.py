@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from activepose.pose.coco import load_coco
-from activepose.project.store import DB_NAME, Project, StoreError
+from activepose.project.schema import DB_NAME, StoreError
+from activepose.project.store import Project
 
 from .conftest import project_with_round, synthetic_project_data
 

@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 from activepose.cli import app as cli_app
 from activepose.errors import ConfigError
 from activepose.pose.coco import load_coco
-from activepose.project.store import MAX_LEASE_SECONDS, Project, StoreError
+from activepose.project.leases import MAX_LEASE_SECONDS
+from activepose.project.schema import StoreError
+from activepose.project.store import Project
 from activepose.web.server import allowed_hosts, create_app
 from activepose.workflow.annotation import AnnotateOptions, LabellingDesk
 

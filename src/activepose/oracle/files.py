@@ -24,7 +24,8 @@ import numpy as np
 
 from ..fileio import atomic_write_json
 from ..pose.coco import annotation_dict
-from ..project.store import Project, StoreError
+from ..project.schema import StoreError
+from ..project.store import Project
 
 Predictions = Mapping[int, tuple[np.ndarray, np.ndarray]]
 

@@ -63,7 +63,8 @@ import numpy as np
 
 from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, is_int, is_real, read_json, shown
 from ..pose.skeleton import Skeleton
-from ..project.store import Project, StoreError
+from ..project.schema import StoreError
+from ..project.store import Project
 from .files import _image_ref
 
 FROM_NAME = "kp"

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..pose.coco import CocoKeypoints
-from ..project.store import Project, StoreError
+from ..project.schema import StoreError
+from ..project.store import Project
 
 SOURCE = "simulated"
 

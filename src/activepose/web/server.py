@@ -40,7 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ActiveposeError, ConfigError
 from ..pose.coco import MAX_PEOPLE_PER_IMAGE
-from ..project.store import LabelConflict, LeaseHeld, RoundNotOpen, StoreError
+from ..project.leases import LabelConflict, LeaseHeld
+from ..project.schema import StoreError
+from ..project.store import RoundNotOpen
 from ..workflow.annotation import (
     AnnotateOptions,
     InvalidLabels,

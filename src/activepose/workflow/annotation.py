@@ -80,7 +80,8 @@ class AnnotateOptions:
     relaxed_score: float = 0.1
 
     def __post_init__(self) -> None:
-        from ..project.store import StoreError, check_lease_seconds
+        from ..project.leases import check_lease_seconds
+        from ..project.schema import StoreError
 
         try:
             check_lease_seconds(self.lease_seconds)  # the store's rule: finite, in (0, 1440] minutes
@@ -279,7 +280,7 @@ class LabellingDesk:
 
     def image_view(self, image_id: int, annotator: str) -> dict[str, Any]:
         """One image for `annotator`: takes its lease when free and the round is open."""
-        from ..project.store import LeaseHeld
+        from ..project.leases import LeaseHeld
 
         project = self._project()
         image_id = self._check(int(image_id))

@@ -60,7 +60,7 @@ def _probe(path: Path) -> tuple[tuple[int, int, str] | None, str | None]:
 
 
 def _check_target(folder: Path) -> Path:
-    from ..project.store import DB_NAME
+    from ..project.schema import DB_NAME
 
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "a project already exists there" if (folder / DB_NAME).exists() else "the folder is not empty"
