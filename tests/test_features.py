@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from activepose.errors import ConfigError, EnvironmentProblem
+from activepose.pose.cache import VECTORS, VectorCache, image_content_hash, model_fingerprint
 from activepose.pose.models import create_model
 from activepose.pose.models.mobilenet import deep_sort_weights_path
-from activepose.sampling.cache import VECTORS, VectorCache, image_content_hash, model_fingerprint
 from activepose.sampling.features import (
     EXTRACTORS,
     RESNET50_FILES,
@@ -113,7 +113,7 @@ def test_vector_cache_ignores_rows_past_the_index_after_a_crash(tmp_path):
 _APPENDER = """
 import sys
 import numpy as np
-from activepose.sampling.cache import VectorCache
+from activepose.pose.cache import VectorCache
 root, worker = sys.argv[1], int(sys.argv[2])
 cache = VectorCache(root, "k", 8)
 for chunk in range(40):  # many small appends interleave with the other process's

@@ -77,8 +77,8 @@ def run_loop(
     train_cfg = training.config(project / rounds.RUN_DIR, device, seed=seed)
     selection_cfg = selection.config(seed=seed)
     if oracle == "web":
+        from ..web.labeller import WebLabeller
         from ..web.server import check_host
-        from ..workflow.annotation import WebLabeller
 
         token = server_token(token, token_file)
         check_host(host, token, port)

@@ -58,7 +58,7 @@ class TrunkCache:
     """
 
     def __init__(self, model, cache_dir: str | Path | None = None) -> None:
-        from ..sampling.cache import model_fingerprint
+        from .cache import model_fingerprint
 
         self.model = model
         self.body = model.backbone.body
@@ -70,7 +70,7 @@ class TrunkCache:
         self.hits = self.misses = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from ..sampling.cache import VectorCache
+        from .cache import VectorCache
 
         b, _, h, w = x.shape
         shape = (self.channels, h // self.stride, w // self.stride)
@@ -121,7 +121,7 @@ def trunk_features(
 
     Goes through `model.trunk`, so with a `TrunkCache` attached only inputs never seen are computed.
     """
-    from ..sampling.cache import batched, prefetch_map
+    from .cache import batched, prefetch_map
 
     was_training = model.training
     model.eval()

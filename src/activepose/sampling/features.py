@@ -29,8 +29,8 @@ from torch import nn
 from ..config import INPUT_SIZE
 from ..errors import ConfigError
 from ..fileio import file_sha1, read_image
+from ..pose.cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 from ..pose.models.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, assign_state, load_state_file
-from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 
 LOG = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ import torch
 from ..config import INPUT_SIZE, TH_HM
 from ..errors import ConfigError
 from ..fileio import read_image
+from ..pose.cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 from ..pose.coco import CocoKeypoints
 from ..pose.data import letterbox
 from ..pose.decode import DecoderConfig
 from ..pose.fields.heatmap import peak_confidences, single_threaded, smooth_heatmaps
-from .cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 
 LOG = logging.getLogger(__name__)
 

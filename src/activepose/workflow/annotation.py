@@ -4,8 +4,8 @@
 progress, one image with the model's pre-annotations and its current labels, and saves / skips. Every write
 is one store transaction (`Project.save_labels` / `skip_image`) that checks the annotator's lease and the
 image revision the page started from, so two annotators never silently overwrite each other, and the last
-image's save completes the round in the same transaction. `WebLabeller` is the oracle for `activepose run
---oracle web`: it serves the page until the round is complete, then the loop goes on.
+image's save completes the round in the same transaction. The oracle for `activepose run --oracle web` that
+serves the page until the round is complete is `web.labeller.WebLabeller`.
 
 Pre-annotations are the served model's people, decoded once per round and model and cached in
 `exports/round_<R>/preannotations.json`. A weak model (a first CPU model) often finds nobody with the
@@ -386,33 +386,3 @@ class LabellingDesk:
         return {"revision": img.revision, "state": img.state,
                 "labels": [r.keypoints.tolist() for r in rows],
                 "annotator": rows[0].annotator if rows else None}  # fmt: skip
-
-
-# --- the oracle for `run --oracle web` ----------------------------------------------------------------------
-@dataclass
-class WebLabeller:
-    """Serve the labelling page for each round the loop opens; return when people have labelled it."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: str | None = None
-    allow_hosts: tuple[str, ...] = ()
-    model: Path | None = None
-    device: str = "auto"
-    reporter: Reporter = SILENT
-    on_ready: Any = None  # called with the page's URL once it is served
-
-    def label(self, project, round_id: int) -> tuple[int, str]:
-        from ..web.server import serve
-
-        before = project.round_summary().get(round_id, {}).get("people", 0)
-        opts = AnnotateOptions(round_id=round_id, model=self.model, device=self.device)
-        serve(project.folder, opts, host=self.host, port=self.port, token=self.token, allow_hosts=self.allow_hosts,
-              until_complete=True, reporter=self.reporter, on_ready=self.on_ready)  # fmt: skip
-        info = project.round(round_id)
-        if info.state == "open":
-            raise StateError(
-                f"{project.folder}: the labelling page stopped before round {round_id} was complete"
-            )
-        people = project.round_summary().get(round_id, {}).get("people", 0)
-        return int(people - before), f"people labelled round {round_id} on the labelling page"
