@@ -69,9 +69,9 @@ def _epoch(model, loader, features: bool, params) -> float:
 
 
 def speed(args) -> None:
+    from activepose.config import TargetConfig
     from activepose.device import bf16_supported
     from activepose.pose.data import PoseDataset
-    from activepose.pose.fields import TargetConfig
     from activepose.pose.train import make_loader
     from activepose.pose.trunk import CachedFeatureDataset, attach_trunk_cache, trunk_features
 
@@ -124,10 +124,11 @@ def speed(args) -> None:
 
 
 def accuracy(args) -> None:
+    from activepose.config import TrainConfig
     from activepose.pose.checkpoint import load_model
     from activepose.pose.coco import load_coco
     from activepose.pose.evaluate import EvalConfig, evaluate_model
-    from activepose.pose.train import TrainConfig, train
+    from activepose.pose.train import train
     from activepose.workflow.models import decoder_for
     from activepose.workflow.presets import PRESETS
 
@@ -137,7 +138,7 @@ def accuracy(args) -> None:
         [int(i) for i in np.random.default_rng(1).choice(test.image_ids, args.test_images, False)]
     )
     base = {**PRESETS["cpu"], "max_epochs": args.epochs, "lr": args.lr, "device": "cpu"}
-    from activepose.pose.data import AugmentConfig
+    from activepose.config import AugmentConfig
 
     variants = {
         "step decay (x0.2 at 70 %)": {"lr_schedule": "step", "lr_step_epochs": max(1, int(0.7 * args.epochs)),

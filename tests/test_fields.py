@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from activepose.config import TargetConfig
 from activepose.pose.fields import (
-    TargetConfig,
     encode_heatmaps,
     encode_pafs,
     encode_targets,

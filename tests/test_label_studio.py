@@ -1,4 +1,4 @@
-"""Label Studio export / import (`activepose.oracle.label_studio`) on synthetic data, without Label Studio.
+"""Label Studio export / import (`activepose.interop.label_studio`) on synthetic data, without Label Studio.
 
 `tests/test_label_studio_live.py` runs the same round trip through a real Label Studio."""
 
@@ -14,8 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.oracle import export_round, import_label_studio, label_studio_config
-from activepose.oracle.label_studio import LabelStudioImport, config_people, local_files_setup
+from activepose.interop.export import export_round
+from activepose.interop.label_studio import (
+    LabelStudioImport,
+    config_people,
+    import_label_studio,
+    label_studio_config,
+    local_files_setup,
+)
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.project.schema import StoreError

@@ -27,8 +27,8 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.oracle import export_round, import_label_studio, label_studio_config
-from activepose.oracle.label_studio import config_people
+from activepose.interop.export import export_round
+from activepose.interop.label_studio import config_people, import_label_studio, label_studio_config
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.project.schema import StoreError

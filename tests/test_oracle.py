@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activepose.oracle import SimulatedOracle, export_round
+from activepose.interop.export import export_round
+from activepose.oracle.simulated import SimulatedOracle
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.project.schema import StoreError

@@ -15,17 +15,16 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from activepose.experiment.report import (
-    COLUMNS,
+from activepose.experiment.outputs import write_report
+from activepose.experiment.report import plot_curves
+from activepose.experiment.results import COLUMNS, load_results
+from activepose.experiment.stats import (
     efficiency_table,
     labels_to_reach,
-    load_results,
     mean_curve,
     normalised_auc,
     paired_differences,
-    plot_curves,
     t_interval,
-    write_report,
 )
 
 T2 = float(stats.t.ppf(0.975, 2))  # the t quantile of 3 seeds

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from activepose.config import TrainConfig
+from activepose.device import resolve_device
 from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.fileio import file_sha1
-from activepose.pose.checkpoint import CheckpointError, load_checkpoint, load_model, resolve_device
+from activepose.pose.checkpoint import CheckpointError, load_checkpoint, load_model
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
-from activepose.pose.train import TrainConfig, split_ids, suggest_lr, train
+from activepose.pose.train import split_ids, suggest_lr, train
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,8 @@ def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
 
 def test_training_records_its_pixel_scale_and_auto_scale_uses_it(tiny_data, tmp_path):
     from activepose.pose.evaluate import SCALE_KEY
-    from activepose.workflow.rounds import EvalOptions, evaluate_model_on, input_scale
+    from activepose.workflow.models import input_scale
+    from activepose.workflow.rounds import EvalOptions, evaluate_model_on
 
     train(_cfg(max_epochs=1, input_size=32), tiny_data, tmp_path)
     state = load_checkpoint(tmp_path / "best.pt")
@@ -368,7 +371,7 @@ def test_loaded_model_without_a_training_config_uses_the_default_input_size(tmp_
     assert loaded.input_size == DEFAULT_INPUT_SIZE == 256 and loaded.train_config is None
     assert loaded.session == 0 and not loaded.complete
     # No recorded training scale (an older checkpoint): the default and auto fall back to fixed, and say so.
-    from activepose.workflow.rounds import input_scale
+    from activepose.workflow.models import input_scale
 
     assert loaded.train_scale is None
     assert input_scale(loaded, None, None) == (input_scale(loaded, None, "fixed")[0], None)

@@ -1,4 +1,224 @@
-"""Defaults that several modules share, each stated once (the paper's values)."""
+"""Settings: the dataclasses that configure activepose, validated once when made, without torch.
+
+Every module that does the work imports its settings from here (the engine, selection, the application and
+the CLI alike), so a setting has one definition, one default and one check. Nothing here imports torch or
+the engine: `import activepose.config` is cheap, and `activepose --help` needs nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
 
 INPUT_SIZE = 256  # network input side in pixels (letterboxed square); a multiple of the stride 8
 TH_HM = 0.3  # uncertainty: a keypoint is confident when its smoothed heatmap peak reaches thHM
+PRECISIONS = ("fp32", "bf16")  # arithmetic of a model's forward passes (see `device.autocast_dtype`)
+INIT_SCHEMES = ("glorot", "kaiming")  # weight initialisation of the OpenPose stages
+LR_SCHEDULES = ("step", "onecycle")  # learning-rate schedules
+# The backbones and which TrainConfig options each takes (beyond the common ones). The engine's registry
+# (`pose.models.register_backbone`) adds a backbone registered elsewhere; a test keeps the built-ins in step.
+BACKBONES: dict[str, tuple[str, ...]] = {"vgg_tiny": ("width",), "mobilenet_v2": (), "resnet18": ()}
+_DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")
+
+
+def check_device(device: Any) -> str:
+    """Return the normalised `--device` string; ConfigError listing the valid forms when it is none of them.
+
+    Only the form is checked (a config may be written on one machine and used on another); whether the
+    device exists here is `device.resolve_device`'s job.
+    """
+    spec = str(device).strip().lower()
+    if _DEVICE_FORM.fullmatch(spec) is None:
+        forms = "auto, cpu, cuda, cuda:N" + (", mps" if platform.system() == "Darwin" else "")  # Apple's GPUs
+        raise ConfigError(f"--device {str(device)!r} is not a device: use one of {forms}")
+    return spec
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation ranges (defaults: the paper's).
+
+    - `rotate`: degrees, uniform in +-rotate.
+    - `shift`: fraction of the width/height, uniform in +-shift per axis. The paper prints "0.62"; we read it
+      as 0.0625, the default shift limit of the augmentation framework it used (a 62 % shift would push
+      most people out of the image).
+    - `scale`: zoom factor range (same factor for x and y).
+    - `brightness`, `contrast`: multiplicative factor ranges (torchvision/ColorJitter semantics:
+      brightness multiplies pixel values, contrast blends with the mean gray level).
+    - `hflip`: probability of a horizontal flip; left/right keypoints swap via `Skeleton.flip_permutation`.
+    - `grayscale`: convert to gray (3 equal channels) after the colour changes (the paper's data was gray).
+    """
+
+    rotate: float = 30.0
+    shift: float = 0.0625
+    scale: tuple[float, float] = (0.6, 1.4)
+    brightness: tuple[float, float] = (0.7, 1.3)
+    contrast: tuple[float, float] = (0.7, 1.3)
+    hflip: float = 0.5
+    grayscale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rotate < 0 or self.shift < 0:
+            raise ConfigError("AugmentConfig: rotate and shift are half-ranges and must be >= 0")
+        for name in ("scale", "brightness", "contrast"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ConfigError(
+                    f"AugmentConfig.{name} must be a range (lo, hi) with 0 < lo <= hi, got {(lo, hi)}"
+                )
+        if not 0 <= self.hflip <= 1:
+            raise ConfigError(f"AugmentConfig.hflip is a probability, got {self.hflip}")
+
+    @classmethod
+    def geometry_only(cls, **kw: Any) -> AugmentConfig:
+        """Return a config without colour changes (for tests and visual checks)."""
+        return cls(brightness=(1.0, 1.0), contrast=(1.0, 1.0), **kw)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Target parameters: output `stride`, Gaussian `sigma` and PAF band half-width, both in output cells."""
+
+    stride: int = 8
+    sigma: float = 1.0
+    paf_width: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training session needs; defaults follow the paper (Adam 1e-4, batch 4, patience 35)."""
+
+    backbone: str = "vgg_tiny"
+    stages: int | None = None
+    pretrained: bool = True
+    init: str = "glorot"
+    head_channels: int = 128  # channels of the OpenPose stage convs
+    width: float | None = None  # backbone channel multiplier (vgg_tiny); None: the backbone's default
+    input_size: int = INPUT_SIZE
+    batch_size: int = 4
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    lr_step_epochs: int = 30  # step decay: multiply the learning rate by lr_gamma every lr_step_epochs
+    lr_gamma: float = 0.5
+    # "step" (the paper's step decay, per epoch) or "onecycle" (per batch: a linear warm-up from lr/25 over
+    # the first 15 % of the session's steps, then half a cosine down to ~0 at `max_epochs`; every session,
+    # so each warm-started round warms up and anneals again).
+    lr_schedule: str = "step"
+    max_epochs: int = 200
+    patience: int = 35  # early stopping on validation loss
+    min_delta: float = 0.0
+    val_fraction: float = 0.1
+    max_val_images: int = 500
+    steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole training split)
+    max_minutes: float | None = None  # stop (resumably) after the epoch that crosses this wall time
+    budget_ends_session: bool = False  # True: hitting max_minutes completes the session (projects, the loop)
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    grayscale: bool = False
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    # Train only the neck and stages on cached ImageNet-trunk features (see activepose.pose.trunk); with it,
+    # augmentation is the horizontal flip and `train_crop` (px, a multiple of the stride) windows only.
+    frozen_trunk: bool = False
+    train_crop: int | None = None
+    feature_cache: str | None = (
+        None  # folder of cached trunk features, made absolute (None: ~/.cache/activepose/trunk)
+    )
+    precision: str = "fp32"  # "bf16": autocast where the device runs it natively (activepose.device)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+
+    def __post_init__(self) -> None:
+        problems = train_config_problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        if self.feature_cache is not None:  # checkpoints keep it: a relative folder would follow the cwd
+            self.feature_cache = os.path.abspath(self.feature_cache)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        has_aug = "augment" in d
+        aug = d.pop("augment", None)
+        tgt = d.pop("targets", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: tuple(v) if k == "betas" else v for k, v in d.items() if k in known})
+        if aug is not None:
+            cfg.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        elif has_aug:  # trained with --no-augment
+            cfg.augment = None
+        if tgt is not None:
+            cfg.targets = TargetConfig(**tgt)
+        return cfg
+
+
+# TrainConfig field -> the option a user types (CLI spelling); fields not listed are `--field-name`.
+OPTION_NAMES = {"max_epochs": "--epochs", "lr_step_epochs": "--lr-step", "num_workers": "--workers"}
+# Options that fix the network (or its training resolution): they cannot change within a run directory.
+ARCHITECTURE_OPTIONS = ("backbone", "width", "head_channels", "stages", "input_size")
+
+
+def option_name(field_name: str) -> str:
+    """Return the option spelling of a TrainConfig field, e.g. 'batch_size' -> '--batch-size'."""
+    return OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def train_config_problems(cfg: TrainConfig) -> list[str]:
+    """Return one short line per invalid value of `cfg`, naming the option as a user types it."""
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{option_name(name)} must be {rule}, got {getattr(cfg, name)!r}")
+
+    backbones = sorted(BACKBONES)
+    if cfg.backbone not in backbones:
+        problems.append(
+            f"--backbone {cfg.backbone!r} is not a known backbone; choose from {', '.join(backbones)}"
+        )
+    elif cfg.width is not None and "width" not in BACKBONES[cfg.backbone]:
+        takes = [b for b in backbones if "width" in BACKBONES[b]]
+        problems.append(f"--width applies only to {', '.join(takes) or 'no backbone'}, not to {cfg.backbone}")
+    need(cfg.stages is None or cfg.stages >= 1, "stages", ">= 1")
+    need(cfg.init in INIT_SCHEMES, "init", " or ".join(INIT_SCHEMES))
+    need(cfg.head_channels >= 1, "head_channels", ">= 1")
+    need(cfg.width is None or 0 < cfg.width <= 16, "width", "in (0, 16]")
+    need(cfg.input_size >= 8 and cfg.input_size % 8 == 0, "input_size", "a positive multiple of 8")
+    need(cfg.batch_size >= 1, "batch_size", ">= 1")
+    need(cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "> 0")
+    need(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)")
+    need(0 <= cfg.weight_decay < math.inf, "weight_decay", "a finite number >= 0")
+    need(cfg.lr_step_epochs >= 1, "lr_step_epochs", ">= 1")
+    need(0 < cfg.lr_gamma <= 1, "lr_gamma", "in (0, 1]")
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
+    need(cfg.max_epochs >= 0, "max_epochs", ">= 0")
+    need(cfg.patience >= 0, "patience", ">= 0")
+    need(0 <= cfg.min_delta < math.inf, "min_delta", "a finite number >= 0")
+    need(0 <= cfg.val_fraction < 1, "val_fraction", "in [0, 1)")
+    need(cfg.max_val_images >= 0, "max_val_images", ">= 0")
+    need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch", ">= 1")
+    # 0 is allowed: stop (resumably) after the first epoch.
+    need(cfg.max_minutes is None or cfg.max_minutes >= 0, "max_minutes", ">= 0")
+    need(cfg.num_workers >= 0, "num_workers", ">= 0")
+    if cfg.train_crop is not None:
+        need(cfg.train_crop >= 8 and cfg.train_crop % 8 == 0, "train_crop", "a positive multiple of 8")
+        if not cfg.frozen_trunk:
+            problems.append("--train-crop needs --frozen-trunk (it crops cached trunk features)")
+    need(cfg.precision in PRECISIONS, "precision", " or ".join(PRECISIONS))
+    if cfg.frozen_trunk and not cfg.pretrained:
+        problems.append("--frozen-trunk needs ImageNet weights: a frozen random trunk learns nothing")
+    try:
+        check_device(cfg.device)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems

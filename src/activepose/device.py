@@ -1,4 +1,5 @@
-"""Arithmetic precision of a model's forward passes: fp32, or bf16 autocast where the hardware has it.
+"""The device a model runs on (`resolve_device`) and the arithmetic of its forward passes: fp32, or bf16
+autocast where the hardware has it.
 
 bf16 autocast roughly doubles training and triples inference speed on CPUs with AVX-512 BF16 / AMX (measured
 on the 2-core AMD EPYC CI machine: `benchmarks/cpu_training.py`); elsewhere it is emulated and slower, so
@@ -11,10 +12,10 @@ import logging
 
 import torch
 
-from .errors import ConfigError
+from .config import PRECISIONS, check_device
+from .errors import ConfigError, EnvironmentProblem
 
 LOG = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16")
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -39,3 +40,36 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         LOG.warning("--precision bf16: %s has no native bf16; running in fp32", device)
         return None
     return torch.bfloat16
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the torch device for 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
+
+    Raises ConfigError for a string that is not a device and EnvironmentProblem when the device asked for
+    is not on this machine, before any work starts.
+    """
+    spec = check_device(device)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(
+                f"--device {spec}: no CUDA GPU is available on this machine (torch reports none); "
+                "use --device cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        index = int(spec.partition(":")[2] or 0)
+        if index >= count:
+            raise EnvironmentProblem(
+                f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif spec.startswith("mps") and not _mps_available():
+        raise EnvironmentProblem(
+            "--device mps: no Apple MPS device is available on this machine; use --device cpu or auto"
+        )
+    return torch.device(spec)

@@ -17,10 +17,11 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from .config import TrainConfig
 from .errors import ConfigError, StateError
 from .lock import project_lock
+from .oracle import Labeller
 from .project.store import Project
 from .workflow.curve import is_evaluated, write_learning_curve
 from .workflow.reporting import SILENT, Reporter
@@ -97,9 +98,9 @@ class RunOptions:
 
     budget: int
     oracle: (
-        Any  # workflow.labelling.SimulatedLabeller (or anything with label(project, round) and check_covers)
+        Labeller  # oracle.simulated.SimulatedLabeller, oracle.files.FileLabeller, web.labeller.WebLabeller
     )
-    train: Any  # train.TrainConfig
+    train: TrainConfig
     select: SelectOptions | None = None  # its budget is replaced by `budget`; default: hybrid
     evaluate: EvalOptions = field(default_factory=EvalOptions)
     seed: int = 0  # selection in round r uses seed + r

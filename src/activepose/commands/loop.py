@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
-from ..workflow import labelling, rounds
+from ..oracle.simulated import SimulatedLabeller
+from ..workflow import rounds
 from . import options as o
 from .annotate import AllowHost, Host, Port, Token, TokenFile, server_token
 from .app import RichReporter, command, console, duration, next_step
@@ -85,7 +86,7 @@ def run_loop(
         labeller = WebLabeller(host=host, port=port, token=token, allow_hosts=tuple(allow_host or ()), device=device,
                                on_ready=lambda url: console.print(f"[bold green]labelling page:[/] {url}"))  # fmt: skip
     else:
-        labeller = labelling.SimulatedLabeller(ground_truth, seed=seed)
+        labeller = SimulatedLabeller(ground_truth, seed=seed)
     opts = RunOptions(
         budget=budget, oracle=labeller, train=train_cfg,
         select=rounds.SelectOptions(budget=budget, strategy=strategy, selection=selection_cfg, device=device),

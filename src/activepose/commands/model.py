@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..pose.skeleton import same_keypoints
 from ..workflow import common, models, presets, rounds
 from . import options as o
 from .app import RichReporter, command, console, next_step
@@ -164,7 +165,7 @@ def predict(
     # validates before loading anything
     rounds.EvalOptions(batch_size=batch_size, input_size=input_size, scale=scale)
     loaded = models.load(model, device)
-    plan, note = rounds.input_scale(loaded, input_size, scale)
+    plan, note = models.input_scale(loaded, input_size, scale)
     if note:
         console.print(f"[yellow]note[/] {note}", soft_wrap=True)
     if images.is_dir():
@@ -172,7 +173,7 @@ def predict(
         entries = [(i + 1, p) for i, p in enumerate(files)]
     elif images.is_file():
         coco = common.load_data(images)
-        common.same_keypoints(str(images), coco.skeleton, loaded.skeleton)
+        same_keypoints(str(images), coco.skeleton, loaded.skeleton)
         entries = [(f.image_id, coco.image_path(f)) for f in coco]
     else:
         raise ConfigError(f"{images}: no such folder or file")

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ..pose.train import TrainConfig
+from ..config import TrainConfig
 from ..pose.tta import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
 from ..sampling.strategies import SelectionConfig
 from ..sampling.uncertainty import UncertaintyConfig
@@ -284,7 +284,7 @@ class TrainingOptions:
     def config(self, run_dir: Path | None, device: str, seed: int | None = None, grayscale: bool = False,
                no_augment: bool = False):  # fmt: skip
         """Return the TrainConfig: these options > the preset > the run's own (in `run_dir`) > the defaults."""
-        from ..pose.data import AugmentConfig
+        from ..config import AugmentConfig
         from ..workflow.presets import resolve_train_config
 
         given = {field: self.values[name] for name, (_, field) in _TRAINING.items() if field is not None}

@@ -11,9 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..workflow import common, create, labelling, models, rounds
+from ..oracle.files import FileLabeller
+from ..oracle.simulated import SimulatedLabeller
+from ..pose.skeleton import same_keypoints
+from ..workflow import common, create, models, rounds
 from . import options as o
 from .app import RichReporter, command, console, duration, next_step, print_list
+from .selection import select_pool, selection_table
 
 _SHOWN_ANNOTATORS = 20  # rows of the annotator table in `status`
 
@@ -234,13 +238,11 @@ def select(
     if (project is None) == (pool is None):
         raise ConfigError("give either a PROJECT folder or --pool POOL.json")
     if project is None:
-        from .selection import select_pool
-
         select_pool(pool, labelled, opts, out, montage)
         return
     with common.opened(project) as proj, RichReporter() as rep:
         res = rounds.select_round(proj, opts, rep)
-    _selection_table(res.strategy, res.stats, cfg.uncertainty.th_hm, cfg.fill)
+    selection_table(res.strategy, res.stats, cfg.uncertainty.th_hm, cfg.fill)
     console.print(f"opened round {res.round_id} in {project} with {len(res.ids)} images; montages in "
                   f"{project / 'exports' / f'round_{res.round_id}'}")  # fmt: skip
     if out is not None:
@@ -252,27 +254,6 @@ def select(
     next_step(f"activepose annotate {project}   (label it in the browser), or activepose export {project} --round "
               f"{res.round_id} --out round{res.round_id}.json (label it elsewhere), or "
               f"activepose label {project} --oracle simulated --ground-truth GT.json")  # fmt: skip
-
-
-def _selection_table(strategy: str, stats: dict, th_hm: float, fill: str) -> None:
-    table = Table(title=f"{strategy}: chosen among {stats['candidates']} unlabelled images")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row(
-        "pool / labelled / candidates", f"{stats['pool']} / {stats['labelled']} / {stats['candidates']}"
-    )
-    if "uncertain" in stats:
-        table.add_row(f"uncertain (< thKP keypoints >= thHM {th_hm:g})", str(stats["uncertain"]))
-    if "filled" in stats:
-        table.add_row(f"filled by {fill} (too few uncertain)", str(stats["filled"]))
-    if "coverage" in stats:
-        table.add_row(
-            "coverage: max / mean distance",
-            f"{stats['coverage']['max']:.4f} / {stats['coverage']['mean']:.4f}",
-        )
-    for stage, sec in stats.get("seconds", {}).items():
-        table.add_row(f"time: {stage}", f"{sec:.2f} s")
-    console.print(table)
 
 
 @command()
@@ -327,11 +308,11 @@ def label(
         if oracle == "simulated":
             if ground_truth is None:
                 raise ConfigError("--oracle simulated needs --ground-truth GT.json")
-            labeller = labelling.SimulatedLabeller(ground_truth, seed=seed)
+            labeller = SimulatedLabeller(ground_truth, seed=seed)
         else:
             if labels is None:
                 raise ConfigError("--oracle file needs --labels FILE.json")
-            labeller = labelling.FileLabeller(labels, fmt, include_empty, accept_predictions)
+            labeller = FileLabeller(labels, fmt, include_empty, accept_predictions)
     with common.opened(project) as proj:
         res = rounds.label_round(proj, labeller, skip=skip or ())
     if res.message:
@@ -402,8 +383,8 @@ def export(
     Studio's local-files serving (the command prints what to set up).
     """
     from ..fileio import atomic_write_bytes
-    from ..oracle import export_round, label_studio_config
-    from ..oracle.label_studio import config_people, local_files_setup
+    from ..interop.export import export_round
+    from ..interop.label_studio import config_people, label_studio_config, local_files_setup
 
     if fmt not in ("coco", "label-studio"):
         raise ConfigError(f"unknown --format {fmt!r}; use coco or label-studio")
@@ -428,7 +409,7 @@ def export(
             console.print(f"pre-annotating with the project's newest model {latest.id} ({model})")
         if model is not None and predictions_on:
             loaded = models.load(model, device)
-            common.same_keypoints(str(model), loaded.skeleton, proj.skeleton, "the project's")
+            same_keypoints(str(model), loaded.skeleton, proj.skeleton, "the project's")
             with RichReporter() as rep:
                 predictions, unreadable = models.predict_files(
                     loaded, [(i, proj.image_path(i)) for i in ids], input_size=input_size, batch_size=batch_size, reporter=rep

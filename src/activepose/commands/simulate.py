@@ -142,7 +142,8 @@ def simulate_cmd(
 
 def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
     """Run (or resume) a simulation grid with progress bars, then print its table and where its results are."""
-    from ..experiment.grid import simulate, summarise
+    from ..experiment.grid import simulate
+    from ..experiment.stats import summarise
 
     console.print(
         f"simulating {', '.join(cfg.strategies)} x {len(cfg.seeds)} seed(s) x rounds 0..{cfg.rounds} "

@@ -4,7 +4,7 @@ Read from the simulated projects of a grid (`DIR/projects/<strategy>-seed<s>/pro
 seed, round) the chosen images' labels as the oracle gave them (people per image, labelled keypoints per
 person, person height relative to the image's height), the simulated annotation seconds, and for the
 strategies that score uncertainty the filter's pass rate (images with fewer than thKP confident keypoints /
-candidates scored). `choices_table` averages seeds; `write_choices_csv` writes DIR/choices.csv.
+candidates scored). `choices_table` averages seeds; the report (`outputs.py`) writes DIR/choices.csv.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .layout import project_folders
 
 
 @dataclass(frozen=True)
@@ -39,21 +41,14 @@ class RoundChoice:
         return self.uncertain / self.candidates
 
 
-def _strategy_seed(name: str) -> tuple[str, int] | None:
-    strategy, sep, seed = name.rpartition("-seed")
-    return (strategy, int(seed)) if sep and seed.isdigit() else None
-
-
 def round_choices(out_dir: str | Path) -> list[RoundChoice]:
     """Return one RoundChoice per labelled round of every project under `out_dir/projects`."""
     from ..project.store import Project
 
     out: list[RoundChoice] = []
-    for folder in sorted((Path(out_dir) / "projects").glob("*-seed*")):
-        parsed = _strategy_seed(folder.name)
-        if parsed is None or not (folder / "project.db").is_file():
+    for strategy, seed, folder in project_folders(out_dir):
+        if not (folder / "project.db").is_file():
             continue
-        strategy, seed = parsed
         project = Project.open(folder, readonly=True)
         try:
             for info in project.rounds():
@@ -110,18 +105,3 @@ def choices_table(choices: Sequence[RoundChoice]) -> list[dict[str, float | int 
             "selection_seconds": mean(c.selection_seconds for c in cs),
         })  # fmt: skip
     return rows
-
-
-def write_choices_csv(path: str | Path, choices: Sequence[RoundChoice]) -> Path:
-    """Write one row per (strategy, seed, round) with every RoundChoice field and the pass rate."""
-    from .report import write_csv
-
-    names = [f.name for f in fields(RoundChoice)]
-
-    def fmt(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    records = ([fmt(asdict(c)[n]) for n in names] + [fmt(c.pass_rate)] for c in choices)
-    return write_csv(path, [*names, "uncertain_pass_rate"], records)

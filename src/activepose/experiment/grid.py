@@ -14,13 +14,7 @@ A *cell* is one (strategy, seed, round); round 0 is the initial model. When a ce
 per test file and TTA) are added to `DIR/results.csv`, which is rewritten atomically; a re-run skips the cells
 it holds, and a cell interrupted mid-round continues from its project's stored state (the loop does that).
 
-Columns of results.csv (`COLUMNS`): `labelled_images` / `labelled_people` are the training set after the
-round (initial labels included); `annotation_seconds` is the simulated labelling time of the labels added by
-rounds 1..r (the initial set counts 0 for every strategy); `selection_seconds` (the round's selection, as
-stored with the round) and `training_seconds` (the epochs of the round's training session, from the run's
-history) are the round's own times, and the only values that depend on the machine and on interruptions (an
-epoch cut by a crash is not counted); `test_set` is the test file's stem; count_acc, count_exact, AP and PCK
-are fractions in [0, 1], empty when undefined.
+results.csv's columns, and its reader and writer, are `results.py`'s; the folder's names are `layout.py`'s.
 
 Layout of DIR: `grid.json` (the config, the command, the activepose version), `results.csv`, `.lock`,
 `seeds/<s>/` (`initial.json`, `initial_run/`, `metrics_<test>.json`: the initial model on each test file),
@@ -31,11 +25,8 @@ scores and frozen-trunk features shared by every project), and the report when w
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
 import os
 import shutil
 import time
@@ -46,14 +37,9 @@ from typing import Any
 
 from ..errors import ConfigError, StateError
 from ..workflow.reporting import SILENT, Reporter
+from .layout import CACHE, GRID_FILE, PROJECTS, RESULTS_FILE, project_name
+from .results import METRIC_COLUMNS, Results, check_rewritable, load_results, row_text, write_results
 
-COLUMNS = (
-    "strategy", "seed", "round", "labelled_images", "labelled_people", "annotation_seconds", "selection_seconds",
-    "training_seconds", "test_set", "tta", "count_acc", "count_exact", "AP", "PCK",
-)  # fmt: skip
-TIMING_COLUMNS = ("selection_seconds", "training_seconds")
-METRICS = ("count_acc", "count_exact", "AP", "PCK")
-GRID_FILE, RESULTS_FILE, CACHE = "grid.json", "results.csv", "cache"
 # Settings that change no result: a resumed grid may change them (another device, more workers, montages).
 UNCOMPARED_KEYS = frozenset(
     {"device", "train.device", "train.num_workers", "train.feature_cache", "montages"}
@@ -67,7 +53,7 @@ def _all_ttas() -> tuple[str, ...]:
 
 
 def _default_train():
-    from ..pose.train import TrainConfig
+    from ..config import TrainConfig
 
     return TrainConfig()
 
@@ -107,7 +93,7 @@ class SimulationConfig:
     )
 
     def __post_init__(self) -> None:
-        from ..pose.checkpoint import check_device
+        from ..config import check_device
         from ..sampling.strategies import STRATEGIES
         from ..workflow.common import load_data
         from ..workflow.rounds import EvalOptions
@@ -209,11 +195,7 @@ class SimulationResult:
     cells_run: int  # cells this call completed
     cells_before: int  # cells already complete when it started
     seconds: float
-    report: Path | None = None  # report.html (activepose.experiment.report), when that module exists
-
-
-def project_name(strategy: str, seed: int) -> str:
-    return f"{strategy}-seed{seed}"
+    report: Path | None = None  # report.html (activepose.experiment.outputs), when that module exists
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -291,7 +273,8 @@ class _Plan:
 def _plan(cfg: SimulationConfig, reporter: Reporter) -> _Plan:
     """Probe the pool and test images (as project creation does) and check that the grid fits the pool."""
     from ..fileio import ImageReadError, probe_image
-    from ..workflow.common import load_data, parallel_map, same_keypoints
+    from ..pose.skeleton import same_keypoints
+    from ..workflow.common import load_data, parallel_map
 
     def probe(path: Path):
         try:
@@ -459,13 +442,6 @@ def _session_seconds(run_dir: Path, session: int) -> float:
     return float(sum(h.get("seconds", 0.0) for h in history if h.get("session") == session))
 
 
-def _fmt(value: Any, digits: int) -> str:
-    if value is None:
-        return ""
-    value = float(value)
-    return "" if math.isnan(value) else f"{value:.{digits}f}"
-
-
 def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r: int,
                reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
     """Return the rows of cell (strategy, seed, r) from the project's stored state (evaluating as needed)."""
@@ -506,64 +482,22 @@ def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r:
     for t in cfg.tests:
         for tta in cfg.ttas:
             m = per_test[t.stem].get(tta, {})
-            rows.append({
-                "strategy": strategy, "seed": str(seed), "round": str(r), "labelled_images": str(images),
-                "labelled_people": str(people), "annotation_seconds": _fmt(annotation, 3),
-                "selection_seconds": _fmt(selection, 3), "training_seconds": _fmt(training, 3),
-                "test_set": t.stem, "tta": tta, **{k: _fmt(m.get(k), 6) for k in METRICS},
-            })  # fmt: skip
+            rows.append(row_text({
+                "strategy": strategy, "seed": seed, "round": r, "labelled_images": images,
+                "labelled_people": people, "annotation_seconds": annotation, "selection_seconds": selection,
+                "training_seconds": training, "test_set": t.stem, "tta": tta,
+                **{k: m.get(k) for k in METRIC_COLUMNS},
+            }))  # fmt: skip
     return rows
 
 
 # --- results.csv ---------------------------------------------------------------------------------------------
-def read_results(path: Path) -> list[dict[str, str]]:
-    """Return the rows of a results.csv (ConfigError when its columns are not `COLUMNS`)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ConfigError(
-                f"{path}: unexpected columns {reader.fieldnames}; expected {', '.join(COLUMNS)}"
-            )
-        return list(reader)
-
-
-def _write_results(path: Path, rows: list[dict[str, str]], cfg: SimulationConfig) -> None:
-    from ..fileio import atomic_write_bytes
-
-    order = {
-        "strategy": {s: i for i, s in enumerate(cfg.strategies)},
-        "test_set": {t.stem: i for i, t in enumerate(cfg.tests)},
-        "tta": {t: i for i, t in enumerate(cfg.ttas)},
-    }
-    rows = sorted(rows, key=lambda row: (order["strategy"].get(row["strategy"], 99), int(row["seed"]),
-                                         int(row["round"]), order["test_set"].get(row["test_set"], 99),
-                                         order["tta"].get(row["tta"], 99)))  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def summarise(rows: Sequence[dict[str, str]], test_set: str, tta: str = "clean") -> list[dict[str, Any]]:
-    """Return [{strategy, round, labelled_images, seeds, count_acc, PCK}]: means over seeds (NaN-free)."""
-    groups: dict[tuple[str, int, int], list[dict[str, str]]] = {}
-    for row in rows:
-        if row["test_set"] == test_set and row["tta"] == tta:
-            key = (row["strategy"], int(row["round"]), int(row["labelled_images"]))
-            groups.setdefault(key, []).append(row)
-    out = []
-    for (strategy, r, images), group in groups.items():
-
-        def mean(k: str, group=group) -> float:
-            values = [float(g[k]) for g in group if g[k] != ""]
-            return sum(values) / len(values) if values else math.nan
-
-        out.append({"strategy": strategy, "round": r, "labelled_images": images, "seeds": len(group),
-                    "count_acc": mean("count_acc"), "PCK": mean("PCK")})  # fmt: skip
-    return out
+def _read_results(path: Path) -> list[dict[str, str]]:
+    """Return the text rows of the grid's results.csv ([] when there is none yet); ConfigError when the grid
+    could not write it back as it is (see `results.check_rewritable`)."""
+    results = load_results(path) if path.is_file() else Results()
+    check_rewritable(results, path)
+    return results.text
 
 
 # --- the grid ------------------------------------------------------------------------------------------------
@@ -614,9 +548,9 @@ def _write_grid(out_dir: Path, cfg: SimulationConfig, command: Sequence[str] | N
 
 def _write_report(out_dir: Path) -> Path | None:
     try:
-        from .report import write_report
+        from .outputs import write_report
     except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.report":
+        if exc.name != f"{__package__}.outputs":
             raise
         return None
     return write_report(out_dir)
@@ -635,7 +569,7 @@ def simulate(
     """
     from ..lock import project_lock
     from ..loop import run
-    from ..workflow.labelling import SimulatedLabeller
+    from ..oracle.simulated import SimulatedLabeller
 
     t_start = time.monotonic()
     out_dir = Path(out_dir)
@@ -646,12 +580,12 @@ def simulate(
         return row["strategy"], int(row["seed"]), int(row["round"])
 
     # Every check before anything is written: another grid, a grid that does not fit the pool.
-    done = {cell(row) for row in read_results(results)} if _check_out_dir(out_dir, cfg) else set()
+    done = {cell(row) for row in _read_results(results)} if _check_out_dir(out_dir, cfg) else set()
     plan = _plan(cfg, reporter) if any(c not in done for c in cells) else None
     out_dir.mkdir(parents=True, exist_ok=True)
     with project_lock(out_dir, "simulate"):
         if _check_out_dir(out_dir, cfg):  # again under the lock: another simulation may have got here first
-            rows = read_results(results)
+            rows = _read_results(results)
         else:
             _write_grid(out_dir, cfg, command)
             rows = []
@@ -677,7 +611,7 @@ def simulate(
             metrics = _initial_metrics(cfg, seed_dir, run_dir, rep)
             oracle = SimulatedLabeller(cfg.pool, seed=seed)
             for strategy, _, r in seed_cells:
-                folder = out_dir / "projects" / project_name(strategy, seed)
+                folder = out_dir / PROJECTS / project_name(strategy, seed)
                 rep = _CellReporter(reporter, f"{project_name(strategy, seed)} round {r}")
                 _setup_project(cfg, plan, folder, initial, run_dir, metrics, rep)
                 if r > 0:
@@ -686,7 +620,7 @@ def simulate(
                     run(folder, r, opts, rep)
                 new = _cell_rows(cfg, folder, strategy, seed, r, rep)
                 rows = [row for row in rows if cell(row) != (strategy, seed, r)] + new
-                _write_results(results, rows, cfg)
+                write_results(results, rows, cfg.strategies, [t.stem for t in cfg.tests], cfg.ttas)
                 n_done, ran = n_done + 1, ran + 1
                 first = next((x for x in new if x["tta"] == "clean"), new[0])
                 shown = ", ".join(
@@ -697,7 +631,7 @@ def simulate(
                     f"{info}: {first['labelled_images']} labelled images; {first['tta']} {shown or 'n/a'}"
                 )
                 reporter.progress("overall", n_done, len(cells), f"{info} done")
-        rows = read_results(results)
+        rows = _read_results(results)
         report = _write_report(out_dir)
     return SimulationResult(
         out_dir, results, rows, len(cells), ran, before, time.monotonic() - t_start, report

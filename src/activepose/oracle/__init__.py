@@ -1,22 +1,23 @@
-"""Oracles: who labels a round's images.
+"""Oracles: who labels a round's images, behind one protocol (`Labeller`) that the loop and `label` call.
 
-- `SimulatedOracle` reveals ground-truth labels from a COCO file and records the paper's annotation cost.
-- `files`: export a round with the model's predictions as pre-annotations (COCO or Label Studio).
-  COCO / CVAT-COCO imports are `Project.import_coco`.
-- `label_studio`: Label Studio's labelling config (keypoints plus a per-point person choice), its tasks, and
-  the import of its JSON export (`import_label_studio`).
+- `simulated`: `SimulatedOracle` reveals ground-truth labels from a COCO file and records the paper's
+  annotation cost; `SimulatedLabeller` is it as the loop's labeller.
+- `files`: `FileLabeller` imports labels made elsewhere (COCO / CVAT-COCO, or Label Studio's JSON export).
+- The labelling page's labeller is `web.labeller.WebLabeller` (it serves the page, so it lives with it).
+Formats in and out (COCO and Label Studio exports, imports) are `activepose.interop`'s.
 """
 
 from __future__ import annotations
 
-from .files import export_round
-from .label_studio import LabelStudioImport, import_label_studio, label_studio_config
-from .simulated import SimulatedOracle
+from typing import Protocol
 
-__all__ = [
-    "LabelStudioImport",
-    "SimulatedOracle",
-    "export_round",
-    "import_label_studio",
-    "label_studio_config",
-]
+from ..project.store import Project
+
+
+class Labeller(Protocol):
+    """Labels a project's open round: returns (new person labels, a one-line message).
+
+    Completes the round ('open' -> 'labelled') in the transaction that stores its last labels.
+    """
+
+    def label(self, project: Project, round_id: int) -> tuple[int, str]: ...

@@ -11,18 +11,16 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import INPUT_SIZE
-from ..errors import ActiveposeError, ConfigError, EnvironmentProblem
+from ..config import INPUT_SIZE, TrainConfig
+from ..device import resolve_device
+from ..errors import ActiveposeError, ConfigError
 from ..fileio import atomic_write, file_sha1
 from .skeleton import Skeleton
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -167,8 +165,6 @@ class LoadedModel:
 
 def checkpoint_train_config(state: dict[str, Any], path: str | Path | None = None) -> TrainConfig | None:
     """Return the TrainConfig stored in a checkpoint state (None when absent or no longer valid)."""
-    from .train import TrainConfig
-
     raw = state.get("train_config")
     if not isinstance(raw, dict):
         return None
@@ -199,8 +195,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model.to(dev).eval()
     cfg = checkpoint_train_config(state, path)
     if cfg is not None:
-        from .train import prepare_model
-
         prepare_model(model, cfg, dev)
     progress = state.get("train") if isinstance(state.get("train"), dict) else {}
     return LoadedModel(
@@ -226,50 +220,12 @@ def checkpoint_train_scale(state: dict[str, Any]) -> float | None:
     return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
-_DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")
+def prepare_model(model, cfg: TrainConfig, device: torch.device) -> None:
+    """Set how `model` runs as `cfg` trained it: its precision and, with a frozen trunk, the trunk cache."""
+    from ..device import autocast_dtype
 
+    model.autocast_dtype = autocast_dtype(cfg.precision, device)
+    if cfg.frozen_trunk:
+        from .trunk import attach_trunk_cache
 
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def check_device(device: str | torch.device) -> str:
-    """Return the normalised `--device` string; ConfigError listing the valid forms when it is none of them.
-
-    Only the form is checked (a config may be written on one machine and used on another); whether the
-    device exists here is `resolve_device`'s job.
-    """
-    spec = str(device).strip().lower()
-    if _DEVICE_FORM.fullmatch(spec) is None:
-        forms = "auto, cpu, cuda, cuda:N" + (", mps" if _mps_available() else "")
-        raise ConfigError(f"--device {str(device)!r} is not a device: use one of {forms}")
-    return spec
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Return the torch device for 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
-
-    Raises ConfigError for a string that is not a device and EnvironmentProblem when the device asked for
-    is not on this machine, before any work starts.
-    """
-    spec = check_device(device)
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem(
-                f"--device {spec}: no CUDA GPU is available on this machine (torch reports none); "
-                "use --device cpu or auto"
-            )
-        count = torch.cuda.device_count()
-        index = int(spec.partition(":")[2] or 0)
-        if index >= count:
-            raise EnvironmentProblem(
-                f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
-            )
-    elif spec.startswith("mps") and not _mps_available():
-        raise EnvironmentProblem(
-            "--device mps: no Apple MPS device is available on this machine; use --device cpu or auto"
-        )
-    return torch.device(spec)
+        attach_trunk_cache(model, cfg.feature_cache)

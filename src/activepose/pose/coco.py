@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import reprlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,7 @@ def load_coco(
     """Return the validated data set in `path`; raise CocoError listing every problem found.
 
     Checks: JSON syntax (no NaN, infinity or nesting too deep to parse) and structure with strict types (ids
-    and sizes are 64-bit integers, never floats, strings or bools; see `keypoint_problem` for keypoints), at
+    and sizes are 64-bit integers, never floats, strings or bools; see `check_people` for keypoints), at
     most MAX_PEOPLE_PER_IMAGE people per image, file names without control characters, one keypoint category,
     unique image and annotation ids,
     annotations pointing at known images and at the keypoint category, keypoint counts matching the
@@ -381,29 +382,20 @@ def parse_coco(
         count[image_id] = count.get(image_id, 0) + 1
         if count[image_id] > MAX_PEOPLE_PER_IMAGE:
             continue  # one problem per image, below
-        raw = ann.get("keypoints")
-        problem = keypoint_problem(raw, k)
-        if problem:
-            problems.append(f"{where}: {problem}")
-            continue
-        kps = np.asarray(raw, dtype=np.float64).reshape(k, 3)
-        f = frames[image_id]
-        lab = kps[:, 2] > 0
-        t = max(1.0, OUTSIDE_TOLERANCE * max(f.width, f.height))
-        out = lab & (
-            (kps[:, 0] < -t) | (kps[:, 1] < -t) | (kps[:, 0] > f.width + t) | (kps[:, 1] > f.height + t)
-        )
-        if out.any():
-            j = int(np.flatnonzero(out)[0])
+        raw = ann.get("keypoints")  # COCO's flat [x1, y1, v1, x2, ...]
+        if not isinstance(raw, list) or len(raw) != 3 * k:
+            got = len(raw) if isinstance(raw, list) else type(raw).__name__
             problems.append(
-                f"{where}: keypoint {skeleton.keypoints[j]!r} at ({kps[j, 0]:.1f}, {kps[j, 1]:.1f}) lies outside "
-                f"the {f.width}x{f.height} image ({int(out.sum())} such keypoint(s))"
+                f"{where}: keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)"
             )
             continue
-        kps[lab, 0] = np.clip(kps[lab, 0], 0.0, f.width)
-        kps[lab, 1] = np.clip(kps[lab, 1], 0.0, f.height)
-        kps[~lab, :2] = 0.0
-        people[image_id].append(kps)
+        f = frames[image_id]
+        person = [raw[i : i + 3] for i in range(0, 3 * k, 3)]
+        kps, found = check_people([person], skeleton, f.width, f.height, where=[where], integer_flags=True)
+        if found:
+            problems += found
+            continue
+        people[image_id].append(kps[0])
         ann_ids[image_id].append(ann_id)
 
     problems += [
@@ -433,19 +425,170 @@ def parse_coco(
     )
 
 
-def keypoint_problem(raw: Any, k: int) -> str | None:
-    """Return what is wrong with one person's COCO keypoints [x1, y1, v1, ...] for `k` keypoints, or None:
-    coordinates must be finite numbers (not strings or bools), visibility flags the integers 0, 1 or 2."""
-    if not isinstance(raw, list) or len(raw) != 3 * k:
-        got = len(raw) if isinstance(raw, list) else type(raw).__name__
-        return f"keypoint count mismatch: {got} values, expected {3 * k} ({k} keypoints x 3)"
-    bad = [v for i, v in enumerate(raw) if i % 3 != 2 and not is_real(v)]
-    if bad:
-        return f"keypoint x / y must be numbers, got {shown(bad[0])}"
-    bad = [v for v in raw[2::3] if type(v) is not int or v not in (0, 1, 2)]
-    if bad:
-        return f"visibility flags must be the integers 0, 1 or 2, got {shown(bad[0])}"
-    return None
+def outside_margin(width: float, height: float) -> float:
+    """How far past the border (pixels) a labelled keypoint may lie and still be clipped onto it: 1 % of the
+    longer image side (`OUTSIDE_TOLERANCE`), at least 1 px."""
+    return max(1.0, OUTSIDE_TOLERANCE * max(width, height))
+
+
+def check_people(
+    people: Any,
+    skeleton: Skeleton | int,
+    width: float,
+    height: float,
+    *,
+    where: str | Sequence[str] = "",
+    integer_flags: bool = False,
+) -> tuple[np.ndarray, list[str]]:
+    """The one keypoint rule: return (people as a cleaned (N, K, 3) float64 array, the problems found).
+
+    Used by COCO validation (`parse_coco`), the store (`Project.add_labels` and the labelling page's saves)
+    and the labelling desk, so the three accept and refuse the same keypoints. `people` is (N, K, 3) (x, y, v)
+    as an array or nested lists; an empty array or list (N = 0) is an image with nobody in it. `skeleton`
+    gives K and the keypoint names for the messages (or pass K alone). The rules:
+
+    - the shape is (N, K, 3) with K the skeleton's keypoint count;
+    - x / y are numbers: ints or floats, never bools, strings or None (Python ints must fit 64 bits);
+      visibility flags are the numbers 0, 1 or 2 (1 = labelled but occluded, 2 = visible), never bools or
+      strings; with `integer_flags` (a COCO file) they must be integers, 2.0 is refused;
+    - every value is finite (no NaN or infinity);
+    - labelled keypoints (v > 0) lie inside the `width` x `height` image up to `outside_margin` (1 % of the
+      longer side, >= 1 px): those a little past the border (an exporter's rounding, a click on the edge) are
+      clipped onto it; farther out is a problem.
+
+    In the cleaned array the unlabelled keypoints (v = 0) have x = y = 0. `where` names the image in the
+    messages ("image id 3" -> "image id 3: person 0 keypoint 'nose' at ..."), or is one name per person
+    ("people[0]", or a COCO annotation id). A problem of the whole array (its type or shape) is listed once,
+    otherwise each bad person's first problem is; the array is meaningful only when there is no problem.
+    """
+    if isinstance(skeleton, Skeleton):
+        k, names, sk_text = skeleton.num_keypoints, skeleton.keypoints, f"the skeleton {skeleton.name!r}"
+    else:
+        k, names, sk_text = int(skeleton), None, "the skeleton"
+    empty = np.zeros((0, k, 3))
+    each = None if isinstance(where, str) else list(where)
+    whole = f"{where}: " if isinstance(where, str) and where else ""
+
+    def person(p: int) -> str:
+        if each is not None:
+            return each[p]
+        return f"{where}: person {p}" if where else f"person {p}"
+
+    def keypoint(p: int, j: int) -> str:
+        name = repr(names[j]) if names is not None else str(j)
+        return f"{person(p)}: keypoint {name}" if each is not None else f"{person(p)} keypoint {name}"
+
+    numeric = isinstance(people, np.ndarray) and people.dtype.kind in "iuf"
+    if isinstance(people, np.ndarray) and not numeric and people.dtype.kind != "O":
+        return empty, [f"{whole}keypoints must be numbers, got an array of {people.dtype}"]
+    if not isinstance(people, (list, tuple, np.ndarray)):
+        return empty, [f"{whole}keypoints must be a list of people, got {shown(people)}"]
+    try:  # a copy (the caller's array is left as it is); bools and numeric strings convert too: the
+        # scan below refuses them
+        kps = np.array(people, dtype=np.float64)
+        shape = kps.shape
+    except (TypeError, ValueError, OverflowError):  # ragged, or not numbers at all
+        kps, shape = None, _shape(people)
+    if shape is not None and len(shape) >= 1 and shape[0] == 0:
+        return empty, []  # nobody in the image
+    if each is not None and len(each) != len(people):
+        raise ValueError(f"check_people: {len(each)} names in `where` for {len(people)} people")
+    if shape is None or len(shape) != 3 or shape[1:] != (k, 3):
+        return empty, _shape_problems(people, shape, k, sk_text, whole if each is None else None, person)
+
+    problems: list[str] = []
+    if not numeric:  # nested lists: no bools, strings or None posing as numbers
+        for p, points in enumerate(people):
+            for j, (x, y, v) in enumerate(points):
+                if type(x) is float and type(y) is float and type(v) is int and 0 <= v <= 2:
+                    continue  # the common case, checked quickly
+                if not (_is_number(x) and _is_number(y)):
+                    got = y if _is_number(x) else x
+                    problems.append(f"{keypoint(p, j)}: x / y must be numbers, got {shown(got)}")
+                    break
+                if not _is_number(v, integer=integer_flags):
+                    problems.append(f"{keypoint(p, j)}: {_FLAGS}, got {shown(v)}")
+                    break
+        if problems:
+            return empty, problems
+        if kps is None:
+            kps = np.array(people, dtype=np.float64)
+
+    finite = np.isfinite(kps).all(axis=2)
+    flags = kps[..., 2]
+    flag_ok = (flags == 0) | (flags == 1) | (flags == 2)
+    lab = flag_ok & (flags > 0)
+    x, y = kps[..., 0], kps[..., 1]
+    t = outside_margin(width, height)
+    outside = lab & ((x < -t) | (y < -t) | (x > width + t) | (y > height + t))
+    bad = ~finite.all(axis=1) | ~flag_ok.all(axis=1) | outside.any(axis=1)
+    for p in np.flatnonzero(bad) if bad.any() else ():
+        p = int(p)
+        if not finite[p].all():
+            j = int(np.flatnonzero(~finite[p])[0])
+            name = repr(names[j]) if names is not None else str(j)
+            if each is None:  # "image id 4: keypoints contain NaN or infinity (person 0 keypoint 'nose')"
+                problems.append(f"{whole}keypoints contain NaN or infinity (person {p} keypoint {name})")
+            else:
+                problems.append(f"{each[p]}: keypoints contain NaN or infinity (keypoint {name})")
+        elif not flag_ok[p].all():
+            j = int(np.flatnonzero(~flag_ok[p])[0])
+            problems.append(f"{keypoint(p, j)}: {_FLAGS}, got {_number_text(flags[p, j])}")
+        else:
+            j = int(np.flatnonzero(outside[p])[0])
+            problems.append(
+                f"{keypoint(p, j)} at ({x[p, j]:.1f}, {y[p, j]:.1f}) lies outside the {width}x{height} image "
+                f"({int(outside[p].sum())} such keypoint(s))"
+            )
+    kps[..., 0] = np.where(lab, np.minimum(np.maximum(x, 0.0), width), 0.0)
+    kps[..., 1] = np.where(lab, np.minimum(np.maximum(y, 0.0), height), 0.0)
+    return kps, problems
+
+
+_FLAGS = "visibility flags must be the integers 0, 1 or 2"
+
+
+def _is_number(value: Any, integer: bool = False) -> bool:
+    """True for an int (fitting 64 bits) or, unless `integer`, a float, Python's or numpy's; never a bool."""
+    if type(value) is int:
+        return -_INT64 <= value < _INT64
+    if isinstance(value, np.integer):
+        return True
+    return not integer and isinstance(value, (float, np.floating))
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of nested lists / arrays, or None where they are ragged (lists of different lengths)."""
+    try:
+        array = np.array(value, dtype=object)
+    except (ValueError, TypeError):
+        return None
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in array.reshape(-1)):
+        return None
+    return array.shape
+
+
+def _shape_problems(people, shape, k: int, sk_text: str, whole: str | None, person) -> list[str]:
+    """Why `people` is not (N, K, 3): for the whole array when it is one (`whole` not None), else per person."""
+    if whole is not None and shape is not None:
+        detail = (
+            f": {shape[1]} keypoints per person, {sk_text} has {k}"
+            if len(shape) == 3 and shape[2] == 3
+            else f" for {sk_text}"
+        )
+        return [f"{whole}keypoint array of shape {shape}, expected (N, {k}, 3){detail}"]
+    problems = []
+    for p, kps in enumerate(people):
+        s = _shape(kps)
+        if s is not None and len(s) == 2 and s[1] == 3 and s[0] != k:
+            problems.append(f"{person(p)} has {s[0]} keypoints, {sk_text} has {k}")
+        elif s != (k, 3):
+            problems.append(f"{person(p)}: keypoints must be {k} (x, y, v) triples, got shape {s}")
+    return problems or [f"{whole or ''}keypoints must be (N, {k}, 3) numbers, one (x, y, v) per keypoint"]
 
 
 def _file_name_ok(name: Any) -> bool:

@@ -18,62 +18,20 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import INPUT_SIZE
+from ..config import INPUT_SIZE, AugmentConfig, TargetConfig
 from ..errors import ConfigError
 from ..fileio import read_image
 from .coco import CocoKeypoints
-from .fields import TargetConfig, encode_targets
+from .fields import encode_targets
 from .skeleton import Skeleton
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random augmentation ranges (defaults: the paper's).
-
-    - `rotate`: degrees, uniform in +-rotate.
-    - `shift`: fraction of the width/height, uniform in +-shift per axis. The paper prints "0.62"; we read it
-      as 0.0625, the default shift limit of the augmentation framework it used (a 62 % shift would push
-      most people out of the image).
-    - `scale`: zoom factor range (same factor for x and y).
-    - `brightness`, `contrast`: multiplicative factor ranges (torchvision/ColorJitter semantics:
-      brightness multiplies pixel values, contrast blends with the mean gray level).
-    - `hflip`: probability of a horizontal flip; left/right keypoints swap via `Skeleton.flip_permutation`.
-    - `grayscale`: convert to gray (3 equal channels) after the colour changes (the paper's data was gray).
-    """
-
-    rotate: float = 30.0
-    shift: float = 0.0625
-    scale: tuple[float, float] = (0.6, 1.4)
-    brightness: tuple[float, float] = (0.7, 1.3)
-    contrast: tuple[float, float] = (0.7, 1.3)
-    hflip: float = 0.5
-    grayscale: bool = False
-
-    def __post_init__(self) -> None:
-        if self.rotate < 0 or self.shift < 0:
-            raise ConfigError("AugmentConfig: rotate and shift are half-ranges and must be >= 0")
-        for name in ("scale", "brightness", "contrast"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
-                raise ConfigError(
-                    f"AugmentConfig.{name} must be a range (lo, hi) with 0 < lo <= hi, got {(lo, hi)}"
-                )
-        if not 0 <= self.hflip <= 1:
-            raise ConfigError(f"AugmentConfig.hflip is a probability, got {self.hflip}")
-
-    @classmethod
-    def geometry_only(cls, **kw: Any) -> AugmentConfig:
-        """Return a config without colour changes (for tests and visual checks)."""
-        return cls(brightness=(1.0, 1.0), contrast=(1.0, 1.0), **kw)
 
 
 class Augmenter:

@@ -263,7 +263,7 @@ class EvalConfig:
     train_scale: float | None = None
 
     def __post_init__(self) -> None:
-        from .checkpoint import check_device
+        from ..config import check_device
         from .predict import parse_scale
 
         problems = []

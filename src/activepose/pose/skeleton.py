@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ActiveposeError
+from ..errors import ActiveposeError, ConfigError
 
 LOG = logging.getLogger(__name__)
 
@@ -263,3 +263,12 @@ def match_preset(skeleton: Skeleton) -> Skeleton:
         if preset.keypoints == skeleton.keypoints and limbs <= set(map(frozenset, preset.limbs)):
             return preset
     return skeleton
+
+
+def same_keypoints(what: str, theirs, ours, where: str = "the model's") -> None:
+    """Raise ConfigError when two skeletons' keypoint names differ (a file of another skeleton)."""
+    if list(theirs.keypoints) != list(ours.keypoints):
+        raise ConfigError(
+            f"{what}: keypoints {list(theirs.keypoints)} ({theirs.name}) differ from {where} "
+            f"{list(ours.keypoints)} ({ours.name})"
+        )

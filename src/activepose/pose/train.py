@@ -14,16 +14,14 @@ scale people were learnt at, which prediction's `--scale auto` reproduces (`Load
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,161 +30,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import faults
-from ..config import INPUT_SIZE
+from ..config import ARCHITECTURE_OPTIONS, TrainConfig, option_name
+from ..device import resolve_device
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
-from .checkpoint import check_device, load_checkpoint, resolve_device, save_checkpoint
+from .checkpoint import load_checkpoint, prepare_model, save_checkpoint
 from .coco import CocoKeypoints
-from .data import AugmentConfig, PoseDataset
-from .fields import TargetConfig
+from .data import PoseDataset
 
 LOG = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
 
 
-@dataclass
-class TrainConfig:
-    """Everything a training session needs; defaults follow the paper (Adam 1e-4, batch 4, patience 35)."""
-
-    backbone: str = "vgg_tiny"
-    stages: int | None = None
-    pretrained: bool = True
-    init: str = "glorot"
-    head_channels: int = 128  # channels of the OpenPose stage convs
-    width: float | None = None  # backbone channel multiplier (vgg_tiny); None: the backbone's default
-    input_size: int = INPUT_SIZE
-    batch_size: int = 4
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    lr_step_epochs: int = 30  # step decay: multiply the learning rate by lr_gamma every lr_step_epochs
-    lr_gamma: float = 0.5
-    # "step" (the paper's step decay, per epoch) or "onecycle" (per batch: a linear warm-up from lr/25 over
-    # the first 15 % of the session's steps, then half a cosine down to ~0 at `max_epochs`; every session,
-    # so each warm-started round warms up and anneals again).
-    lr_schedule: str = "step"
-    max_epochs: int = 200
-    patience: int = 35  # early stopping on validation loss
-    min_delta: float = 0.0
-    val_fraction: float = 0.1
-    max_val_images: int = 500
-    steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole training split)
-    max_minutes: float | None = None  # stop (resumably) after the epoch that crosses this wall time
-    budget_ends_session: bool = False  # True: hitting max_minutes completes the session (projects, the loop)
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"
-    grayscale: bool = False
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    # Train only the neck and stages on cached ImageNet-trunk features (see activepose.pose.trunk); with it,
-    # augmentation is the horizontal flip and `train_crop` (px, a multiple of the stride) windows only.
-    frozen_trunk: bool = False
-    train_crop: int | None = None
-    feature_cache: str | None = (
-        None  # folder of cached trunk features, made absolute (None: ~/.cache/activepose/trunk)
-    )
-    precision: str = "fp32"  # "bf16": autocast where the device runs it natively (activepose.device)
-    targets: TargetConfig = field(default_factory=TargetConfig)
-
-    def __post_init__(self) -> None:
-        problems = train_config_problems(self)
-        if problems:
-            raise ConfigError("; ".join(problems))
-        if self.feature_cache is not None:  # checkpoints keep it: a relative folder would follow the cwd
-            self.feature_cache = os.path.abspath(self.feature_cache)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        has_aug = "augment" in d
-        aug = d.pop("augment", None)
-        tgt = d.pop("targets", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(**{k: tuple(v) if k == "betas" else v for k, v in d.items() if k in known})
-        if aug is not None:
-            cfg.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
-        elif has_aug:  # trained with --no-augment
-            cfg.augment = None
-        if tgt is not None:
-            cfg.targets = TargetConfig(**tgt)
-        return cfg
-
-
-# TrainConfig field -> the option a user types (CLI spelling); fields not listed are `--field-name`.
-OPTION_NAMES = {"max_epochs": "--epochs", "lr_step_epochs": "--lr-step", "num_workers": "--workers"}
-# Options that fix the network (or its training resolution): they cannot change within a run directory.
-ARCHITECTURE_OPTIONS = ("backbone", "width", "head_channels", "stages", "input_size")
-
-
-def option_name(field_name: str) -> str:
-    """Return the option spelling of a TrainConfig field, e.g. 'batch_size' -> '--batch-size'."""
-    return OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
-
-
 def _backbone_takes(backbone: str) -> dict[str, inspect.Parameter]:
     from .models import get_backbone_builder
 
     return dict(inspect.signature(get_backbone_builder(backbone)).parameters)
-
-
-def train_config_problems(cfg: TrainConfig) -> list[str]:
-    """Return one short line per invalid value of `cfg`, naming the option as a user types it."""
-    from .models import list_backbones  # importing the package registers the built-in backbones
-    from .models.base import INIT_SCHEMES
-
-    problems: list[str] = []
-
-    def need(ok: bool, name: str, rule: str) -> None:
-        if not ok:
-            problems.append(f"{option_name(name)} must be {rule}, got {getattr(cfg, name)!r}")
-
-    backbones = list_backbones()
-    if cfg.backbone not in backbones:
-        problems.append(
-            f"--backbone {cfg.backbone!r} is not a known backbone; choose from {', '.join(backbones)}"
-        )
-    elif cfg.width is not None and "width" not in _backbone_takes(cfg.backbone):
-        takes = [b for b in backbones if "width" in _backbone_takes(b)]
-        problems.append(f"--width applies only to {', '.join(takes) or 'no backbone'}, not to {cfg.backbone}")
-    need(cfg.stages is None or cfg.stages >= 1, "stages", ">= 1")
-    need(cfg.init in INIT_SCHEMES, "init", " or ".join(INIT_SCHEMES))
-    need(cfg.head_channels >= 1, "head_channels", ">= 1")
-    need(cfg.width is None or 0 < cfg.width <= 16, "width", "in (0, 16]")
-    need(cfg.input_size >= 8 and cfg.input_size % 8 == 0, "input_size", "a positive multiple of 8")
-    need(cfg.batch_size >= 1, "batch_size", ">= 1")
-    need(cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "> 0")
-    need(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)")
-    need(0 <= cfg.weight_decay < math.inf, "weight_decay", "a finite number >= 0")
-    need(cfg.lr_step_epochs >= 1, "lr_step_epochs", ">= 1")
-    need(0 < cfg.lr_gamma <= 1, "lr_gamma", "in (0, 1]")
-    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
-    need(cfg.max_epochs >= 0, "max_epochs", ">= 0")
-    need(cfg.patience >= 0, "patience", ">= 0")
-    need(0 <= cfg.min_delta < math.inf, "min_delta", "a finite number >= 0")
-    need(0 <= cfg.val_fraction < 1, "val_fraction", "in [0, 1)")
-    need(cfg.max_val_images >= 0, "max_val_images", ">= 0")
-    need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch", ">= 1")
-    # 0 is allowed: stop (resumably) after the first epoch.
-    need(cfg.max_minutes is None or cfg.max_minutes >= 0, "max_minutes", ">= 0")
-    need(cfg.num_workers >= 0, "num_workers", ">= 0")
-    if cfg.train_crop is not None:
-        need(cfg.train_crop >= 8 and cfg.train_crop % 8 == 0, "train_crop", "a positive multiple of 8")
-        if not cfg.frozen_trunk:
-            problems.append("--train-crop needs --frozen-trunk (it crops cached trunk features)")
-    from ..device import PRECISIONS
-
-    need(cfg.precision in PRECISIONS, "precision", " or ".join(PRECISIONS))
-    if cfg.frozen_trunk and not cfg.pretrained:
-        problems.append("--frozen-trunk needs ImageNet weights: a frozen random trunk learns nothing")
-    try:
-        check_device(cfg.device)
-    except ConfigError as exc:
-        problems.append(str(exc))
-    return problems
 
 
 def run_config(run_dir: str | Path) -> TrainConfig | None:
@@ -644,9 +504,6 @@ class Trainer:
         return total / max(seen, 1)
 
 
-LR_SCHEDULES = ("step", "onecycle")
-
-
 class OneCycle:
     """Learning-rate factor at step s of `total`: linear warm-up 1/25 -> 1 over `warmup` x total, then a cosine to 0."""
 
@@ -668,17 +525,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epo
         sched.per_batch = True
         return sched
     return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.lr_step_epochs), gamma=cfg.lr_gamma)
-
-
-def prepare_model(model, cfg: TrainConfig, device: torch.device) -> None:
-    """Set how `model` runs as `cfg` trained it: its precision and, with a frozen trunk, the trunk cache."""
-    from ..device import autocast_dtype
-
-    model.autocast_dtype = autocast_dtype(cfg.precision, device)
-    if cfg.frozen_trunk:
-        from .trunk import attach_trunk_cache
-
-        attach_trunk_cache(model, cfg.feature_cache)
 
 
 def _forward(model, batch: dict[str, Any], device: torch.device):

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import TargetConfig
 from ..fileio import read_image
 from .coco import CocoKeypoints
 from .data import _clean_people, letterbox
-from .fields import TargetConfig, encode_targets
+from .fields import encode_targets
 
 LOG = logging.getLogger(__name__)
 

@@ -43,16 +43,7 @@ import numpy as np
 
 from .. import faults
 from ..fileio import _strict, file_sha1
-from ..pose.coco import (
-    OUTSIDE_TOLERANCE,
-    CocoError,
-    CocoKeypoints,
-    Frame,
-    parse_coco,
-    read_json,
-    save_coco,
-    shown,
-)
+from ..pose.coco import CocoError, CocoKeypoints, Frame, check_people, parse_coco, read_json, save_coco, shown
 from ..pose.skeleton import Skeleton
 from .leases import LabellingStore
 from .schema import (
@@ -546,7 +537,6 @@ class Project(LabellingStore):
         annotator: str | Mapping[int, str] | None = None,
         people: Mapping[int, Sequence[tuple[float | None, int | None]]] | None = None,
     ) -> _Written:
-        k = self.skeleton.num_keypoints
         problems: list[str] = []
         if not isinstance(source, str) or not source:
             problems.append("source must be a non-empty string (e.g. 'simulated', 'file:NAME', 'human:USER')")
@@ -573,39 +563,10 @@ class Project(LabellingStore):
             if state == "test":
                 problems.append(f"image id {image_id}: test-only image, not labelled for training")
                 continue
-            try:
-                kps = np.array(raw, dtype=np.float64)
-            except (TypeError, ValueError):
-                problems.append(f"image id {image_id}: keypoints must be numbers")
+            kps, found = check_people(raw, self.skeleton, width, height, where=f"image id {image_id}")
+            if found:  # shapes, types, NaN, visibility, outside the image; a little past the border: clipped
+                problems += found
                 continue
-            if kps.size == 0:
-                kps = kps.reshape(0, k, 3)
-            if kps.ndim != 3 or kps.shape[1:] != (k, 3):
-                problems.append(
-                    f"image id {image_id}: keypoint array of shape {kps.shape}, expected (N, {k}, 3) "
-                    f"for skeleton {self.skeleton.name!r}"
-                )
-                continue
-            if not np.isfinite(kps).all():
-                problems.append(f"image id {image_id}: keypoints contain NaN or infinity")
-                continue
-            if not np.isin(kps[..., 2], (0, 1, 2)).all():
-                problems.append(f"image id {image_id}: visibility flags must be 0, 1 or 2")
-                continue
-            lab = kps[..., 2] > 0
-            t = max(1.0, OUTSIDE_TOLERANCE * max(width, height))
-            x, y = kps[..., 0], kps[..., 1]
-            out = lab & ((x < -t) | (y < -t) | (x > width + t) | (y > height + t))
-            if out.any():
-                p, j = (int(v[0]) for v in np.nonzero(out))
-                problems.append(
-                    f"image id {image_id}: person {p} keypoint {self.skeleton.keypoints[j]!r} at "
-                    f"({x[p, j]:.1f}, {y[p, j]:.1f}) lies outside the {width}x{height} image "
-                    f"({int(out.sum())} such keypoint(s))"
-                )
-                continue
-            kps[..., 0] = np.where(lab, np.clip(x, 0.0, width), 0.0)
-            kps[..., 1] = np.where(lab, np.clip(y, 0.0, height), 0.0)
             current = [
                 np.asarray(json.loads(r[0]), dtype=np.float64)
                 for r in c.execute(

@@ -6,9 +6,10 @@ The CLI (`activepose.commands`), the loop (`activepose.loop.run`), the labelling
 call these, so none of them holds application logic of its own.
 """
 
+from ..oracle.files import FileLabeller
+from ..oracle.simulated import SimulatedLabeller
 from .create import CreatedProject, ProjectSource, create_project
 from .curve import learning_curve, write_learning_curve
-from .labelling import FileLabeller, SimulatedLabeller
 from .presets import PRESETS, resolve_train_config
 from .reporting import SILENT, Reporter
 from .rounds import (

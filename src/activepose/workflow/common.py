@@ -56,15 +56,6 @@ def seeded_subset(data, max_images: int | None, seed: int = 0):
     return data.subset(ids)
 
 
-def same_keypoints(what: str, theirs, ours, where: str = "the model's") -> None:
-    """Raise ConfigError when two skeletons' keypoint names differ (a file of another skeleton)."""
-    if list(theirs.keypoints) != list(ours.keypoints):
-        raise ConfigError(
-            f"{what}: keypoints {list(theirs.keypoints)} ({theirs.name}) differ from {where} "
-            f"{list(ours.keypoints)} ({ours.name})"
-        )
-
-
 def parallel_map(
     fn: Callable[[T], R], items: Sequence[T], stage: str, reporter: Reporter = SILENT
 ) -> list[R]:

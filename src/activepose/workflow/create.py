@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, EnvironmentProblem
-from .common import IMAGE_EXTS, load_data, parallel_map, same_keypoints, stored_path
+from ..pose.skeleton import same_keypoints
+from .common import IMAGE_EXTS, load_data, parallel_map, stored_path
 from .reporting import SILENT, Reporter
 
 

@@ -23,7 +23,8 @@ def decoder_for(skeleton, min_parts: int | None = None, min_score: float | None 
 
 def load(path: str | Path, device: str = "auto"):
     """Return the `LoadedModel` (net, skeleton, input size, ...) of a checkpoint on `device`."""
-    from ..pose.checkpoint import load_model, resolve_device
+    from ..device import resolve_device
+    from ..pose.checkpoint import load_model
 
     return load_model(path, resolve_device(device))
 
@@ -35,13 +36,12 @@ def predict_files(
     """Return ({id: (people (N, K, 3), scores (N,))}, [unreadable file: why]) for (id, image file) pairs.
 
     `scale`: a `predict.InputScale`, or a `--scale` value ("auto", "fixed", a factor; None: auto when the
-    model records its training scale, fixed when only `input_size` is given; see `rounds.input_scale`).
+    model records its training scale, fixed when only `input_size` is given; see `input_scale`).
     Images are batched by network input side. `on_image(id, path, image, prediction)` is called for each
     image (e.g. to draw an overlay), in the order batches complete; the result is in `files`' order.
     """
     from ..fileio import ImageReadError, read_image
     from ..pose.predict import InputScale, model_device, predict_stream
-    from .rounds import input_scale
 
     decoder = decoder or decoder_for(loaded.skeleton)
     if not isinstance(scale, InputScale):
@@ -99,3 +99,17 @@ def record_model(project, best: Path, train_size: int, reporter: Reporter = SILE
     )
     reporter.note(f"recorded model {model_id}: {target} (trained on {train_size} images)")
     return model_id, True
+
+
+def input_scale(loaded, input_size: int | None, scale: str | float | None):
+    """Return (`predict.InputScale`, note or None) for a loaded model and the --input-size / --scale given.
+
+    --scale not given: auto when the model records its training scale, unless --input-size is given (an
+    explicit size means every image at that size: fixed). With auto or a factor, --input-size only moves
+    the cap (4x it).
+    """
+    from ..pose.predict import InputScale
+
+    if scale is None and input_size is not None:
+        scale = "fixed"
+    return InputScale.resolve(scale, input_size or loaded.input_size, getattr(loaded, "train_scale", None))

@@ -72,7 +72,8 @@ def simulation_settings(preset: str | None, **given: Any) -> dict[str, Any]:
 
 def resolve_train_config(run_dir: Path | None = None, preset: str | None = None, **given: Any):
     """Return the TrainConfig for a command: `given` options (None = not given) over the preset over the run's."""
-    from ..pose.train import TrainConfig, check_same_architecture, run_config
+    from ..config import TrainConfig
+    from ..pose.train import check_same_architecture, run_config
 
     base = TrainConfig()
     existing = run_config(run_dir) if run_dir is not None else None

@@ -16,9 +16,10 @@ from typing import Any
 from .. import faults
 from ..errors import ConfigError, StateError
 from ..lock import project_lock
+from ..pose.skeleton import same_keypoints
 from ..sampling import NEEDS_MODEL
-from .common import load_data, same_keypoints, seeded_subset
-from .models import decoder_for, load, record_model
+from .common import load_data, seeded_subset
+from .models import decoder_for, input_scale, load, record_model
 from .reporting import SILENT, Reporter
 
 RUN_DIR = Path("checkpoints") / "run"
@@ -80,7 +81,7 @@ def check_can_select(project, budget: int) -> None:
 
 def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> RoundSelection:
     """Choose `opts.budget` unlabelled images with `opts.strategy` and open the next round with them."""
-    from ..pose.checkpoint import resolve_device
+    from ..device import resolve_device
     from ..sampling.strategies import SelectionContext, select_batch
 
     device = resolve_device(opts.device)
@@ -217,7 +218,7 @@ def train_round(project, cfg, reporter: Reporter = SILENT, new_session: bool = F
     A time budget ends the session (so grown data starts the next one). A 'labelled' round becomes 'trained'
     with the recorded model in one transaction.
     """
-    from ..pose.checkpoint import resolve_device
+    from ..device import resolve_device
     from ..pose.train import train
 
     resolve_device(cfg.device)  # a device this machine lacks is refused before the lock and any work
@@ -290,20 +291,6 @@ class EvalOptions:
             raise ConfigError(f"--input-size must be a positive multiple of 8, got {self.input_size}")
 
 
-def input_scale(loaded, input_size: int | None, scale: str | float | None):
-    """Return (`predict.InputScale`, note or None) for a loaded model and the --input-size / --scale given.
-
-    --scale not given: auto when the model records its training scale, unless --input-size is given (an
-    explicit size means every image at that size: fixed). With auto or a factor, --input-size only moves
-    the cap (4x it).
-    """
-    from ..pose.predict import InputScale
-
-    if scale is None and input_size is not None:
-        scale = "fixed"
-    return InputScale.resolve(scale, input_size or loaded.input_size, getattr(loaded, "train_scale", None))
-
-
 def test_set_of(project, opts: EvalOptions) -> Path:
     """Return the test file to evaluate on, or raise StateError when the project has none."""
     test = opts.test or (Path(project.meta["test"]) if "test" in project.meta else None)
@@ -322,7 +309,7 @@ def evaluate_model_on(loaded, data_path: Path, opts: EvalOptions, reporter: Repo
     | factor, "factor", "input_sizes": {"min", "median", "max"}, "capped"} (+ "note" when auto fell back to
     fixed); `evaluate.tta_metrics(report)` is the report without it.
     """
-    from ..pose.checkpoint import resolve_device
+    from ..device import resolve_device
     from ..pose.evaluate import SCALE_KEY, EvalConfig, evaluate_model, scale_summary
 
     data = seeded_subset(load_data(data_path), opts.max_images, opts.seed)

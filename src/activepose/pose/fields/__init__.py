@@ -6,10 +6,9 @@ coordinates. See `heatmap.py` / `paf.py` for the conventions, `assemble.py` for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ...config import TargetConfig
 from ..skeleton import Skeleton
 from .heatmap import Peaks, encode_heatmaps, find_peaks, peak_confidences, smooth_heatmaps
 from .paf import encode_pafs
@@ -24,15 +23,6 @@ __all__ = [
     "peak_confidences",
     "smooth_heatmaps",
 ]
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    """Target parameters: output `stride`, Gaussian `sigma` and PAF band half-width, both in output cells."""
-
-    stride: int = 8
-    sigma: float = 1.0
-    paf_width: float = 1.0
 
 
 def encode_targets(

@@ -12,11 +12,12 @@ from torch import Tensor, nn
 
 from activepose.errors import EnvironmentProblem
 
+from ...config import INIT_SCHEMES
+
 LOG = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INIT_SCHEMES = ("glorot", "kaiming")
 
 
 class WeightsNotFound(EnvironmentProblem, FileNotFoundError):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from activepose import config
 from activepose.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,9 +26,17 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
         if existing is not None and existing.__qualname__ != builder.__qualname__:
             raise ValueError(f"backbone {name!r} is already registered by {existing.__module__}")
         BACKBONES[name] = builder
+        # settings are checked without importing the engine: tell them which TrainConfig options it takes
+        config.BACKBONES[name] = backbone_options(builder)
         return builder
 
     return decorator
+
+
+def backbone_options(builder: BackboneBuilder) -> tuple[str, ...]:
+    """Return the TrainConfig options (beyond the common ones) that a backbone builder takes, e.g. ("width",)."""
+    settings = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    return tuple(p for p in inspect.signature(builder).parameters if p in settings)
 
 
 def get_backbone_builder(name: str) -> BackboneBuilder:

@@ -65,7 +65,7 @@ from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, is_int, is_real, r
 from ..pose.skeleton import Skeleton
 from ..project.schema import StoreError
 from ..project.store import Project
-from .files import _image_ref
+from .paths import image_ref
 
 FROM_NAME = "kp"
 TO_NAME = "image"
@@ -136,7 +136,7 @@ def image_urls(
 ) -> dict[int, str]:
     """Return {image_id: the task's image URL}; with `ls_root` refuse (StoreError) images not under it."""
     if ls_root is None:
-        return {i: url_prefix + _image_ref(project, i, out, paths) for i in ids}
+        return {i: url_prefix + image_ref(project, i, out, paths) for i in ids}
     root = Path(ls_root)
     if not root.is_dir():
         raise StoreError(f"--ls-root {root}: not a folder")

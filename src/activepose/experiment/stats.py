@@ -1,0 +1,402 @@
+"""The report's numbers, computed from results.csv's rows and nothing else: no file is written, nothing rendered.
+
+In the steps of pycocotools' COCOeval: the per-row values are results.csv (`results.py`); here they are
+accumulated into per-strategy mean learning curves over seeds with Student-t intervals (`mean_curve`),
+label efficiency (`efficiency_table`: labels and minutes to reach the reference's final accuracy, normalised
+area under the curve), paired same-seed differences (`paired_differences`) and, for a whole grid, everything
+the report shows (`report_stats`); `report.py` only renders what these return.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .results import Results
+
+CONFIDENCE = 0.95
+PLOT_METRICS = ("count_acc", "PCK")  # the metrics the report tabulates and plots
+X_AXES = ("images", "minutes")  # a learning curve's x: labelled images or annotation minutes
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """Mean of `n` finite values with the half-width of its Student-t interval (NaN when n < 2)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        """Whether the interval lies strictly on one side of 0; None when there is no interval."""
+        if not math.isfinite(self.half_width):
+            return None
+        return self.low > 0 or self.high < 0
+
+
+def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and Student-t interval half-width t_{(1+c)/2, n-1} * s / sqrt(n) of the finite `values`."""
+    from scipy import stats
+
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    n = int(arr.size)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), 0)
+    mean = float(arr.mean())
+    if n == 1:
+        return Interval(mean, float("nan"), 1)
+    sem = float(arr.std(ddof=1)) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    return Interval(mean, half, n)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One round of a strategy's mean learning curve over seeds."""
+
+    round: int
+    images: float  # mean labelled images over the seeds that have this round
+    minutes: float  # mean cumulative annotation minutes over the same seeds
+    value: Interval  # the metric over the seeds where it is finite
+
+    def x(self, axis: str) -> float:
+        """The point's x on `axis` (one of `X_AXES`)."""
+        return self.images if axis == "images" else self.minutes
+
+
+def mean_curve(results: Results, strategy: str, test_set: str, tta: str, metric: str) -> list[CurvePoint]:
+    """Return the strategy's per-round mean curve (every round with at least one row), in round order."""
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for r in results.rows:
+        if r["strategy"] == strategy and r["test_set"] == test_set and r["tta"] == tta:
+            by_round.setdefault(r["round"], []).append(r)
+    points = []
+    for rnd in sorted(by_round):
+        rows = by_round[rnd]
+        images = _nanmean([r["labelled_images"] for r in rows])
+        seconds = _nanmean([r["annotation_seconds"] for r in rows])
+        if rnd == 0 and not math.isfinite(seconds):
+            seconds = 0.0
+        points.append(CurvePoint(rnd, images, seconds / 60.0, t_interval(r[metric] for r in rows)))
+    return points
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _finite_xy(xs: Sequence[float], ys: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(xs, dtype=float)
+    y = np.asarray(ys, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return x[ok], y[ok]
+
+
+def _crossing(ys: Sequence[float], target: float) -> tuple[int, float] | None:
+    """(i, frac): the curve first reaches `target` at ys[i] + frac * (ys[i+1] - ys[i]); None if never."""
+    eps = 1e-12
+    for i, y in enumerate(ys):
+        if y >= target - eps:
+            if i == 0:
+                return 0, 0.0
+            prev = ys[i - 1]
+            frac = float((target - prev) / (y - prev)) if y != prev else 1.0
+            return i - 1, min(max(frac, 0.0), 1.0)
+    return None
+
+
+def labels_to_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> float | None:
+    """The x (e.g. labelled images) where the curve (xs, ys), in order, first reaches `target`.
+
+    Linear interpolation between consecutive points; points with a NaN coordinate are dropped; None when
+    the curve never reaches `target` (or `target` is NaN).
+    """
+    x, y = _finite_xy(xs, ys)
+    if not math.isfinite(target) or x.size == 0:
+        return None
+    hit = _crossing(list(y), target)
+    if hit is None:
+        return None
+    i, frac = hit
+    return float(x[i]) if frac == 0.0 else float(x[i] + frac * (x[i + 1] - x[i]))
+
+
+def normalised_auc(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Trapezoid area under (xs, ys) divided by the x-range: the curve's mean value over that range.
+
+    NaN points are dropped, points are sorted by x; one point (or a zero x-range) gives the mean y;
+    no point gives NaN.
+    """
+    x, y = _finite_xy(xs, ys)
+    if x.size == 0:
+        return float("nan")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    span = float(x[-1] - x[0])
+    if span <= 0:
+        return float(y.mean())
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+    return area / span
+
+
+# --- tables ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EfficiencyRow:
+    test_set: str
+    tta: str
+    metric: str
+    strategy: str
+    n_seeds: int  # seeds with the final round
+    final_round: int
+    final_images: float
+    final_minutes: float
+    final: Interval  # the metric at the final round
+    auc: float  # normalised area under the mean curve over labelled images
+    reference: str | None  # None: the reference strategy is absent, the next three are not computed
+    target: float  # the reference's final mean
+    images_to_reach: float | None  # None: not reached
+    minutes_to_reach: float | None
+
+
+def _last_finite(curve: list[CurvePoint]) -> CurvePoint | None:
+    finite = [p for p in curve if math.isfinite(p.value.mean)]
+    return finite[-1] if finite else None
+
+
+def efficiency_table(
+    results: Results,
+    test_set: str,
+    reference: str | None = "random",
+    tta: str = "clean",
+    metric: str = "count_acc",
+    strategies: Sequence[str] | None = None,
+) -> list[EfficiencyRow]:
+    """One row per strategy with a finite `metric` (see `EfficiencyRow`); reference-relative columns are
+    NaN / None (and `reference` None) when `reference` has no finite value on this test set / TTA."""
+    strategies = list(strategies) if strategies is not None else results.strategies()
+    curves = {s: mean_curve(results, s, test_set, tta, metric) for s in strategies}
+    ref_last = _last_finite(curves[reference]) if reference in curves else None
+    target = ref_last.value.mean if ref_last is not None else float("nan")
+    out = []
+    for s in strategies:
+        curve = [p for p in curves[s] if math.isfinite(p.value.mean)]
+        last = _last_finite(curve)
+        if last is None:
+            continue
+        images = [p.images for p in curve]
+        auc = normalised_auc(images, [p.value.mean for p in curve])
+        to_images = to_minutes = None
+        if ref_last is not None:
+            hit = _crossing([p.value.mean for p in curve], target)
+            if hit is not None:
+                i, frac = hit
+                a, b = curve[i], curve[min(i + 1, len(curve) - 1)]
+                to_images = a.images + frac * (b.images - a.images) if frac else a.images
+                to_minutes = a.minutes + frac * (b.minutes - a.minutes) if frac else a.minutes
+        out.append(
+            EfficiencyRow(
+                test_set,
+                tta,
+                metric,
+                s,
+                last.value.n,
+                last.round,
+                last.images,
+                last.minutes,
+                last.value,
+                auc,
+                reference if ref_last is not None else None,
+                target,
+                to_images,
+                to_minutes,
+            )  # fmt: skip
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    test_set: str
+    tta: str
+    metric: str
+    strategy: str
+    reference: str
+    round: int
+    images: float  # mean labelled images of `strategy` over the paired seeds
+    diff: Interval  # mean over seeds of (strategy - reference) on the same seed, with its t-interval
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        return self.diff.excludes_zero
+
+
+def paired_differences(
+    results: Results,
+    strategy: str,
+    reference: str,
+    test_set: str,
+    tta: str = "clean",
+    metric: str = "count_acc",
+) -> list[PairedRow]:
+    """Per round that both strategies reached on at least one common seed: the paired difference
+    `strategy - reference` (same seed, same round) averaged over the seeds where both are finite."""
+    out = []
+    rounds = sorted(set(results.rounds(strategy)) & set(results.rounds(reference)))
+    for rnd in rounds:
+        diffs, images = [], []
+        for seed in results.seeds(strategy):
+            a = results.get(strategy, seed, rnd, test_set, tta)
+            b = results.get(reference, seed, rnd, test_set, tta)
+            if a is None or b is None:
+                continue
+            d = a[metric] - b[metric]
+            if math.isfinite(d):
+                diffs.append(d)
+                images.append(a["labelled_images"])
+        if diffs:
+            out.append(
+                PairedRow(
+                    test_set, tta, metric, strategy, reference, rnd, _nanmean(images), t_interval(diffs)
+                )
+            )
+    return out
+
+
+# --- a whole grid ----------------------------------------------------------------------------------------------
+Panels = dict[str, dict[str, list[CurvePoint]]]  # per TTA, per strategy: a figure's curves
+
+
+def panel_curves(
+    results: Results, test_set: str, metric: str, strategies: Sequence[str], xaxis: str
+) -> Panels:
+    """Per TTA of `test_set` (in TTA order), per strategy: its mean curve's points where the metric and the
+    x on `xaxis` are finite (an empty list where none is)."""
+    if xaxis not in X_AXES:
+        raise ValueError(f"xaxis must be one of {sorted(X_AXES)}, got {xaxis!r}")
+    panels: Panels = {}
+    for tta in results.ttas(test_set):
+        panels[tta] = {}
+        for s in strategies:
+            curve = [p for p in mean_curve(results, s, test_set, tta, metric) if math.isfinite(p.value.mean)]
+            panels[tta][s] = [p for p in curve if math.isfinite(p.x(xaxis))]
+    return panels
+
+
+def ordered_strategies(results: Results, grid: Mapping[str, Any], reference: str) -> list[str]:
+    """The strategies in the results: the reference first, then grid.json's order, then the others sorted."""
+    present = results.strategies()
+    planned = grid.get("strategies")
+    order = [s for s in planned if isinstance(s, str)] if isinstance(planned, list) else []
+    ordered = ([reference] if reference in present else []) + [s for s in order if s in present]
+    return list(dict.fromkeys(ordered + present))
+
+
+Progress = dict[str, dict[int, tuple[int, list[int]] | None]]
+
+
+def progress(results: Results, strategies: Sequence[str]) -> Progress:
+    """Per strategy, per seed in the results: (its last round with results, the earlier rounds without any),
+    or None when the seed has no row of that strategy."""
+    out: Progress = {}
+    for s in strategies:
+        out[s] = {}
+        for seed in results.seeds():
+            rounds = sorted({r["round"] for r in results.rows if r["strategy"] == s and r["seed"] == seed})
+            out[s][seed] = (rounds[-1], sorted(set(range(rounds[-1] + 1)) - set(rounds))) if rounds else None
+    return out
+
+
+@dataclass(frozen=True)
+class TestSetStats:
+    test_set: str
+    tta: str  # the TTA of the tables: clean, or the test set's first TTA when it has no clean rows
+    has_reference: bool  # the reference strategy has rows on this test set and TTA
+    efficiency: dict[str, list[EfficiencyRow]]  # per metric of PLOT_METRICS
+    paired: dict[str, dict[str, list[PairedRow]]]  # per metric, per strategy but the reference; {} without it
+    panels: dict[tuple[str, str], Panels]  # per (metric, x-axis), every TTA: see `panel_curves`
+
+
+@dataclass(frozen=True)
+class ReportStats:
+    """Everything the report shows, computed: per test set the tables and the figures' curves."""
+
+    reference: str
+    strategies: list[str]  # see `ordered_strategies`
+    has_reference: bool  # the reference strategy is in the results
+    progress: Progress
+    test_sets: list[TestSetStats]
+
+    @property
+    def efficiency(self) -> list[EfficiencyRow]:
+        return [r for t in self.test_sets for rows in t.efficiency.values() for r in rows]
+
+    @property
+    def paired(self) -> list[PairedRow]:
+        return [r for t in self.test_sets for by in t.paired.values() for rows in by.values() for r in rows]
+
+
+def _test_set_stats(results: Results, test_set: str, strategies: list[str], reference: str) -> TestSetStats:
+    ttas = results.ttas(test_set)
+    tta = "clean" if "clean" in ttas else ttas[0]
+    has_reference = reference in strategies and any(
+        r["strategy"] == reference and r["test_set"] == test_set and r["tta"] == tta for r in results.rows
+    )
+    efficiency = {m: efficiency_table(results, test_set, reference, tta, m, strategies) for m in PLOT_METRICS}
+    others = [s for s in strategies if s != reference]
+    paired = {
+        m: {s: paired_differences(results, s, reference, test_set, tta, m) for s in others}
+        for m in (PLOT_METRICS if has_reference else ())
+    }
+    panels = {(m, x): panel_curves(results, test_set, m, strategies, x) for m in PLOT_METRICS for x in X_AXES}
+    return TestSetStats(test_set, tta, has_reference, efficiency, paired, panels)
+
+
+def report_stats(results: Results, grid: Mapping[str, Any], reference: str = "random") -> ReportStats:
+    """Compute everything the report shows of `results` (grid.json's `grid` settings give the strategies'
+    order), comparing the strategies with `reference`."""
+    strategies = ordered_strategies(results, grid, reference)
+    return ReportStats(
+        reference,
+        strategies,
+        reference in strategies,
+        progress(results, strategies),
+        [_test_set_stats(results, t, strategies, reference) for t in results.test_sets()],
+    )
+
+
+# --- the grid's console table ----------------------------------------------------------------------------------
+def summarise(rows: Sequence[dict[str, str]], test_set: str, tta: str = "clean") -> list[dict[str, Any]]:
+    """Return [{strategy, round, labelled_images, seeds, count_acc, PCK}]: means over seeds (NaN-free) of
+    results.csv's text rows (as `SimulationResult.rows` holds them)."""
+    groups: dict[tuple[str, int, int], list[dict[str, str]]] = {}
+    for row in rows:
+        if row["test_set"] == test_set and row["tta"] == tta:
+            key = (row["strategy"], int(row["round"]), int(row["labelled_images"]))
+            groups.setdefault(key, []).append(row)
+    out = []
+    for (strategy, r, images), group in groups.items():
+
+        def mean(k: str, group=group) -> float:
+            values = [float(g[k]) for g in group if g[k] != ""]
+            return sum(values) / len(values) if values else math.nan
+
+        out.append({"strategy": strategy, "round": r, "labelled_images": images, "seeds": len(group),
+                    "count_acc": mean("count_acc"), "PCK": mean("PCK")})  # fmt: skip
+    return out
