@@ -95,6 +95,7 @@ browser:
 	chromium --version
 
 test: venv label-studio browser
+	$(BIN)/lint-imports  # the layers and no import cycles (contracts in pyproject.toml)
 	$(BIN)/python -m pytest -q
 
 test-slow: venv
