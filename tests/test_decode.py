@@ -9,9 +9,10 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from activepose.config import DecoderConfig
 from activepose.errors import ConfigError
 from activepose.pose.coco import load_coco
-from activepose.pose.decode import Decoder, DecoderConfig
+from activepose.pose.decode import Decoder
 from activepose.pose.fields import encode_targets
 from activepose.pose.skeleton import PRESETS, Skeleton
 

@@ -102,7 +102,8 @@ class GroundTruthOracle(torch.nn.Module):
 
 
 def make_decoder(skeleton: Skeleton):
-    from activepose.pose.decode import Decoder, DecoderConfig
+    from activepose.config import DecoderConfig
+    from activepose.pose.decode import Decoder
 
     return Decoder(skeleton, DecoderConfig(), stride=8)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from activepose.config import SelectionConfig, UncertaintyConfig
 from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.pose.coco import load_coco
 from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
 from activepose.sampling.strategies import (
     STRATEGIES,
-    SelectionConfig,
     SelectionContext,
     SelectionError,
     UnknownStrategyError,
@@ -18,7 +18,6 @@ from activepose.sampling.strategies import (
     list_strategies,
     select_batch,
 )
-from activepose.sampling.uncertainty import UncertaintyConfig
 
 from .conftest import tiny_model
 

@@ -13,6 +13,7 @@ import os
 import platform
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -222,3 +223,159 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
     except ConfigError as exc:
         problems.append(str(exc))
     return problems
+
+
+# --- prediction and selection -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder parameters (thresholds from OpenPose / OpenPose-plus).
+
+    - peak_threshold: minimum smoothed heatmap value of a keypoint peak.
+    - smooth_sigma: std (output cells) of the Gaussian smoothing before peak finding (0 = off). 0.5, not
+      1.0: on the real sports_multi photos (long side 256) decoding the ground-truth targets recovers
+      161/162 people at 0.5 but 153/162 at 1.0, whose blur merges same-type joints of people standing
+      2-3 cells apart (and shifts them: p90 error 2.0 px vs 0.3 px). OpenPose smooths by 3 px at full
+      resolution, ~0.4 cell at stride 8. `peak_confidences` must get the same value.
+    - nms_kernel: max-pool NMS window (cells).
+    - nms_saddle: also keep a peak beaten only by a diagonal neighbour when both cells between them are
+      below nms_saddle x its value (see `find_peaks`; 0 = plain max-pool NMS). Separates two people's
+      joints in diagonally adjacent cells; a single round blob never triggers it.
+    - upsample: factor to bilinearly upsample the smoothed heatmaps before NMS. 1 (default) = none: the
+      log-parabola sub-cell refinement already localises Gaussian-like peaks to ~0.01 cell at no cost,
+      whereas upsampling multiplies the NMS work by upsample^2.
+    - paf_samples: points sampled along each candidate limb for the line integral.
+    - paf_score_threshold: per-sample PAF dot-product threshold.
+    - paf_min_ratio: minimum fraction of samples above that threshold.
+    - min_parts: minimum number of parts of a person (capped at K, so a 1-keypoint skeleton works).
+    - min_person_score: minimum person score = (sum of part peak scores + connection scores) / parts.
+    - max_people: keep at most this many people per image (highest scores).
+    """
+
+    peak_threshold: float = 0.05
+    smooth_sigma: float = 0.5
+    nms_kernel: int = 3
+    nms_saddle: float = 0.9
+    upsample: int = 1
+    paf_samples: int = 10
+    paf_score_threshold: float = 0.05
+    paf_min_ratio: float = 0.8
+    min_parts: int = 4
+    min_person_score: float = 0.3
+    max_people: int = 100
+
+    def __post_init__(self) -> None:
+        problems = []
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                problems.append(
+                    f"{DECODER_OPTIONS.get(name, name)} must be {rule}, got {getattr(self, name)!r}"
+                )
+
+        for name in ("peak_threshold", "nms_saddle", "paf_score_threshold", "paf_min_ratio"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]")
+        need(self.smooth_sigma >= 0, "smooth_sigma", ">= 0")
+        need(self.nms_kernel >= 3 and self.nms_kernel % 2 == 1, "nms_kernel", "an odd number >= 3")
+        need(self.upsample >= 1, "upsample", ">= 1")
+        need(self.paf_samples >= 2, "paf_samples", ">= 2")
+        need(self.min_parts >= 1, "min_parts", ">= 1")
+        need(self.min_person_score >= 0, "min_person_score", ">= 0")
+        need(self.max_people >= 1, "max_people", ">= 1")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+# DecoderConfig fields a user sets from the command line -> the option's spelling (others: the field name).
+DECODER_OPTIONS = {"min_parts": "--min-parts", "min_person_score": "--min-score"}
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """Uncertainty filter parameters.
+
+    - th_hm: minimum smoothed peak of a confident keypoint (paper thHM), in (0, 1].
+    - th_kp: minimum confident keypoints of a certain image (paper thKP); None: `keypoint_threshold(K)`.
+    - smooth_sigma: heatmap smoothing (output cells) before taking peaks; the decoder's by default.
+    - input_size: letterbox size of the network input (a multiple of the model stride).
+    - batch_size: images per forward pass.
+    """
+
+    th_hm: float = TH_HM
+    th_kp: int | None = None
+    smooth_sigma: float = DecoderConfig().smooth_sigma
+    input_size: int = INPUT_SIZE
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 < self.th_hm <= 1.0:
+            problems.append(f"--th-hm must be in (0, 1], got {self.th_hm}")
+        if self.th_kp is not None and int(self.th_kp) < 1:
+            problems.append(f"--th-kp must be >= 1, got {self.th_kp}")
+        if not self.smooth_sigma >= 0:
+            problems.append(f"--smooth-sigma must be >= 0, got {self.smooth_sigma}")
+        if self.input_size < 8 or self.input_size % 8:
+            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+FILL_RULES = ("diversity", "uncertainty")  # hybrid, when fewer images are uncertain than the budget
+# Feature extractors and ANN backends by name: the registries in `sampling.features` / `sampling.ann` add
+# what they register, so a selection is checked without importing them (a test keeps the built-ins in step).
+EXTRACTORS: set[str] = {"mobilenet_v2", "resnet50", "pose_backbone"}
+ANN_BACKENDS: set[str] = {"annoy", "faiss", "exact"}
+
+
+@dataclass
+class SelectionConfig:
+    """Parameters of one selection; `uncertainty` holds the paper's thHM / thKP.
+
+    Invalid values raise ConfigError naming the option (--extractor, --ann, --fill, --batch-size) at
+    construction; a known ANN backend whose library is not installed is an EnvironmentProblem when a
+    strategy that uses it is selected (`select_batch`), before any image is scored.
+    """
+
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    extractor: str = "mobilenet_v2"
+    weights: Path | None = None  # feature-extractor weights file (mobilenet_v2, resnet50)
+    ann_backend: str = "annoy"
+    fill: str = (
+        "diversity"  # hybrid, when fewer images are uncertain than the budget: "diversity" | "uncertainty"
+    )
+    cache_dir: Path | None = None
+    batch_size: int = 32
+    seed: int = 0
+    # ranked-hybrid: diversity among the ranked_pool x budget most uncertain candidates.
+    ranked_pool: float = 3.0
+    # Consider only a seeded random sample of this many unlabelled images (None: all of them). Scoring the
+    # whole pool every round is the paper's rule; on a CPU a sample keeps rounds short (baal's `max_sample`).
+    max_candidates: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        extractors = sorted(EXTRACTORS)
+        if self.extractor not in extractors:
+            problems.append(
+                f"--extractor {self.extractor!r} is not a known feature extractor; choose from {', '.join(extractors)}"
+            )
+        elif self.extractor == "pose_backbone" and self.weights is not None:
+            problems.append(
+                "--weights does not apply to the pose_backbone extractor (it uses the pose model's)"
+            )
+        if self.ann_backend not in ANN_BACKENDS:
+            problems.append(
+                f"--ann {self.ann_backend!r} is not a known ANN backend; choose from {', '.join(sorted(ANN_BACKENDS))}"
+            )
+        if self.fill not in FILL_RULES:
+            problems.append(f"--fill must be {' or '.join(FILL_RULES)}, got {self.fill!r}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.ranked_pool >= 1:
+            problems.append(f"--ranked-pool must be >= 1, got {self.ranked_pool}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            problems.append(f"--max-candidates must be >= 1, got {self.max_candidates}")
+        if problems:
+            raise ConfigError("; ".join(problems))

@@ -13,10 +13,8 @@ from typing import Annotated
 
 import typer
 
-from ..config import TrainConfig
+from ..config import SelectionConfig, TrainConfig, UncertaintyConfig
 from ..pose.tta import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
-from ..sampling.strategies import SelectionConfig
-from ..sampling.uncertainty import UncertaintyConfig
 from ..workflow.presets import PRESETS
 from ..workflow.rounds import EvalOptions
 

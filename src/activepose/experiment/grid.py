@@ -59,7 +59,7 @@ def _default_train():
 
 
 def _default_selection():
-    from ..sampling.strategies import SelectionConfig
+    from ..config import SelectionConfig
 
     return SelectionConfig()
 

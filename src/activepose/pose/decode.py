@@ -8,82 +8,18 @@ the PAF line integral, greedy bipartite matching per limb, then OpenPose's subse
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..config import DecoderConfig
 from .fields.assemble import assemble_people, greedy_match, limb_order
 from .fields.heatmap import find_peaks, single_threaded, smooth_heatmaps
 from .fields.paf import limb_candidates, limb_scores
 from .skeleton import Skeleton
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Decoder parameters (thresholds from OpenPose / OpenPose-plus).
-
-    - peak_threshold: minimum smoothed heatmap value of a keypoint peak.
-    - smooth_sigma: std (output cells) of the Gaussian smoothing before peak finding (0 = off). 0.5, not
-      1.0: on the real sports_multi photos (long side 256) decoding the ground-truth targets recovers
-      161/162 people at 0.5 but 153/162 at 1.0, whose blur merges same-type joints of people standing
-      2-3 cells apart (and shifts them: p90 error 2.0 px vs 0.3 px). OpenPose smooths by 3 px at full
-      resolution, ~0.4 cell at stride 8. `peak_confidences` must get the same value.
-    - nms_kernel: max-pool NMS window (cells).
-    - nms_saddle: also keep a peak beaten only by a diagonal neighbour when both cells between them are
-      below nms_saddle x its value (see `find_peaks`; 0 = plain max-pool NMS). Separates two people's
-      joints in diagonally adjacent cells; a single round blob never triggers it.
-    - upsample: factor to bilinearly upsample the smoothed heatmaps before NMS. 1 (default) = none: the
-      log-parabola sub-cell refinement already localises Gaussian-like peaks to ~0.01 cell at no cost,
-      whereas upsampling multiplies the NMS work by upsample^2.
-    - paf_samples: points sampled along each candidate limb for the line integral.
-    - paf_score_threshold: per-sample PAF dot-product threshold.
-    - paf_min_ratio: minimum fraction of samples above that threshold.
-    - min_parts: minimum number of parts of a person (capped at K, so a 1-keypoint skeleton works).
-    - min_person_score: minimum person score = (sum of part peak scores + connection scores) / parts.
-    - max_people: keep at most this many people per image (highest scores).
-    """
-
-    peak_threshold: float = 0.05
-    smooth_sigma: float = 0.5
-    nms_kernel: int = 3
-    nms_saddle: float = 0.9
-    upsample: int = 1
-    paf_samples: int = 10
-    paf_score_threshold: float = 0.05
-    paf_min_ratio: float = 0.8
-    min_parts: int = 4
-    min_person_score: float = 0.3
-    max_people: int = 100
-
-    def __post_init__(self) -> None:
-        problems = []
-
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                problems.append(
-                    f"{DECODER_OPTIONS.get(name, name)} must be {rule}, got {getattr(self, name)!r}"
-                )
-
-        for name in ("peak_threshold", "nms_saddle", "paf_score_threshold", "paf_min_ratio"):
-            need(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]")
-        need(self.smooth_sigma >= 0, "smooth_sigma", ">= 0")
-        need(self.nms_kernel >= 3 and self.nms_kernel % 2 == 1, "nms_kernel", "an odd number >= 3")
-        need(self.upsample >= 1, "upsample", ">= 1")
-        need(self.paf_samples >= 2, "paf_samples", ">= 2")
-        need(self.min_parts >= 1, "min_parts", ">= 1")
-        need(self.min_person_score >= 0, "min_person_score", ">= 0")
-        need(self.max_people >= 1, "max_people", ">= 1")
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-
-# DecoderConfig fields a user sets from the command line -> the option's spelling (others: the field name).
-DECODER_OPTIONS = {"min_parts": "--min-parts", "min_person_score": "--min-score"}
 
 
 class Decoder:

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .. import config
 from ..errors import ConfigError, EnvironmentProblem
 
 
@@ -44,6 +45,7 @@ def register_backend(name: str) -> Callable[[Callable[..., AnnIndex]], Callable[
 
     def deco(factory: Callable[..., AnnIndex]) -> Callable[..., AnnIndex]:
         BACKENDS[name] = factory
+        config.ANN_BACKENDS.add(name)  # settings check names without importing this module
         return factory
 
     return deco

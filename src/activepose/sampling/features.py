@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import config
 from ..config import INPUT_SIZE
 from ..errors import ConfigError
 from ..fileio import file_sha1, read_image
@@ -47,6 +48,7 @@ def register_extractor(name: str):
 
     def deco(builder):
         EXTRACTORS[name] = builder
+        config.EXTRACTORS.add(name)  # settings check names without importing this module
         return builder
 
     return deco

@@ -26,16 +26,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..config import SelectionConfig
 from ..errors import ActiveposeError, ConfigError
 from ..pose.coco import CocoKeypoints
 from . import NEEDS_MODEL
-from .uncertainty import PoolUncertainty, UncertaintyConfig, score_pool
+from .uncertainty import PoolUncertainty, score_pool
 
 LOG = logging.getLogger(__name__)
 
@@ -48,65 +48,9 @@ class UnknownStrategyError(SelectionError, ConfigError):
     """`--strategy` names no registered strategy (both a SelectionError and a ConfigError)."""
 
 
-FILL_RULES = ("diversity", "uncertainty")
 # Strategies that search embeddings with the ANN backend / that need image embeddings at all.
 _USES_ANN = frozenset({"diversity", "hybrid", "ranked-hybrid"})
 _USES_EMBEDDINGS = frozenset({"diversity", "coreset", "hybrid", "ranked-hybrid"})
-
-
-@dataclass
-class SelectionConfig:
-    """Parameters of one selection; `uncertainty` holds the paper's thHM / thKP.
-
-    Invalid values raise ConfigError naming the option (--extractor, --ann, --fill, --batch-size) at
-    construction; a known ANN backend whose library is not installed is an EnvironmentProblem when a
-    strategy that uses it is selected (`select_batch`), before any image is scored.
-    """
-
-    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
-    extractor: str = "mobilenet_v2"
-    weights: Path | None = None  # feature-extractor weights file (mobilenet_v2, resnet50)
-    ann_backend: str = "annoy"
-    fill: str = (
-        "diversity"  # hybrid, when fewer images are uncertain than the budget: "diversity" | "uncertainty"
-    )
-    cache_dir: Path | None = None
-    batch_size: int = 32
-    seed: int = 0
-    # ranked-hybrid: diversity among the ranked_pool x budget most uncertain candidates.
-    ranked_pool: float = 3.0
-    # Consider only a seeded random sample of this many unlabelled images (None: all of them). Scoring the
-    # whole pool every round is the paper's rule; on a CPU a sample keeps rounds short (baal's `max_sample`).
-    max_candidates: int | None = None
-
-    def __post_init__(self) -> None:
-        from .ann import BACKENDS
-        from .features import list_extractors
-
-        problems = []
-        extractors = list_extractors()
-        if self.extractor not in extractors:
-            problems.append(
-                f"--extractor {self.extractor!r} is not a known feature extractor; choose from {', '.join(extractors)}"
-            )
-        elif self.extractor == "pose_backbone" and self.weights is not None:
-            problems.append(
-                "--weights does not apply to the pose_backbone extractor (it uses the pose model's)"
-            )
-        if self.ann_backend not in BACKENDS:
-            problems.append(
-                f"--ann {self.ann_backend!r} is not a known ANN backend; choose from {', '.join(sorted(BACKENDS))}"
-            )
-        if self.fill not in FILL_RULES:
-            problems.append(f"--fill must be {' or '.join(FILL_RULES)}, got {self.fill!r}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.ranked_pool >= 1:
-            problems.append(f"--ranked-pool must be >= 1, got {self.ranked_pool}")
-        if self.max_candidates is not None and self.max_candidates < 1:
-            problems.append(f"--max-candidates must be >= 1, got {self.max_candidates}")
-        if problems:
-            raise ConfigError("; ".join(problems))
 
 
 @dataclass

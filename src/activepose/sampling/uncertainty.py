@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import INPUT_SIZE, TH_HM
+from ..config import TH_HM, UncertaintyConfig
 from ..errors import ConfigError
 from ..fileio import read_image
 from ..pose.cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 from ..pose.coco import CocoKeypoints
 from ..pose.data import letterbox
-from ..pose.decode import DecoderConfig
 from ..pose.fields.heatmap import peak_confidences, single_threaded, smooth_heatmaps
 
 LOG = logging.getLogger(__name__)
@@ -45,39 +44,6 @@ PAPER_TH_KP = 6
 PAPER_NUM_HEATMAPS = 18
 _W_MARGIN, _W_MEAN = 0.8, 0.2
 _FLUSH_ROWS = 1024
-
-
-@dataclass(frozen=True)
-class UncertaintyConfig:
-    """Uncertainty filter parameters.
-
-    - th_hm: minimum smoothed peak of a confident keypoint (paper thHM), in (0, 1].
-    - th_kp: minimum confident keypoints of a certain image (paper thKP); None: `keypoint_threshold(K)`.
-    - smooth_sigma: heatmap smoothing (output cells) before taking peaks; the decoder's by default.
-    - input_size: letterbox size of the network input (a multiple of the model stride).
-    - batch_size: images per forward pass.
-    """
-
-    th_hm: float = TH_HM
-    th_kp: int | None = None
-    smooth_sigma: float = DecoderConfig().smooth_sigma
-    input_size: int = INPUT_SIZE
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 < self.th_hm <= 1.0:
-            problems.append(f"--th-hm must be in (0, 1], got {self.th_hm}")
-        if self.th_kp is not None and int(self.th_kp) < 1:
-            problems.append(f"--th-kp must be >= 1, got {self.th_kp}")
-        if not self.smooth_sigma >= 0:
-            problems.append(f"--smooth-sigma must be >= 0, got {self.smooth_sigma}")
-        if self.input_size < 8 or self.input_size % 8:
-            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if problems:
-            raise ConfigError("; ".join(problems))
 
 
 def keypoint_threshold(num_keypoints: int, th_kp: int | None = None) -> int:

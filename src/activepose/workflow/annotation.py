@@ -154,7 +154,7 @@ def preannotate(project, round_id: int, opts: AnnotateOptions, reporter: Reporte
     ids = [i for i, _, _ in project.round(round_id).items]
     todo = [i for i in ids if i not in people]
     if todo:
-        from ..pose.decode import DecoderConfig
+        from ..config import DecoderConfig
         from ..pose.skeleton import same_keypoints
         from .models import decoder_for, load, predict_files
 

@@ -13,7 +13,8 @@ from .reporting import SILENT, Reporter
 
 def decoder_for(skeleton, min_parts: int | None = None, min_score: float | None = None):
     """Return the default Decoder for `skeleton`, with the minimum parts / person score changed if given."""
-    from ..pose.decode import Decoder, DecoderConfig
+    from ..config import DecoderConfig
+    from ..pose.decode import Decoder
 
     changes = {"min_parts": min_parts, "min_person_score": min_score}
     return Decoder(

@@ -27,7 +27,7 @@ RUN_DIR = Path("checkpoints") / "run"
 
 # --- select -------------------------------------------------------------------------------------------------
 def _selection_config():
-    from ..sampling.strategies import SelectionConfig
+    from ..config import SelectionConfig
 
     return SelectionConfig()
 
