@@ -61,3 +61,17 @@ def test_the_settings_know_every_registered_backbone_extractor_and_ann_backend()
     assert {name: backbone_options(b) for name, b in BACKBONES.items()} == config.BACKBONES
     assert set(EXTRACTORS) == config.EXTRACTORS
     assert set(BACKENDS) == config.ANN_BACKENDS
+
+
+def test_the_settings_know_every_strategy_and_tta_in_order():
+    from activepose.pose.tta import TTAS
+    from activepose.sampling.strategies import STRATEGIES
+
+    assert list(STRATEGIES) == config.STRATEGIES
+    assert tuple(TTAS) == config.TTA_NAMES
+    assert (
+        heavy_modules_after(
+            "import activepose.config as c; c.SelectOptions(budget=1, strategy='ranked-hybrid')"
+        )
+        == []
+    )

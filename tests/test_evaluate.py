@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from activepose.config import TTA_NAMES, EvalConfig, parse_ttas
 from activepose.errors import ConfigError
 from activepose.pose.coco import CocoKeypoints, Frame, annotation_dict
 from activepose.pose.evaluate import (
     METRICS,
-    EvalConfig,
     metrics_for,
     oks_ap,
     pck,
@@ -22,7 +22,7 @@ from activepose.pose.evaluate import (
     tta_metrics,
 )
 from activepose.pose.skeleton import PRESETS, Skeleton
-from activepose.pose.tta import TTA_NAMES, TTAS, apply_tta, get_tta, parse_ttas
+from activepose.pose.tta import TTAS, apply_tta, get_tta
 
 
 # --- fixtures -------------------------------------------------------------------------------------------

@@ -358,9 +358,10 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path, data, uni
 
 def test_loop_runs_in_process_and_equals_the_command(tmp_path, data, uninterrupted):
     """`activepose.loop.run` is the library call behind `activepose run`: driven from Python, same result."""
+    from activepose.config import EvalOptions, SelectOptions
     from activepose.loop import RunOptions, run
     from activepose.oracle.simulated import SimulatedLabeller
-    from activepose.workflow import EvalOptions, SelectOptions, resolve_train_config
+    from activepose.workflow import resolve_train_config
 
     root, gt = data
     folder = _new_project(tmp_path / "proj", data)

@@ -155,7 +155,8 @@ def test_tta_samples_and_ground_truth_agree(tmp_path):
 
 
 def test_evaluate_model_oracle_vs_untrained(tmp_path):
-    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.config import EvalConfig
+    from activepose.pose.evaluate import evaluate_model
     from activepose.pose.models import create_model
     from activepose.pose.predict import iter_tta_samples
 
@@ -256,8 +257,9 @@ def test_predict_coco_names_unreadable_image(tmp_path):
 
 
 def test_oracle_on_real_lspet_images():
+    from activepose.config import EvalConfig
     from activepose.pose.coco import load_coco
-    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.evaluate import evaluate_model
     from activepose.pose.predict import iter_tta_samples
 
     from .conftest import shared_file
@@ -281,8 +283,9 @@ def test_oracle_on_real_lspet_images():
 
 # --- input scale ------------------------------------------------------------------------------------------
 def test_input_scale_sizes_policies_and_parsing():
+    from activepose.config import parse_scale
     from activepose.errors import ConfigError
-    from activepose.pose.predict import InputScale, describe_scale, median_train_scale, parse_scale
+    from activepose.pose.predict import InputScale, describe_scale, median_train_scale
 
     auto = InputScale(128, 0.5, "auto")
     assert auto.size_for(256, 200) == 128 and auto.size_for(200, 256) == 128
@@ -389,9 +392,10 @@ def test_predict_coco_batches_by_input_side_and_keeps_the_order(tmp_path):
 
 def test_fixed_scale_reproduces_the_single_letterbox_forward_pass(tmp_path):
     """`fixed` (and no scale) = every image letterboxed to input_size, one pass per batch, as before."""
+    from activepose.config import EvalConfig
     from activepose.fileio import read_image
     from activepose.pose.data import letterbox
-    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.evaluate import evaluate_model
     from activepose.pose.predict import InputScale, predict_coco, predict_images
 
     from .conftest import tiny_model

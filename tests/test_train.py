@@ -113,9 +113,10 @@ def test_best_checkpoint_loads_as_model(tiny_data, tmp_path):
 
 
 def test_training_records_its_pixel_scale_and_auto_scale_uses_it(tiny_data, tmp_path):
+    from activepose.config import EvalOptions
     from activepose.pose.evaluate import SCALE_KEY
     from activepose.workflow.models import input_scale
-    from activepose.workflow.rounds import EvalOptions, evaluate_model_on
+    from activepose.workflow.rounds import evaluate_model_on
 
     train(_cfg(max_epochs=1, input_size=32), tiny_data, tmp_path)
     state = load_checkpoint(tmp_path / "best.pt")
@@ -211,9 +212,10 @@ def test_training_reduces_loss_on_a_fixed_batch(tiny_data):
 @pytest.mark.slow
 def test_short_lspet_training_beats_untrained_model(tmp_path):
     """Five CPU minutes on 400 LSPET images give a model clearly better than its untrained start (slow)."""
+    from activepose.config import EvalConfig
     from activepose.pose.checkpoint import load_model
     from activepose.pose.decode import Decoder
-    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.evaluate import evaluate_model
 
     from .conftest import shared_file
 

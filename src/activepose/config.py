@@ -379,3 +379,163 @@ class SelectionConfig:
             problems.append(f"--max-candidates must be >= 1, got {self.max_candidates}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+# --- evaluation and rounds ----------------------------------------------------------------------------------------
+# The test-time augmentations in the paper's order (`pose.tta.TTAS` implements each, in this order).
+TTA_NAMES: tuple[str, ...] = ("clean", "blur", "bright", "dark", "zoom_in", "zoom_out")
+SCALE_POLICIES = ("auto", "fixed")
+# Selection strategies by name, in registration order: `sampling.strategies.register_strategy` adds others.
+STRATEGIES: list[str] = ["random", "uncertainty", "diversity", "coreset", "hybrid", "ranked-hybrid"]
+
+
+def parse_ttas(text: str) -> tuple[str, ...]:
+    """Return the TTA names of a `--tta` value: comma-separated names, 'all' (every TTA, paper order) or
+    'none' (only `clean`, no augmentation). Spaces and repeats are ignored; the given order is kept.
+
+    Raises ConfigError "unknown TTA 'foo'; choose from ..." for a name that is not a TTA, or for no name.
+    """
+    value = str(text).strip()
+    if value.lower() == "all":
+        return TTA_NAMES
+    if value.lower() == "none":
+        return ("clean",)
+    names = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not names:
+        raise ConfigError(
+            f"--tta names no TTA; give comma-separated names from {', '.join(TTA_NAMES)}, 'all' or 'none'"
+        )
+    for name in names:
+        if name not in TTA_NAMES:
+            raise ConfigError(f"unknown TTA {name!r}; choose from {', '.join(TTA_NAMES)}, 'all' or 'none'")
+    return names
+
+
+def parse_scale(value: str | float | None) -> str | float | None:
+    """Return a `--scale` value as "auto", "fixed", a factor > 0, or None (not given); ConfigError otherwise."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        factor = value
+    else:
+        text = str(value).strip().lower()
+        if text in SCALE_POLICIES:
+            return text
+        try:
+            factor = float(text)
+        except ValueError:
+            factor = math.nan
+    if factor is not None and not (math.isfinite(factor) and factor > 0):
+        raise ConfigError(f"--scale must be auto, fixed or a factor > 0 (e.g. 0.5), got {value!r}")
+    return None if factor is None else float(factor)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `evaluate_model`.
+
+    `count_min_score`: predicted people with a lower score are not counted (they still enter AP).
+    `count_min_keypoints`: GT people need this many labelled keypoints (after the TTA) to be counted.
+    `device`: where inputs go; None = the model's device. `num_workers`: image-reading threads.
+    `ttas` may be given as a `--tta` string ("clean,blur", "all", "none"; see `tta.parse_ttas`).
+    `scale`: the network input size per image (see `predict.InputScale.resolve`): "fixed" (every image
+    letterboxed to `input_size`), "auto" (each image resized by `train_scale`, the model's training pixel
+    scale, so people appear as large as in training; fixed when `train_scale` is None) or a factor; None =
+    auto when `train_scale` is known, else fixed.
+    Invalid values raise ConfigError naming the option.
+    """
+
+    input_size: int = INPUT_SIZE
+    batch_size: int = 8
+    ttas: tuple[str, ...] = field(default_factory=lambda: TTA_NAMES)
+    pck_alpha: float = 0.2
+    device: str | None = None
+    count_min_score: float = 0.0
+    count_min_keypoints: int = 1
+    num_workers: int = 2
+    scale: str | float | None = None
+    train_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        try:
+            self.scale = parse_scale(self.scale)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if self.train_scale is not None and not (math.isfinite(self.train_scale) and self.train_scale > 0):
+            problems.append(f"train_scale must be > 0, got {self.train_scale}")
+        if isinstance(self.ttas, str):
+            self.ttas = parse_ttas(self.ttas)  # ConfigError for an unknown name
+        else:
+            self.ttas = tuple(self.ttas)
+            unknown = [t for t in self.ttas if t not in TTA_NAMES]
+            if unknown:
+                problems.append(f"unknown TTA {unknown[0]!r}; choose from {', '.join(TTA_NAMES)}")
+            elif not self.ttas:
+                problems.append(f"--tta names no TTA; choose from {', '.join(TTA_NAMES)}")
+        if self.input_size < 8 or self.input_size % 8:
+            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0 < self.pck_alpha:
+            problems.append(f"--pck-alpha must be > 0, got {self.pck_alpha}")
+        if self.count_min_keypoints < 0:
+            problems.append(f"--count-min-keypoints must be >= 0, got {self.count_min_keypoints}")
+        if self.num_workers < 0:
+            problems.append(f"--workers must be >= 0, got {self.num_workers}")
+        if self.device is not None:
+            try:
+                check_device(self.device)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass
+class EvalOptions:
+    """How a project's model is evaluated: its test set (default: the project's), TTAs and subset."""
+
+    test: Path | None = None
+    ttas: tuple[str, ...] = TTA_NAMES
+    max_images: int | None = None  # a seeded subset of the test set
+    batch_size: int = 8
+    input_size: int | None = None  # default: the model's training size
+    min_parts: int | None = None
+    min_score: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    # Network input per image: "auto" (each image x the model's training scale), "fixed" (every image at
+    # the input size) or a factor. None: auto when the model records its training scale, else fixed; a
+    # given input_size alone means fixed at that size (see `input_scale`).
+    scale: str | float | None = None
+
+    def __post_init__(self) -> None:
+        self.scale = parse_scale(self.scale)
+        unknown = [t for t in self.ttas if t not in TTA_NAMES]
+        if unknown or not self.ttas:
+            raise ConfigError(
+                f"unknown --tta {', '.join(unknown) or '(empty)'}; choose from {', '.join(TTA_NAMES)}, all or none"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"--max-images must be >= 1, got {self.max_images}")
+        if self.input_size is not None and (self.input_size < 8 or self.input_size % 8):
+            raise ConfigError(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+
+
+@dataclass
+class SelectOptions:
+    """What a selection needs besides the project: budget, strategy and the selection parameters."""
+
+    budget: int
+    strategy: str = "hybrid"
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    model: Path | None = None  # default: the project's newest model
+    device: str = "auto"
+    montages: bool = True
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ConfigError(f"--budget must be >= 1, got {self.budget}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")

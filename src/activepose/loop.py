@@ -18,23 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import EvalOptions, SelectOptions, TrainConfig
 from .errors import ConfigError, StateError
 from .lock import project_lock
 from .oracle import Labeller
 from .project.store import Project
 from .workflow.curve import is_evaluated, write_learning_curve
 from .workflow.reporting import SILENT, Reporter
-from .workflow.rounds import (
-    EvalOptions,
-    SelectOptions,
-    close_round,
-    evaluate_round,
-    label_round,
-    select_round,
-    test_set_of,
-    train_round,
-)
+from .workflow.rounds import close_round, evaluate_round, label_round, select_round, test_set_of, train_round
 
 ACTIONS = ("select", "label", "train", "evaluate", "close", "done")
 STEPS_PER_ROUND = 4  # select, label, train, evaluate (close is part of evaluate unless a crash split them)

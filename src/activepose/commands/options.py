@@ -13,10 +13,9 @@ from typing import Annotated
 
 import typer
 
-from ..config import SelectionConfig, TrainConfig, UncertaintyConfig
-from ..pose.tta import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
+from ..config import EvalOptions, SelectionConfig, TrainConfig, UncertaintyConfig
+from ..config import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
 from ..workflow.presets import PRESETS
-from ..workflow.rounds import EvalOptions
 
 T = TrainConfig  # defaults shown in help
 

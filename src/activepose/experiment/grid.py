@@ -47,7 +47,7 @@ UNCOMPARED_KEYS = frozenset(
 
 
 def _all_ttas() -> tuple[str, ...]:
-    from ..pose.tta import TTA_NAMES
+    from ..config import TTA_NAMES
 
     return tuple(TTA_NAMES)
 
@@ -93,10 +93,9 @@ class SimulationConfig:
     )
 
     def __post_init__(self) -> None:
-        from ..config import check_device
+        from ..config import EvalOptions, check_device
         from ..sampling.strategies import STRATEGIES
         from ..workflow.common import load_data
-        from ..workflow.rounds import EvalOptions
 
         self.pool = Path(self.pool)
         self.tests = tuple(
@@ -181,7 +180,7 @@ class SimulationConfig:
         return cfg
 
     def eval_options(self, test: Path | None):
-        from ..workflow.rounds import EvalOptions
+        from ..config import EvalOptions
 
         return EvalOptions(test=test, ttas=self.ttas, max_images=self.eval_max_images, device=self.device)
 
@@ -524,8 +523,8 @@ class _CellReporter(Reporter):
 
 
 def _run_options(cfg: SimulationConfig, strategy: str, seed: int, oracle, montages: bool, cache: Path):
+    from ..config import SelectOptions
     from ..loop import RunOptions
-    from ..workflow.rounds import SelectOptions
 
     selection = dataclasses.replace(cfg.selection, cache_dir=cache)
     return RunOptions(

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import TTA_NAMES
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
-from ..pose.tta import TTA_NAMES
 
 # Each column's kind: "text"; "int" (a key, always a whole number); "count" (a whole number, read as a float
 # so that an empty cell is NaN); "seconds" (written with 3 decimals); "fraction" (a metric, 6 decimals).

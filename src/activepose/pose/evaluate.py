@@ -13,16 +13,13 @@ import io
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import INPUT_SIZE
-from ..errors import ConfigError
+from ..config import EvalConfig
 from .coco import CocoKeypoints, annotation_dict, results_to_coco
 from .skeleton import Skeleton
-from .tta import TTA_NAMES, parse_ttas
 
 if TYPE_CHECKING:
     import rich.table
@@ -35,6 +32,13 @@ Predictions = dict[int, tuple[np.ndarray, np.ndarray]]
 METRICS: tuple[str, ...] = (
     "count_acc", "count_exact", "count_mae", "AP", "AP50", "AP75", "AR", "PCK", "images", "people",
 )  # fmt: skip
+
+
+def input_scale(cfg: EvalConfig):
+    """Return (`predict.InputScale` for an evaluation's settings, a note to show or None)."""
+    from .predict import InputScale
+
+    return InputScale.resolve(cfg.scale, cfg.input_size, cfg.train_scale)
 
 
 # --- person counting ------------------------------------------------------------------------------------
@@ -236,82 +240,11 @@ def pck(gt: CocoKeypoints, predictions: Predictions, alpha: float = 0.2) -> floa
 
 
 # --- whole-model evaluation -----------------------------------------------------------------------------
-@dataclass
-class EvalConfig:
-    """Settings of `evaluate_model`.
-
-    `count_min_score`: predicted people with a lower score are not counted (they still enter AP).
-    `count_min_keypoints`: GT people need this many labelled keypoints (after the TTA) to be counted.
-    `device`: where inputs go; None = the model's device. `num_workers`: image-reading threads.
-    `ttas` may be given as a `--tta` string ("clean,blur", "all", "none"; see `tta.parse_ttas`).
-    `scale`: the network input size per image (see `predict.InputScale.resolve`): "fixed" (every image
-    letterboxed to `input_size`), "auto" (each image resized by `train_scale`, the model's training pixel
-    scale, so people appear as large as in training; fixed when `train_scale` is None) or a factor; None =
-    auto when `train_scale` is known, else fixed.
-    Invalid values raise ConfigError naming the option.
-    """
-
-    input_size: int = INPUT_SIZE
-    batch_size: int = 8
-    ttas: tuple[str, ...] = field(default_factory=lambda: TTA_NAMES)
-    pck_alpha: float = 0.2
-    device: str | None = None
-    count_min_score: float = 0.0
-    count_min_keypoints: int = 1
-    num_workers: int = 2
-    scale: str | float | None = None
-    train_scale: float | None = None
-
-    def __post_init__(self) -> None:
-        from ..config import check_device
-        from .predict import parse_scale
-
-        problems = []
-        try:
-            self.scale = parse_scale(self.scale)
-        except ConfigError as exc:
-            problems.append(str(exc))
-        if self.train_scale is not None and not (math.isfinite(self.train_scale) and self.train_scale > 0):
-            problems.append(f"train_scale must be > 0, got {self.train_scale}")
-        if isinstance(self.ttas, str):
-            self.ttas = parse_ttas(self.ttas)  # ConfigError for an unknown name
-        else:
-            self.ttas = tuple(self.ttas)
-            unknown = [t for t in self.ttas if t not in TTA_NAMES]
-            if unknown:
-                problems.append(f"unknown TTA {unknown[0]!r}; choose from {', '.join(TTA_NAMES)}")
-            elif not self.ttas:
-                problems.append(f"--tta names no TTA; choose from {', '.join(TTA_NAMES)}")
-        if self.input_size < 8 or self.input_size % 8:
-            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not 0 < self.pck_alpha:
-            problems.append(f"--pck-alpha must be > 0, got {self.pck_alpha}")
-        if self.count_min_keypoints < 0:
-            problems.append(f"--count-min-keypoints must be >= 0, got {self.count_min_keypoints}")
-        if self.num_workers < 0:
-            problems.append(f"--workers must be >= 0, got {self.num_workers}")
-        if self.device is not None:
-            try:
-                check_device(self.device)
-            except ConfigError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-    def input_scale(self):
-        """Return (`predict.InputScale` for these settings, a note to show or None)."""
-        from .predict import InputScale
-
-        return InputScale.resolve(self.scale, self.input_size, self.train_scale)
-
-
 def scale_summary(coco: CocoKeypoints, cfg: EvalConfig | None = None) -> dict[str, Any]:
     """Return what `evaluate_model` uses as input scale on `coco`: {"policy", "factor", "input_sizes":
     {"min", "median", "max"}, "capped"} (sizes from the annotated image sizes; a TTA keeps them), plus
     "note" when auto had to fall back to fixed."""
-    scale, note = (cfg or EvalConfig()).input_scale()
+    scale, note = input_scale(cfg or EvalConfig())
     info = scale.summary((f.width, f.height) for f in coco.frames)
     if note:
         info["note"] = note
@@ -347,14 +280,14 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """Return {tta name: {metric: value}} (metrics as in `METRICS`) of `model` on `coco` for each TTA in `cfg`.
 
-    Each image enters the network at the size `cfg.input_scale()` gives (see `scale_summary` for what that
+    Each image enters the network at the size `input_scale(cfg)` gives (see `scale_summary` for what that
     was). `progress(n)` is called after each batch with the number of images just processed (len(coco) per
     TTA).
     """
     from .predict import predict_coco, tta_ground_truth
 
     cfg = cfg or EvalConfig()
-    scale, note = cfg.input_scale()
+    scale, note = input_scale(cfg)
     if note:
         LOG.warning("%s", note)
     report: dict[str, dict[str, float]] = {}

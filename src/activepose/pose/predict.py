@@ -20,7 +20,7 @@ from itertools import islice
 import numpy as np
 import torch
 
-from ..config import INPUT_SIZE
+from ..config import INPUT_SIZE, parse_scale
 from ..errors import ConfigError
 from ..fileio import read_image
 from .coco import CocoKeypoints, Frame
@@ -97,7 +97,6 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 
 
 # --- input scale ----------------------------------------------------------------------------------------
-SCALE_POLICIES = ("auto", "fixed")
 MAX_INPUT_FACTOR = 4  # per-image input sides are capped at this many times the model's input size
 _STRIDE = 8
 
@@ -110,23 +109,6 @@ def median_train_scale(sizes: Iterable[tuple[int, int]], input_size: int) -> flo
     """
     ratios = [input_size / max(w, h) for w, h in sizes if max(w, h) > 0]
     return float(np.median(ratios)) if ratios else None
-
-
-def parse_scale(value: str | float | None) -> str | float | None:
-    """Return a `--scale` value as "auto", "fixed", a factor > 0, or None (not given); ConfigError otherwise."""
-    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
-        factor = value
-    else:
-        text = str(value).strip().lower()
-        if text in SCALE_POLICIES:
-            return text
-        try:
-            factor = float(text)
-        except ValueError:
-            factor = math.nan
-    if factor is not None and not (math.isfinite(factor) and factor > 0):
-        raise ConfigError(f"--scale must be auto, fixed or a factor > 0 (e.g. 0.5), got {value!r}")
-    return None if factor is None else float(factor)
 
 
 @dataclass(frozen=True)

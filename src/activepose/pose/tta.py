@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import TTA_NAMES
 from ..errors import ConfigError
 
 LOG = logging.getLogger(__name__)
@@ -130,7 +131,6 @@ TTAS: dict[str, TTA] = {
         f"scale x{ZOOM_OUT_SCALE} about the centre",
     ),
 }
-TTA_NAMES: tuple[str, ...] = tuple(TTAS)
 
 
 def get_tta(name: str | TTA) -> TTA:
@@ -141,28 +141,6 @@ def get_tta(name: str | TTA) -> TTA:
         return TTAS[str(name)]
     except KeyError:
         raise ConfigError(f"unknown TTA {name!r}; choose from {', '.join(TTA_NAMES)}") from None
-
-
-def parse_ttas(text: str) -> tuple[str, ...]:
-    """Return the TTA names of a `--tta` value: comma-separated names, 'all' (every TTA, paper order) or
-    'none' (only `clean`, no augmentation). Spaces and repeats are ignored; the given order is kept.
-
-    Raises ConfigError "unknown TTA 'foo'; choose from ..." for a name that is not a TTA, or for no name.
-    """
-    value = str(text).strip()
-    if value.lower() == "all":
-        return TTA_NAMES
-    if value.lower() == "none":
-        return ("clean",)
-    names = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
-    if not names:
-        raise ConfigError(
-            f"--tta names no TTA; give comma-separated names from {', '.join(TTA_NAMES)}, 'all' or 'none'"
-        )
-    for name in names:
-        if name not in TTAS:
-            raise ConfigError(f"unknown TTA {name!r}; choose from {', '.join(TTA_NAMES)}, 'all' or 'none'")
-    return names
 
 
 def apply_tta(name: str | TTA, image: np.ndarray, people: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

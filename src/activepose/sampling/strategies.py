@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..config import SelectionConfig
 from ..errors import ActiveposeError, ConfigError
 from ..pose.coco import CocoKeypoints
@@ -194,6 +195,8 @@ def check_strategy(name: str) -> str:
 def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
     def decorator(fn: StrategyFn) -> StrategyFn:
         STRATEGIES[name] = fn
+        if name not in config.STRATEGIES:  # settings check names without importing this module
+            config.STRATEGIES.append(name)
         return fn
 
     return decorator

@@ -6,21 +6,14 @@ The CLI (`activepose.commands`), the loop (`activepose.loop.run`), the labelling
 call these, so none of them holds application logic of its own.
 """
 
+from ..config import EvalOptions, SelectOptions
 from ..oracle.files import FileLabeller
 from ..oracle.simulated import SimulatedLabeller
 from .create import CreatedProject, ProjectSource, create_project
 from .curve import learning_curve, write_learning_curve
 from .presets import PRESETS, resolve_train_config
 from .reporting import SILENT, Reporter
-from .rounds import (
-    EvalOptions,
-    SelectOptions,
-    close_round,
-    evaluate_round,
-    label_round,
-    select_round,
-    train_round,
-)
+from .rounds import close_round, evaluate_round, label_round, select_round, train_round
 
 __all__ = [
     "PRESETS",

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import faults
-from ..errors import ConfigError, StateError
+from ..config import EvalOptions, SelectOptions
+from ..errors import StateError
 from ..lock import project_lock
 from ..pose.skeleton import same_keypoints
 from ..sampling import NEEDS_MODEL
@@ -26,32 +27,6 @@ RUN_DIR = Path("checkpoints") / "run"
 
 
 # --- select -------------------------------------------------------------------------------------------------
-def _selection_config():
-    from ..config import SelectionConfig
-
-    return SelectionConfig()
-
-
-@dataclass
-class SelectOptions:
-    """What a selection needs besides the project: budget, strategy and the selection parameters."""
-
-    budget: int
-    strategy: str = "hybrid"
-    selection: Any = field(default_factory=_selection_config)  # sampling.strategies.SelectionConfig
-    model: Path | None = None  # default: the project's newest model
-    device: str = "auto"
-    montages: bool = True
-
-    def __post_init__(self) -> None:
-        from ..sampling.strategies import STRATEGIES
-
-        if self.budget < 1:
-            raise ConfigError(f"--budget must be >= 1, got {self.budget}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
-
-
 @dataclass
 class RoundSelection:
     round_id: int
@@ -249,48 +224,6 @@ def train_round(project, cfg, reporter: Reporter = SILENT, new_session: bool = F
 
 
 # --- evaluate -----------------------------------------------------------------------------------------------
-def _all_ttas() -> tuple[str, ...]:
-    from ..pose.tta import TTA_NAMES
-
-    return tuple(TTA_NAMES)
-
-
-@dataclass
-class EvalOptions:
-    """How a project's model is evaluated: its test set (default: the project's), TTAs and subset."""
-
-    test: Path | None = None
-    ttas: tuple[str, ...] = field(default_factory=_all_ttas)
-    max_images: int | None = None  # a seeded subset of the test set
-    batch_size: int = 8
-    input_size: int | None = None  # default: the model's training size
-    min_parts: int | None = None
-    min_score: float | None = None
-    device: str = "auto"
-    seed: int = 0
-    # Network input per image: "auto" (each image x the model's training scale), "fixed" (every image at
-    # the input size) or a factor. None: auto when the model records its training scale, else fixed; a
-    # given input_size alone means fixed at that size (see `input_scale`).
-    scale: str | float | None = None
-
-    def __post_init__(self) -> None:
-        from ..pose.predict import parse_scale
-        from ..pose.tta import TTA_NAMES
-
-        self.scale = parse_scale(self.scale)
-        unknown = [t for t in self.ttas if t not in TTA_NAMES]
-        if unknown or not self.ttas:
-            raise ConfigError(
-                f"unknown --tta {', '.join(unknown) or '(empty)'}; choose from {', '.join(TTA_NAMES)}, all or none"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ConfigError(f"--max-images must be >= 1, got {self.max_images}")
-        if self.input_size is not None and (self.input_size < 8 or self.input_size % 8):
-            raise ConfigError(f"--input-size must be a positive multiple of 8, got {self.input_size}")
-
-
 def test_set_of(project, opts: EvalOptions) -> Path:
     """Return the test file to evaluate on, or raise StateError when the project has none."""
     test = opts.test or (Path(project.meta["test"]) if "test" in project.meta else None)
@@ -309,8 +242,9 @@ def evaluate_model_on(loaded, data_path: Path, opts: EvalOptions, reporter: Repo
     | factor, "factor", "input_sizes": {"min", "median", "max"}, "capped"} (+ "note" when auto fell back to
     fixed); `evaluate.tta_metrics(report)` is the report without it.
     """
+    from ..config import EvalConfig
     from ..device import resolve_device
-    from ..pose.evaluate import SCALE_KEY, EvalConfig, evaluate_model, scale_summary
+    from ..pose.evaluate import SCALE_KEY, evaluate_model, scale_summary
 
     data = seeded_subset(load_data(data_path), opts.max_images, opts.seed)
     same_keypoints(str(data_path), data.skeleton, loaded.skeleton)
