@@ -29,6 +29,11 @@ BACKBONES: dict[str, tuple[str, ...]] = {"vgg_tiny": ("width",), "mobilenet_v2":
 _DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")
 
 
+def at_least(option: str, value: Any, minimum: int) -> list[str]:
+    """Return ["OPTION must be >= MINIMUM, got VALUE"] when `value` is below `minimum`, else []."""
+    return [] if value >= minimum else [f"{option} must be >= {minimum}, got {value}"]
+
+
 def check_device(device: Any) -> str:
     """Return the normalised `--device` string; ConfigError listing the valid forms when it is none of them.
 
@@ -316,8 +321,7 @@ class UncertaintyConfig:
             problems.append(f"--smooth-sigma must be >= 0, got {self.smooth_sigma}")
         if self.input_size < 8 or self.input_size % 8:
             problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        problems += at_least("--batch-size", self.batch_size, 1)
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -371,8 +375,7 @@ class SelectionConfig:
             )
         if self.fill not in FILL_RULES:
             problems.append(f"--fill must be {' or '.join(FILL_RULES)}, got {self.fill!r}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        problems += at_least("--batch-size", self.batch_size, 1)
         if not self.ranked_pool >= 1:
             problems.append(f"--ranked-pool must be >= 1, got {self.ranked_pool}")
         if self.max_candidates is not None and self.max_candidates < 1:
@@ -473,8 +476,7 @@ class EvalConfig:
                 problems.append(f"--tta names no TTA; choose from {', '.join(TTA_NAMES)}")
         if self.input_size < 8 or self.input_size % 8:
             problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        problems += at_least("--batch-size", self.batch_size, 1)
         if not 0 < self.pck_alpha:
             problems.append(f"--pck-alpha must be > 0, got {self.pck_alpha}")
         if self.count_min_keypoints < 0:
@@ -515,8 +517,8 @@ class EvalOptions:
             raise ConfigError(
                 f"unknown --tta {', '.join(unknown) or '(empty)'}; choose from {', '.join(TTA_NAMES)}, all or none"
             )
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        for problem in at_least("--batch-size", self.batch_size, 1):
+            raise ConfigError(problem)
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"--max-images must be >= 1, got {self.max_images}")
         if self.input_size is not None and (self.input_size < 8 or self.input_size % 8):

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import STRATEGIES, TTA_NAMES, EvalOptions, SelectionConfig, TrainConfig, check_device
 from ..errors import ConfigError, StateError
 from ..workflow.reporting import SILENT, Reporter
 from .layout import CACHE, GRID_FILE, PROJECTS, RESULTS_FILE, project_name
@@ -44,24 +45,6 @@ from .results import METRIC_COLUMNS, Results, check_rewritable, load_results, ro
 UNCOMPARED_KEYS = frozenset(
     {"device", "train.device", "train.num_workers", "train.feature_cache", "montages"}
 )
-
-
-def _all_ttas() -> tuple[str, ...]:
-    from ..config import TTA_NAMES
-
-    return tuple(TTA_NAMES)
-
-
-def _default_train():
-    from ..config import TrainConfig
-
-    return TrainConfig()
-
-
-def _default_selection():
-    from ..config import SelectionConfig
-
-    return SelectionConfig()
 
 
 @dataclass
@@ -83,9 +66,9 @@ class SimulationConfig:
     rounds: int
     strategies: Sequence[str] = ("hybrid", "random")
     seeds: int | Sequence[int] = 3
-    train: Any = field(default_factory=_default_train)  # train.TrainConfig
-    selection: Any = field(default_factory=_default_selection)  # sampling.strategies.SelectionConfig
-    ttas: Sequence[str] = field(default_factory=_all_ttas)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    ttas: Sequence[str] = TTA_NAMES
     eval_max_images: int | None = None
     device: str = "auto"
     montages: bool = (
@@ -93,8 +76,6 @@ class SimulationConfig:
     )
 
     def __post_init__(self) -> None:
-        from ..config import EvalOptions, check_device
-        from ..sampling.strategies import STRATEGIES
         from ..workflow.common import load_data
 
         self.pool = Path(self.pool)
@@ -209,8 +190,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _setting_defaults() -> dict[str, Any]:
     """Return the flattened defaults of the training and selection settings (as `to_dict` writes them)."""
-    train = json.loads(json.dumps(_default_train().to_dict(), default=str))
-    selection = json.loads(json.dumps(dataclasses.asdict(_default_selection()), default=str))
+    train = json.loads(json.dumps(TrainConfig().to_dict(), default=str))
+    selection = json.loads(json.dumps(dataclasses.asdict(SelectionConfig()), default=str))
     return _flatten({"train": train, "selection": selection})
 
 
