@@ -101,7 +101,8 @@ def speed(args) -> None:
                 ds = CachedFeatureDataset(coco, coco.image_ids, {False: feats}, 256, TargetConfig(), crop)
                 rows.append((name, _epoch(m, make_loader(ds, args.batch, True, 0, 0, 1), True, params)))
             if bf16:
-                from activepose.pose.evaluate import EvalConfig, evaluate_model
+                from activepose.config import EvalConfig
+                from activepose.pose.evaluate import evaluate_model
                 from activepose.workflow.models import decoder_for
 
                 m.eval()
@@ -124,10 +125,10 @@ def speed(args) -> None:
 
 
 def accuracy(args) -> None:
-    from activepose.config import TrainConfig
+    from activepose.config import EvalConfig, TrainConfig
     from activepose.pose.checkpoint import load_model
     from activepose.pose.coco import load_coco
-    from activepose.pose.evaluate import EvalConfig, evaluate_model
+    from activepose.pose.evaluate import evaluate_model
     from activepose.pose.train import train
     from activepose.workflow.models import decoder_for
     from activepose.workflow.presets import PRESETS

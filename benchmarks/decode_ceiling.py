@@ -20,9 +20,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
 
+    from activepose.config import EvalConfig
     from activepose.pose.coco import load_coco
     from activepose.pose.decode import Decoder
-    from activepose.pose.evaluate import EvalConfig, metrics_for
+    from activepose.pose.evaluate import metrics_for
     from activepose.pose.fields import encode_targets
 
     gt = load_coco(args.data)

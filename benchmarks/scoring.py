@@ -45,13 +45,14 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
+    from activepose.config import UncertaintyConfig
     from activepose.fileio import read_image
     from activepose.pose.checkpoint import load_model
     from activepose.pose.coco import load_coco
     from activepose.pose.data import letterbox
     from activepose.pose.models import create_model
     from activepose.sampling.features import create_extractor, extract_features
-    from activepose.sampling.uncertainty import UncertaintyConfig, masked_peak_confidences, score_pool
+    from activepose.sampling.uncertainty import masked_peak_confidences, score_pool
 
     device = torch.device(args.device)
     coco = load_coco(args.pool, check_images=False)

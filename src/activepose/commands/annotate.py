@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..workflow.annotation import AnnotateOptions
 from . import options as o
 from .app import RichReporter, command, console, next_step, remember_secret
 
@@ -93,7 +94,6 @@ def annotate(
     then train (`activepose train`) or let `activepose run --oracle web` go on.
     """
     from ..web.server import serve
-    from ..workflow.annotation import AnnotateOptions
 
     token = server_token(token, token_file)
     opts = AnnotateOptions(round_id=round_id, model=model, predictions=predictions, device=device,

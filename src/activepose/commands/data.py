@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..pose.coco import save_coco
+from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
 from ..workflow import common
 from . import options as o
 from .app import command, console, next_step
@@ -53,7 +55,6 @@ def subset(
 
     Image file names are rewritten relative to the output file's folder, so the subset works from anywhere.
     """
-    from ..pose.coco import save_coco
 
     coco = common.load_data(data, check_images=False)
     if not 0 < size <= len(coco):
@@ -88,7 +89,6 @@ def synth(
     seed: o.Seed = 0,
 ) -> None:
     """Generate a synthetic multi-person COCO keypoint data set (deterministic per seed)."""
-    from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
 
     path = make_synthetic_coco(out, skeleton, SyntheticConfig(num_images=num_images, image_size=(size, size),
                                                               max_people=max_people), seed=seed)  # fmt: skip

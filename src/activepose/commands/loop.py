@@ -10,11 +10,17 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..experiment.grid import SimulationConfig
+from ..loop import RunOptions, run
 from ..oracle.simulated import SimulatedLabeller
+from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
 from ..workflow import rounds
+from ..workflow.presets import resolve_train_config
 from . import options as o
 from .annotate import AllowHost, Host, Port, Token, TokenFile, server_token
 from .app import RichReporter, command, console, duration, next_step
+from .project import status
+from .simulate import run_simulation
 
 
 @command("run")
@@ -67,8 +73,6 @@ def run_loop(
     initial labels are trained on and evaluated; with no labels at all, round 1 is chosen by diversity.
     Writes exports/learning_curve.png and .json.
     """
-    from ..loop import RunOptions, run
-    from .project import status
 
     if oracle not in ("simulated", "web"):
         raise ConfigError(f"unknown --oracle {oracle!r}: use simulated (with --ground-truth) or web")
@@ -149,10 +153,6 @@ def demo(
     rounds of select -> label (the true labels) -> train -> evaluate (clean and blurred). About 6 minutes on 2
     CPU cores with the defaults; the same command again reuses what is done.
     """
-    from ..experiment.grid import SimulationConfig
-    from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
-    from ..workflow.presets import resolve_train_config
-    from .simulate import run_simulation
 
     if (pool is None) != (test is None):
         raise ConfigError("give both --pool and --test (real data), or neither (generated data)")

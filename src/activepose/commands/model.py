@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..fileio import atomic_write_json
+from ..pose.coco import results_to_coco
+from ..pose.evaluate import SCALE_KEY, report_table
 from ..pose.skeleton import same_keypoints
 from ..workflow import common, models, presets, rounds
 from . import options as o
@@ -158,8 +161,6 @@ def predict(
     """Predict poses for a folder of images (or a COCO file's images) and write COCO results JSON."""
     import cv2
 
-    from ..fileio import atomic_write_json
-    from ..pose.coco import results_to_coco
     from ..pose.predict import describe_scale, draw_overlay
 
     # validates before loading anything
@@ -245,8 +246,6 @@ def evaluate(
     device: o.Device = "auto",
 ) -> None:
     """Evaluate a model: person count accuracy, OKS AP/AR, PCK@0.2, clean and under test-time augmentations."""
-    from ..fileio import atomic_write_json
-    from ..pose.evaluate import SCALE_KEY, report_table
     from ..pose.predict import describe_scale
 
     opts = rounds.EvalOptions(test=data, ttas=o.parse_tta(tta), max_images=max_images, batch_size=batch_size,

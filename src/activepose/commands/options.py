@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-from ..config import EvalOptions, SelectionConfig, TrainConfig, UncertaintyConfig
+from ..config import AugmentConfig, EvalOptions, SelectionConfig, TrainConfig, UncertaintyConfig
 from ..config import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
-from ..workflow.presets import PRESETS
+from ..workflow.presets import PRESETS, resolve_train_config
 
 T = TrainConfig  # defaults shown in help
 
@@ -281,8 +281,6 @@ class TrainingOptions:
     def config(self, run_dir: Path | None, device: str, seed: int | None = None, grayscale: bool = False,
                no_augment: bool = False):  # fmt: skip
         """Return the TrainConfig: these options > the preset > the run's own (in `run_dir`) > the defaults."""
-        from ..config import AugmentConfig
-        from ..workflow.presets import resolve_train_config
 
         given = {field: self.values[name] for name, (_, field) in _TRAINING.items() if field is not None}
         cfg = resolve_train_config(run_dir, self.values["preset"], grayscale=grayscale or None, device=device,

@@ -11,8 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..fileio import atomic_write_bytes
+from ..interop.export import export_round
+from ..interop.label_studio import config_people, label_studio_config, local_files_setup
 from ..oracle.files import FileLabeller
 from ..oracle.simulated import SimulatedLabeller
+from ..pose.coco import printable
 from ..pose.skeleton import same_keypoints
 from ..workflow import common, create, models, rounds
 from . import options as o
@@ -25,7 +29,6 @@ _SHOWN_ANNOTATORS = 20  # rows of the annotator table in `status`
 def _printable(text: str, limit: int) -> str:
     """Return imported text (names, file names) as it may reach the terminal: control characters (and
     bidirectional overrides) removed, at most `limit` characters, markup escaped."""
-    from ..pose.coco import printable
 
     text = printable(text)
     return escape(text if len(text) <= limit else text[: limit - 3] + "...")
@@ -382,9 +385,6 @@ def export(
     per-point person choice (select a point, pick its person). With --ls-root, image URLs load through Label
     Studio's local-files serving (the command prints what to set up).
     """
-    from ..fileio import atomic_write_bytes
-    from ..interop.export import export_round
-    from ..interop.label_studio import config_people, label_studio_config, local_files_setup
 
     if fmt not in ("coco", "label-studio"):
         raise ConfigError(f"unknown --format {fmt!r}; use coco or label-studio")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..fileio import atomic_write_json
 from ..pose.skeleton import same_keypoints
 from ..workflow import common, models
 from .app import RichReporter, console
@@ -14,7 +15,6 @@ from .app import RichReporter, console
 
 def select_pool(pool: Path, labelled: Path | None, opts, out: Path | None, montage: Path | None) -> None:
     from ..device import resolve_device
-    from ..fileio import atomic_write_json
     from ..sampling.strategies import SelectionContext, select_batch
 
     device = resolve_device(opts.device)

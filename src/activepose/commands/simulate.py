@@ -12,6 +12,9 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..experiment.grid import SimulationConfig, simulate
+from ..experiment.stats import summarise
+from ..workflow.presets import simulation_settings
 from . import options as o
 from .app import RichReporter, command, console, duration, next_step
 
@@ -122,8 +125,6 @@ def simulate_cmd(
     (one row per strategy, seed, round, test set and TTA) and DIR/grid.json. Interrupted (crash, kill -9,
     Ctrl-C)? Run the same command again: finished cells are kept, an unfinished one continues.
     """
-    from ..experiment.grid import SimulationConfig
-    from ..workflow.presets import simulation_settings
 
     # Every option is checked here, before any training.
     train_cfg = training.config(None, device)
@@ -142,8 +143,6 @@ def simulate_cmd(
 
 def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
     """Run (or resume) a simulation grid with progress bars, then print its table and where its results are."""
-    from ..experiment.grid import simulate
-    from ..experiment.stats import summarise
 
     console.print(
         f"simulating {', '.join(cfg.strategies)} x {len(cfg.seeds)} seed(s) x rounds 0..{cfg.rounds} "

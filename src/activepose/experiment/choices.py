@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..project.store import Project
 from .layout import project_folders
 
 
@@ -43,7 +44,6 @@ class RoundChoice:
 
 def round_choices(out_dir: str | Path) -> list[RoundChoice]:
     """Return one RoundChoice per labelled round of every project under `out_dir/projects`."""
-    from ..project.store import Project
 
     out: list[RoundChoice] = []
     for strategy, seed, folder in project_folders(out_dir):

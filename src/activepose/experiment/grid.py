@@ -35,9 +35,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import STRATEGIES, TTA_NAMES, EvalOptions, SelectionConfig, TrainConfig, check_device
+from .. import __version__
+from ..config import (
+    STRATEGIES,
+    TTA_NAMES,
+    EvalOptions,
+    SelectionConfig,
+    SelectOptions,
+    TrainConfig,
+    check_device,
+)
 from ..errors import ConfigError, StateError
+from ..fileio import ImageReadError, atomic_write, atomic_write_json, probe_image
+from ..lock import project_lock
+from ..loop import RunOptions, run
+from ..oracle.simulated import SimulatedLabeller
+from ..pose.coco import save_coco
+from ..pose.skeleton import same_keypoints
+from ..project.store import Project
+from ..workflow.common import load_data, parallel_map
+from ..workflow.create import ProjectSource, create_project
+from ..workflow.curve import is_evaluated
+from ..workflow.models import load, record_model
 from ..workflow.reporting import SILENT, Reporter
+from ..workflow.rounds import RUN_DIR, evaluate_model_on
 from .layout import CACHE, GRID_FILE, PROJECTS, RESULTS_FILE, project_name
 from .results import METRIC_COLUMNS, Results, check_rewritable, load_results, row_text, write_results
 
@@ -76,7 +97,6 @@ class SimulationConfig:
     )
 
     def __post_init__(self) -> None:
-        from ..workflow.common import load_data
 
         self.pool = Path(self.pool)
         self.tests = tuple(
@@ -161,7 +181,6 @@ class SimulationConfig:
         return cfg
 
     def eval_options(self, test: Path | None):
-        from ..config import EvalOptions
 
         return EvalOptions(test=test, ttas=self.ttas, max_images=self.eval_max_images, device=self.device)
 
@@ -252,9 +271,6 @@ class _Plan:
 
 def _plan(cfg: SimulationConfig, reporter: Reporter) -> _Plan:
     """Probe the pool and test images (as project creation does) and check that the grid fits the pool."""
-    from ..fileio import ImageReadError, probe_image
-    from ..pose.skeleton import same_keypoints
-    from ..workflow.common import load_data, parallel_map
 
     def probe(path: Path):
         try:
@@ -304,8 +320,6 @@ def _initial_set(cfg: SimulationConfig, plan: _Plan, seed: int, folder: Path) ->
     """Write (once) and return `folder/initial.json`: the seed's initial labelled set, drawn from the pool."""
     import numpy as np
 
-    from ..pose.coco import save_coco
-
     path = folder / "initial.json"
     if path.is_file():
         return path
@@ -325,7 +339,6 @@ def _initial_set(cfg: SimulationConfig, plan: _Plan, seed: int, folder: Path) ->
 def _initial_model(cfg: SimulationConfig, seed: int, folder: Path, initial: Path, reporter: Reporter) -> Path:
     """Train (or resume, or find finished) the seed's initial model; return its run folder."""
     from ..pose.train import train
-    from ..workflow.common import load_data
 
     run_dir = folder / "initial_run"
     # budget_ends_session (as in train_round): a time budget completes the session, so the copy that every
@@ -336,8 +349,6 @@ def _initial_model(cfg: SimulationConfig, seed: int, folder: Path, initial: Path
 
 def _evaluate_cached(path: Path, loaded_fn, test: Path, opts, reporter: Reporter) -> dict:
     """Return {tta: metrics} of a model on `test`, read from `path` or computed and written there."""
-    from ..fileio import atomic_write_json
-    from ..workflow.rounds import evaluate_model_on
 
     if path.is_file():
         return json.loads(path.read_text())
@@ -350,7 +361,6 @@ def _initial_metrics(
     cfg: SimulationConfig, folder: Path, run_dir: Path, reporter: Reporter
 ) -> dict[str, dict]:
     """Return {test stem: {tta: metrics}} of the seed's initial model on every test file (cached per file)."""
-    from ..workflow.models import load
 
     loaded: list[Any] = []
 
@@ -367,7 +377,6 @@ def _initial_metrics(
 
 # --- per (strategy, seed): the project ----------------------------------------------------------------------
 def _copy_run(src: Path, dst: Path) -> None:
-    from ..fileio import atomic_write
 
     for f in sorted(src.iterdir()):
         if f.is_file() and not f.name.startswith("."):
@@ -382,12 +391,6 @@ def _copy_run(src: Path, dst: Path) -> None:
 def _setup_project(cfg: SimulationConfig, plan: _Plan, folder: Path, initial: Path, run_dir: Path,
                    metrics: dict[str, dict], reporter: Reporter) -> None:  # fmt: skip
     """Create the project (once), copy the seed's initial run in, record it as model 1 and its evaluation."""
-    from ..fileio import atomic_write_json
-    from ..project.store import Project
-    from ..workflow.create import ProjectSource, create_project
-    from ..workflow.curve import is_evaluated
-    from ..workflow.models import record_model
-    from ..workflow.rounds import RUN_DIR
 
     if not (folder / "project.db").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -425,9 +428,6 @@ def _session_seconds(run_dir: Path, session: int) -> float:
 def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r: int,
                reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
     """Return the rows of cell (strategy, seed, r) from the project's stored state (evaluating as needed)."""
-    from ..project.store import Project
-    from ..workflow.models import load
-    from ..workflow.rounds import RUN_DIR
 
     with Project.open(folder) as project:
         models = {m.id: m for m in project.models()}
@@ -504,8 +504,6 @@ class _CellReporter(Reporter):
 
 
 def _run_options(cfg: SimulationConfig, strategy: str, seed: int, oracle, montages: bool, cache: Path):
-    from ..config import SelectOptions
-    from ..loop import RunOptions
 
     selection = dataclasses.replace(cfg.selection, cache_dir=cache)
     return RunOptions(
@@ -517,9 +515,6 @@ def _run_options(cfg: SimulationConfig, strategy: str, seed: int, oracle, montag
 
 
 def _write_grid(out_dir: Path, cfg: SimulationConfig, command: Sequence[str] | None) -> None:
-    from .. import __version__
-    from ..fileio import atomic_write_json
-
     atomic_write_json(out_dir / GRID_FILE, {
         "config": cfg.to_dict(), "command": list(command) if command is not None else None,
         "activepose": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -547,9 +542,6 @@ def simulate(
     Refuses (ConfigError, nothing written) a folder holding another grid or other files, and a grid that
     does not fit in the pool's usable images, before any training. One simulation per folder at a time.
     """
-    from ..lock import project_lock
-    from ..loop import run
-    from ..oracle.simulated import SimulatedLabeller
 
     t_start = time.monotonic()
     out_dir = Path(out_dir)

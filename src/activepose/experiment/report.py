@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..workflow.plots import _pyplot
 from .layout import plot_name
 from .results import Results
 from .stats import (
@@ -82,7 +83,6 @@ def curves_png(
     """PNG bytes of Figure 3 A-F for one test set: `metric` (in %) against `xaxis` ("images" or
     "minutes"), a subplot per TTA, per strategy the mean over seeds with its 95 % t-band (no band where
     only one seed); None when no strategy has a finite value."""
-    from ..workflow.plots import _pyplot
 
     if not any(pts for panel in panels.values() for pts in panel.values()):
         return None

@@ -39,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ActiveposeError, ConfigError
+from ..lock import project_lock
 from ..pose.coco import MAX_PEOPLE_PER_IMAGE
 from ..project.leases import LabelConflict, LeaseHeld
 from ..project.schema import StoreError
@@ -374,7 +375,6 @@ def serve(
     port could otherwise label (or read images). `on_ready(url)` is called once the server listens (the URL
     carries the token).
     """
-    from ..lock import project_lock
 
     check_host(host, token, port)
     with project_lock(folder, "annotate"):

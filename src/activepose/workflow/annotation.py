@@ -26,7 +26,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ActiveposeError, ConfigError, StateError
+from ..fileio import atomic_write_json, file_sha1
 from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, check_people
+from ..project.leases import LeaseHeld, check_lease_seconds
+from ..project.schema import StoreError
+from ..project.store import Project
 from .reporting import SILENT, Reporter
 from .rounds import image_states, round_progress
 
@@ -80,8 +84,6 @@ class AnnotateOptions:
     relaxed_score: float = 0.1
 
     def __post_init__(self) -> None:
-        from ..project.leases import check_lease_seconds
-        from ..project.schema import StoreError
 
         try:
             check_lease_seconds(self.lease_seconds)  # the store's rule: finite, in (0, 1440] minutes
@@ -131,7 +133,6 @@ def preannotate(project, round_id: int, opts: AnnotateOptions, reporter: Reporte
     Cached in exports/round_<R>/preannotations.json by model sha1 and thresholds; images added since are
     predicted, the rest read back.
     """
-    from ..fileio import atomic_write_json, file_sha1
 
     if not opts.predictions:
         return {"model": None, "people": {}}
@@ -196,7 +197,6 @@ class LabellingDesk:
     """One round of a project, served to annotators. Thread-safe: one store connection per thread."""
 
     def __init__(self, folder: str | Path, opts: AnnotateOptions | None = None, reporter: Reporter = SILENT):
-        from ..project.store import Project
 
         self.folder = Path(folder)
         self.opts = opts or AnnotateOptions()
@@ -210,7 +210,6 @@ class LabellingDesk:
         self._scores = {i: score for i, _, score in items}
 
     def _project(self):
-        from ..project.store import Project
 
         project = getattr(self._local, "project", None)
         if project is None:
@@ -280,7 +279,6 @@ class LabellingDesk:
 
     def image_view(self, image_id: int, annotator: str) -> dict[str, Any]:
         """One image for `annotator`: takes its lease when free and the round is open."""
-        from ..project.leases import LeaseHeld
 
         project = self._project()
         image_id = self._check(int(image_id))

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from ..pose.coco import load_coco
+from ..pose.skeleton import get_skeleton
+from ..project.store import Project
 from .reporting import SILENT, Reporter
 
 T = TypeVar("T")
@@ -20,7 +23,6 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff
 @contextmanager
 def opened(folder: str | Path, readonly: bool = False) -> Iterator[Any]:
     """Open the project in `folder` for the block (read-only: the command never writes the database)."""
-    from ..project.store import Project
 
     project = Project.open(folder, readonly=readonly)
     try:
@@ -33,8 +35,6 @@ def load_data(
     path: str | Path, skeleton: str | None = None, check_images: bool = True, read_headers: bool = False
 ):
     """Return a validated COCO keypoint data set (CocoError / SkeletonError name the file and problem)."""
-    from ..pose.coco import load_coco
-    from ..pose.skeleton import get_skeleton
 
     return load_coco(
         path,

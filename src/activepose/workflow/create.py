@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, EnvironmentProblem
-from ..pose.skeleton import same_keypoints
+from ..fileio import ImageReadError, probe_image
+from ..pose.skeleton import get_skeleton, same_keypoints
+from ..project.schema import DB_NAME
+from ..project.store import Project
 from .common import IMAGE_EXTS, load_data, parallel_map, stored_path
 from .reporting import SILENT, Reporter
 
@@ -52,7 +55,6 @@ class CreatedProject:
 
 
 def _probe(path: Path) -> tuple[tuple[int, int, str] | None, str | None]:
-    from ..fileio import ImageReadError, probe_image
 
     try:
         return probe_image(path), None
@@ -61,7 +63,6 @@ def _probe(path: Path) -> tuple[tuple[int, int, str] | None, str | None]:
 
 
 def _check_target(folder: Path) -> Path:
-    from ..project.schema import DB_NAME
 
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "a project already exists there" if (folder / DB_NAME).exists() else "the folder is not empty"
@@ -71,8 +72,6 @@ def _check_target(folder: Path) -> Path:
 
 def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter = SILENT) -> CreatedProject:
     """Create a project (project.db + checkpoints/, caches/, exports/) in `folder` from `source`."""
-    from ..pose.skeleton import get_skeleton
-    from ..project.store import Project
 
     folder = Path(folder)
     target = _check_target(folder)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fileio import atomic_write_json
+from .plots import plot_learning_curve
+
 
 def is_evaluated(metrics: dict) -> bool:
     """True when a model's stored metrics hold an evaluation report ({tta: {metric: value}})."""
@@ -31,8 +34,6 @@ def learning_curve(project) -> list[dict]:
 
 def write_learning_curve(project) -> Path | None:
     """Write exports/learning_curve.{json,png}; return the PNG's path (None before any evaluation)."""
-    from ..fileio import atomic_write_json
-    from .plots import plot_learning_curve
 
     points = learning_curve(project)
     if not points:

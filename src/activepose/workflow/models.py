@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import faults
+from ..config import DecoderConfig
+from ..fileio import ImageReadError, atomic_write, file_sha1, read_image
 from .reporting import SILENT, Reporter
 
 
 def decoder_for(skeleton, min_parts: int | None = None, min_score: float | None = None):
     """Return the default Decoder for `skeleton`, with the minimum parts / person score changed if given."""
-    from ..config import DecoderConfig
     from ..pose.decode import Decoder
 
     changes = {"min_parts": min_parts, "min_person_score": min_score}
@@ -41,7 +42,6 @@ def predict_files(
     Images are batched by network input side. `on_image(id, path, image, prediction)` is called for each
     image (e.g. to draw an overlay), in the order batches complete; the result is in `files`' order.
     """
-    from ..fileio import ImageReadError, read_image
     from ..pose.predict import InputScale, model_device, predict_stream
 
     decoder = decoder or decoder_for(loaded.skeleton)
@@ -78,7 +78,6 @@ def record_model(project, best: Path, train_size: int, reporter: Reporter = SILE
     The weights' sha1 identifies a model: the same weights again (a re-run) record nothing. Recording the
     model moves a 'labelled' round to 'trained' in the same transaction.
     """
-    from ..fileio import atomic_write, file_sha1
 
     digest = file_sha1(best)
     known = project.model_by_sha1(digest)

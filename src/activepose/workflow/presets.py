@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..config import TrainConfig
 from ..errors import ConfigError
 
 # `paper`: the paper's settings (VGG-tiny at 368 px, batch 4, Adam 1e-4, patience 35): meant for a GPU.
@@ -72,7 +73,6 @@ def simulation_settings(preset: str | None, **given: Any) -> dict[str, Any]:
 
 def resolve_train_config(run_dir: Path | None = None, preset: str | None = None, **given: Any):
     """Return the TrainConfig for a command: `given` options (None = not given) over the preset over the run's."""
-    from ..config import TrainConfig
     from ..pose.train import check_same_architecture, run_config
 
     base = TrainConfig()

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import faults
-from ..config import EvalOptions, SelectOptions
+from ..config import EvalConfig, EvalOptions, SelectOptions
 from ..errors import StateError
+from ..fileio import atomic_write_json
 from ..lock import project_lock
+from ..pose.evaluate import SCALE_KEY, evaluate_model, scale_summary, tta_metrics
 from ..pose.skeleton import same_keypoints
 from ..sampling import NEEDS_MODEL
 from .common import load_data, seeded_subset
+from .curve import write_learning_curve
 from .models import decoder_for, input_scale, load, record_model
 from .reporting import SILENT, Reporter
 
@@ -242,9 +245,7 @@ def evaluate_model_on(loaded, data_path: Path, opts: EvalOptions, reporter: Repo
     | factor, "factor", "input_sizes": {"min", "median", "max"}, "capped"} (+ "note" when auto fell back to
     fixed); `evaluate.tta_metrics(report)` is the report without it.
     """
-    from ..config import EvalConfig
     from ..device import resolve_device
-    from ..pose.evaluate import SCALE_KEY, evaluate_model, scale_summary
 
     data = seeded_subset(load_data(data_path), opts.max_images, opts.seed)
     same_keypoints(str(data_path), data.skeleton, loaded.skeleton)
@@ -283,8 +284,6 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
     Storing the metrics moves the round 'trained' -> 'evaluated' (one transaction); writing the learning
     curve then closes it. A crash between the two leaves 'evaluated', which `close_round` finishes.
     """
-    from ..fileio import atomic_write_json
-    from ..pose.evaluate import SCALE_KEY, tta_metrics
     from ..pose.predict import describe_scale
 
     latest = project.latest_model()
@@ -309,7 +308,6 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
 
 def close_round(project, round_id: int) -> Path | None:
     """Write the learning curve with the round's model and close the round ('evaluated' -> 'closed')."""
-    from .curve import write_learning_curve
 
     curve = write_learning_curve(project)
     project.close_round(round_id)
