@@ -63,6 +63,7 @@ import numpy as np
 
 from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, is_int, is_real, read_json, shown
 from ..pose.skeleton import Skeleton
+from ..project.matching import ImageMatcher
 from ..project.schema import StoreError
 from ..project.store import Project
 from .paths import image_ref
@@ -508,9 +509,7 @@ def import_label_studio(
     project.check_not_own_database(path)
     raw, tasks = _read_tasks(path)
     source = source or f"label-studio:{path.name}"
-    by_name: dict[str, list[int]] = {}
-    for image_id in project.image_ids():
-        by_name.setdefault(Path(project.image(image_id).path).name, []).append(image_id)
+    matcher = ImageMatcher((i, project.image(i).path) for i in project.image_ids())
     in_round = None if round_id is None else {i for i, _, _ in project.round(round_id).items}
     labels: dict[int, np.ndarray] = {}
     seconds: dict[int, float] = {}
@@ -534,7 +533,7 @@ def import_label_studio(
             unannotated.append(tid)
             continue
         data = task.get("data") or {}
-        image_id, why = _map_task(project, data if isinstance(data, dict) else {}, by_name)
+        image_id, why = _map_task(matcher, data if isinstance(data, dict) else {})
         if image_id is None:
             problems.append(
                 f"{where} (image {shown(data.get('image') if isinstance(data, dict) else data)}): {why}"
@@ -618,23 +617,15 @@ def import_label_studio(
     )
 
 
-def _map_task(
-    project: Project, data: dict[str, Any], by_name: dict[str, list[int]]
-) -> tuple[int | None, str]:
+def _map_task(matcher: ImageMatcher, data: dict[str, Any]) -> tuple[int | None, str]:
+    """Return (the project image a task shows, why not when None) by `ImageMatcher`'s rule."""
     name = _file_name(str(data.get("image", "")))
     given = data.get("activepose_image_id")
     if given is not None and not is_int(given):
         return None, f"activepose_image_id must be a 64-bit integer, got {shown(given)}"
-    if given is not None:
-        try:
-            if Path(project.image(given).path).name == name:
-                return given, ""
-        except StoreError:
-            pass
-    for candidate in (name, _UPLOAD_PREFIX.sub("", name, count=1)):
-        hits = by_name.get(candidate, [])
-        if len(hits) == 1:
-            return hits[0], ""
-        if len(hits) > 1:
-            return None, f"{len(hits)} project images are named {shown(candidate)}"
+    found = matcher.match(given, [name, _UPLOAD_PREFIX.sub("", name, count=1)])
+    if found.image_id is not None:
+        return found.image_id, ""
+    if found.ambiguous:
+        return None, f"{found.ambiguous} project images are named {shown(found.name)}"
     return None, f"no project image named {shown(name)}"

@@ -46,6 +46,7 @@ from ..fileio import _strict, file_sha1
 from ..pose.coco import CocoError, CocoKeypoints, Frame, check_people, parse_coco, read_json, save_coco, shown
 from ..pose.skeleton import Skeleton
 from .leases import LabellingStore
+from .matching import ImageMatcher
 from .schema import (
     BUSY_TIMEOUT_S,
     DB_NAME,
@@ -836,31 +837,24 @@ class Project(LabellingStore):
         return ImportResult(n, False, msg, written.superseded, completed, n_skipped)
 
     def _map_frames(self, c: sqlite3.Connection, data: CocoKeypoints) -> tuple[dict[int, int], list[str]]:
-        by_name: dict[str, list[int]] = {}
-        by_id: dict[int, str] = {}
-        for image_id, p in c.execute("SELECT id, path FROM images"):
-            name = Path(p).name
-            by_name.setdefault(name, []).append(image_id)
-            by_id[image_id] = name
+        """Map a COCO file's image ids to the project's by `ImageMatcher`'s rule (id, name, then content)."""
+        matcher = ImageMatcher(c.execute("SELECT id, path FROM images"))
         mapping, problems = {}, []
         for f in data.frames:
-            name = Path(f.file_name).name
-            if by_id.get(f.image_id) == name:
-                mapping[f.image_id] = f.image_id
-                continue
-            candidates = by_name.get(name, [])
-            if len(candidates) == 1:
-                mapping[f.image_id] = candidates[0]
-                continue
             fp = data.image_path(f)
-            if fp.is_file() and not self.is_own_database(fp):  # never hash the database itself
-                hits = [
+
+            def by_content(fp: Path = fp) -> list[int]:
+                if not fp.is_file() or self.is_own_database(fp):  # never hash the database itself
+                    return []
+                return [
                     r[0] for r in c.execute("SELECT id FROM images WHERE content_hash = ?", (file_sha1(fp),))
                 ]
-                if len(hits) == 1:
-                    mapping[f.image_id] = hits[0]
-                    continue
-            why = f"{len(candidates)} project images share that file name" if candidates else "no match"
+
+            found = matcher.match(f.image_id, [Path(f.file_name).name], by_content)
+            if found.image_id is not None:
+                mapping[f.image_id] = found.image_id
+                continue
+            why = f"{found.ambiguous} project images share that file name" if found.ambiguous else "no match"
             problems.append(
                 f"image id {f.image_id} ({f.file_name!r}): no project image by id, name or hash ({why})"
             )

@@ -1,0 +1,56 @@
+"""The one rule that finds the project image a labelled file means, for every importer (COCO, Label Studio).
+
+In order: the image id the file gives, when the project's image of that id has the same file name (ids are
+stable, names guard against a file for another pool); else the one project image with that file name (tried
+for each of the names the format allows, e.g. Label Studio's upload name without its hash prefix); else, when
+the importer can hash the file's bytes, the one project image with that content. Anything else is no match,
+with why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Match:
+    """The matched project image id (None: no match); `ambiguous`: how many project images share the name."""
+
+    image_id: int | None
+    name: str = ""
+    ambiguous: int = 0
+
+
+class ImageMatcher:
+    """Matches files to a project's images by the rule above; built once per import from (id, path) rows."""
+
+    def __init__(self, rows: Iterable[tuple[int, str]]):
+        self.name_of: dict[int, str] = {}
+        self.by_name: dict[str, list[int]] = {}
+        for image_id, path in rows:
+            name = Path(path).name
+            self.name_of[int(image_id)] = name
+            self.by_name.setdefault(name, []).append(int(image_id))
+
+    def match(
+        self,
+        image_id: int | None,
+        names: Sequence[str],
+        by_content: Callable[[], list[int]] | None = None,
+    ) -> Match:
+        """Return the project image for a file that gives `image_id` (or None) and `names` (its file name first)."""
+        if image_id is not None and self.name_of.get(image_id) == names[0]:
+            return Match(image_id, names[0])
+        for name in names:
+            hits = self.by_name.get(name, [])
+            if len(hits) == 1:
+                return Match(hits[0], name)
+            if len(hits) > 1:
+                if by_content is not None and len(hits := by_content()) == 1:
+                    return Match(hits[0], name)
+                return Match(None, name, len(self.by_name[name]))
+        if by_content is not None and len(hits := by_content()) == 1:
+            return Match(hits[0], names[0])
+        return Match(None, names[0])
