@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from activepose.interop.coco import import_coco
 from activepose.interop.export import export_round
 from activepose.oracle.simulated import SimulatedOracle
 from activepose.pose.coco import load_coco
@@ -147,9 +148,9 @@ def test_coco_export_with_predictions_is_not_a_label_file(project, gt, tmp_path)
     with pytest.raises(
         StoreError, match="carry a 'score': these are model predictions.*--accept-predictions"
     ):
-        project.import_coco(out, round=1)
+        import_coco(project, out, round=1)
     assert project.dump() == before
-    res = project.import_coco(out, round=1, accept_predictions=True, complete_round=True)
+    res = import_coco(project, out, round=1, accept_predictions=True, complete_round=True)
     assert res.new_labels == sum(len(k) for k, _ in preds.values()) and res.round_completed
     np.testing.assert_allclose(
         project.keypoints_of(2), as_labels(preds[2][0][(preds[2][0][..., 2] > 0).any(1)]), atol=0.01

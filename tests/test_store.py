@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from activepose.interop.coco import import_coco
 from activepose.pose.coco import annotation_dict, load_coco
 from activepose.pose.skeleton import get_skeleton
 from activepose.project import leases, store
@@ -163,10 +164,10 @@ def test_labels_clipped_identical_noop_changed_replaced(project):
 
 def test_import_twice_is_idempotent_and_export_round_trips(project, tmp_path):
     f = write_coco(tmp_path / "labels.json", {1: people(1), 2: people(2, 1)})
-    r1 = project.import_coco(f)
+    r1 = import_coco(project, f)
     assert (r1.new_labels, r1.already_imported) == (3, False)
     before = project.dump()
-    r2 = project.import_coco(f)
+    r2 = import_coco(project, f)
     assert (r2.new_labels, r2.already_imported) == (0, True) and "already imported" in r2.message
     assert project.dump() == before
     assert {r.source for r in project.labels_of(1)} == {"file:labels.json"}
@@ -180,13 +181,13 @@ def test_import_bad_file_leaves_store_unchanged(project, tmp_path):
     before = project.dump()
     f = write_coco(tmp_path / "bad.json", {1: people(1), 42: people(2)})  # 42.jpg matches nothing
     with pytest.raises(StoreError, match=r"image id 42 \('42.jpg'\)"):
-        project.import_coco(f)
+        import_coco(project, f)
     other = get_skeleton("lsp14")
     data = json.loads(f.read_text())
     data["categories"] = [other.to_coco_category()]
     (tmp_path / "sk.json").write_text(json.dumps(data))
     with pytest.raises(StoreError, match="do not match skeleton"):
-        project.import_coco(tmp_path / "sk.json")
+        import_coco(project, tmp_path / "sk.json")
     assert project.dump() == before
 
 
@@ -226,12 +227,13 @@ def test_rounds(project):
 _IMPORTER = """
 import sys, time
 from pathlib import Path
+from activepose.interop.coco import import_coco
 from activepose.project.store import Project
 folder, go, files = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 while not go.exists():
     time.sleep(0.005)
 with Project.open(folder) as p:
-    print(sum(p.import_coco(f).new_labels for f in files))
+    print(sum(import_coco(p, f).new_labels for f in files))
 """
 
 
@@ -435,21 +437,21 @@ def test_replacement_keeps_history_and_round(project):
 
 def test_same_labels_under_another_file_name_add_nothing(project, tmp_path):
     first = write_coco(tmp_path / "labels.json", {1: people(1), 2: people(2, 1)})
-    assert project.import_coco(first).new_labels == 3
+    assert import_coco(project, first).new_labels == 3
     before = project.dump()
     # the same labels, people in another order, under another name (other bytes, so not "already imported")
     again = write_coco(tmp_path / "labels_again.json", {2: people(2, 1), 1: people(1)[::-1]})
-    res = project.import_coco(again)
+    res = import_coco(project, again)
     assert (res.new_labels, res.already_imported, res.replaced) == (0, False, 0)
     assert "already stored" in res.message
     # the project's own export, re-imported: the "export everything and re-import" workflow
     out = project.export_coco(tmp_path / "exports" / "all.json")
-    res = project.import_coco(out)
+    res = import_coco(project, out)
     assert (res.new_labels, res.already_imported) == (0, False)
     assert project.dump() == before and row_counts(project)["imports"] == 1
     # a corrected file replaces that image's labels only
     fixed = write_coco(tmp_path / "fixed.json", {1: people(11), 2: people(2, 1)})
-    res = project.import_coco(fixed)
+    res = import_coco(project, fixed)
     assert (res.new_labels, res.replaced) == (2, 2) and "replacing 2" in res.message
     np.testing.assert_allclose(project.keypoints_of(1), people(11), atol=1e-4)
     assert row_counts(project)["labels"] == 5 and len(project.labels_of(2, history=True)) == 1
@@ -464,10 +466,10 @@ def test_import_coco_refuses_predictions_without_consent(project, tmp_path):
     f.write_text(json.dumps(data))
     before = project.dump()
     with pytest.raises(StoreError, match="3 annotation.*model predictions.*--accept-predictions") as err:
-        project.import_coco(f)
+        import_coco(project, f)
     assert "annotation id 1 (image id 1): score 0.5" in str(err.value)
     assert project.dump() == before
-    assert project.import_coco(f, accept_predictions=True).new_labels == 3
+    assert import_coco(project, f, accept_predictions=True).new_labels == 3
     np.testing.assert_allclose(project.keypoints_of(1), people(1), atol=1e-4)
 
 
@@ -575,7 +577,7 @@ def test_labelling_completes_the_round_in_the_same_transaction(project, tmp_path
     assert project.round(r).state == "open"  # images left
     assert project.skip_images(r, [4], complete_round=True) == 1
     assert project.round(r).state == "open"
-    res = project.import_coco(write_coco(tmp_path / "r.json", {5: people(5)}), round=r, complete_round=True)
+    res = import_coco(project, write_coco(tmp_path / "r.json", {5: people(5)}), round=r, complete_round=True)
     assert res.round_completed and res.new_labels == 2 and "round 1 is labelled" in res.message
     assert project.round(r).state == "labelled"
     assert project.complete_round_if_done(r) is False  # past 'open': nothing to do
@@ -821,7 +823,7 @@ def test_label_studio_coco_export_is_refused_as_coco(project, tmp_path):
     data["info"] = {"year": 2026, "version": "1.0", "contributor": "Label Studio"}
     f.write_text(json.dumps(data))
     with pytest.raises(StoreError, match="Label Studio's COCO export, which merges all people"):
-        project.import_coco(f)
+        import_coco(project, f)
     assert project.labels_of(1) == []
 
 

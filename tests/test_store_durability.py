@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from activepose.interop.coco import import_coco
 from activepose.pose.coco import load_coco
 from activepose.project.schema import DB_NAME, StoreError
 from activepose.project.store import Project
@@ -259,6 +260,6 @@ def test_an_image_file_name_pointing_at_the_database_is_never_hashed(project, tm
     with Project.open(project) as p:
         before = p.dump()
         with pytest.raises(StoreError, match="no project image by id, name or hash"):
-            p.import_coco(labels, source="file")
+            import_coco(p, labels, source="file")
         assert p.dump() == before
     assert project / DB_NAME not in [h.resolve() for h in hashed]

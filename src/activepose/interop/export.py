@@ -4,7 +4,7 @@ Export (`export_round`) writes the round's images, in rank order, with the model
 pre-annotations:
 
 - `fmt="coco"`: a COCO keypoint file; `annotations` are the predictions, each with a `score` (found
-  keypoints written as labelled and visible, v = 2). It imports back with `Project.import_coco`.
+  keypoints written as labelled and visible, v = 2). It imports back with `interop.coco.import_coco`.
 - `fmt="label-studio"`: a Label Studio task list; see `label_studio` (its labelling config, the person
   choice that groups points into people, image URLs with `ls_root`, and `import_label_studio`).
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..interop.coco import import_coco
 from ..interop.label_studio import import_label_studio
 
 FORMATS = ("coco", "label-studio")
@@ -28,7 +29,7 @@ class FileLabeller:
 
     def label(self, project, round_id: int) -> tuple[int, str]:
         if self.fmt == "coco":
-            res = project.import_coco(self.path, round=round_id, include_empty=self.include_empty,
+            res = import_coco(project, self.path, round=round_id, include_empty=self.include_empty,
                                       accept_predictions=self.accept_predictions, complete_round=True)  # fmt: skip
             return res.new_labels, res.message
         res = import_label_studio(project, self.path, round_id=round_id,

@@ -27,7 +27,6 @@ migrated in memory). A `Project` holds one connection: use it from one thread (o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,7 +42,7 @@ import numpy as np
 
 from .. import faults
 from ..fileio import _strict, file_sha1
-from ..pose.coco import CocoError, CocoKeypoints, Frame, check_people, parse_coco, read_json, save_coco, shown
+from ..pose.coco import CocoKeypoints, Frame, check_people, save_coco
 from ..pose.skeleton import Skeleton
 from .leases import LabellingStore
 from .matching import ImageMatcher
@@ -666,66 +665,23 @@ class Project(LabellingStore):
         return np.stack([r.keypoints for r in rows])
 
     # --- imports -----------------------------------------------------------------------------------
-    def import_coco(
+    def import_frames(
         self,
         path: str | Path,
-        source: str | None = None,
+        digest: str,
+        data: CocoKeypoints,
+        source: str,
         round: int | None = None,
         include_empty: bool = False,
-        accept_predictions: bool = False,
         complete_round: bool = False,
     ) -> ImportResult:
-        """Import a COCO keypoint file's labels; idempotent by the file's content hash and by label content.
+        """Store the labels of a parsed labels file (`interop.coco.import_coco` reads and checks it) as one import.
 
-        The file must use the project's keypoints. Each file image maps to a project image: by id when
-        that id exists and its file name (last path component) matches; else by a unique file name match;
-        else by content hash when the image file is readable next to the JSON. Unmatched images are
-        errors (nothing imported). Images without annotations are skipped unless `include_empty`, which
-        records them as labelled with nobody in them. With `round`, every labelled image must belong to
-        that round. `source` defaults to 'file:<file name>'.
-
-        Annotations with a `score` key are model predictions (activepose's own exports and prediction files
-        write one per person), not human labels: they are refused unless `accept_predictions`
-        (`--accept-predictions`). Labels are stored as `add_labels` does: an image's changed labels replace
-        its current ones (kept as history), unchanged ones add nothing, so the same labels exported again and
-        re-imported under another file name store nothing (the import is then not recorded either).
-        `complete_round` (needs `round`) is `add_labels`'s: the round becomes 'labelled' in the same
-        transaction once all its images are labelled or skipped (`ImportResult.round_completed`).
+        Each file image maps to a project image by `ImageMatcher`'s rule (inside the transaction); an
+        unmatched image is an error and nothing is stored. Images without people are skipped unless
+        `include_empty`. Idempotent by `digest` (the file's content hash) and by label content, as `_import`.
         """
         path = Path(path)
-        self.check_not_own_database(path)
-        try:
-            raw = path.read_bytes()  # hash and parse the same bytes
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot import: {exc}") from exc
-        digest = hashlib.sha1(raw).hexdigest()
-        try:
-            try:
-                parsed = read_json(raw)
-            except ValueError as exc:
-                raise CocoError(path, [f"not valid JSON: {exc}"]) from None
-            info = parsed.get("info") if isinstance(parsed, dict) else None
-            if isinstance(info, dict) and str(info.get("contributor", "")).strip().lower() == "label studio":
-                raise StoreError(
-                    f"{path}: cannot import: Label Studio's COCO export, which merges all people of an image into "
-                    "one; export 'JSON' in Label Studio and import it with --format label-studio"
-                )
-            data = parse_coco(parsed, path=path, root=path.parent, skeleton=self.skeleton, check_images=False)
-        except CocoError as exc:
-            raise StoreError(f"{path}: cannot import: {exc}") from exc
-        if not accept_predictions:
-            scored = [
-                f"annotation id {a['id']} (image id {a['image_id']}): score {shown(a['score'])}"
-                for a in parsed["annotations"]
-                if isinstance(a, dict) and "score" in a
-            ]
-            if scored:
-                raise StoreError(
-                    f"{path}: {len(scored)} annotation(s) carry a 'score': these are model predictions, not "
-                    "human labels; nothing imported (pass --accept-predictions to import them as labels)",
-                    scored,
-                )
-        source = source or f"file:{path.name}"
 
         def labels_of_file(c: sqlite3.Connection) -> dict[int, np.ndarray]:
             mapping, problems = self._map_frames(c, data)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, EnvironmentProblem
 from ..fileio import ImageReadError, probe_image
+from ..interop.coco import import_coco
 from ..pose.skeleton import get_skeleton, same_keypoints
 from ..project.schema import DB_NAME
 from ..project.store import Project
@@ -137,7 +138,7 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
             if test_ids:
                 proj.set_image_state(test_ids, "test")
             if source.labels is not None:
-                imported = proj.import_coco(source.labels, accept_predictions=source.accept_predictions)
+                imported = import_coco(proj, source.labels, accept_predictions=source.accept_predictions)
             counts = proj.counts()
         if folder.exists():
             folder.rmdir()  # an empty folder (checked above); the rename needs it gone
