@@ -86,8 +86,9 @@ class Server:
     def __init__(self, folder: Path, model: Path | None):
         import uvicorn
 
+        from activepose.config import AnnotateOptions
         from activepose.web.server import create_app
-        from activepose.workflow.annotation import AnnotateOptions, LabellingDesk
+        from activepose.workflow.desk import LabellingDesk
 
         opts = AnnotateOptions(model=model, predictions=model is not None, device="cpu")
         t0 = time.perf_counter()

@@ -34,11 +34,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
+    from activepose.config import SyntheticConfig
     from activepose.pose.coco import load_coco
     from activepose.pose.data import PoseDataset
     from activepose.pose.decode import Decoder
     from activepose.pose.models import create_model
-    from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+    from activepose.pose.synthetic import make_synthetic_coco
     from activepose.pose.train import pose_loss
 
     device = torch.device(args.device)

@@ -37,7 +37,8 @@ def synthetic_project_data(root: Path, num_images: int, n_initial: int, n_test: 
     `n_initial` ids) and test.json (the last `n_test`) beside it; return (root, path of the full file)."""
     import json
 
-    from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+    from activepose.config import SyntheticConfig
+    from activepose.pose.synthetic import make_synthetic_coco
 
     cfg = SyntheticConfig(num_images=num_images, image_size=(64, 64), max_people=2, min_people=1)
     gt = make_synthetic_coco(root, "lsp14", cfg, seed=3)

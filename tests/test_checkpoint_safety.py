@@ -22,10 +22,10 @@ import torch
 from typer.testing import CliRunner
 
 from activepose.cli import app
-from activepose.config import TrainConfig
+from activepose.config import SyntheticConfig, TrainConfig
 from activepose.pose.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.pose.train import _rng_state, _set_rng_state, train
 from activepose.project.store import Project
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.config import AugmentConfig, TargetConfig
+from activepose.config import AugmentConfig, SyntheticConfig, TargetConfig
 from activepose.fileio import read_image
 from activepose.pose.coco import load_coco
 from activepose.pose.data import PoseDataset, build_augmentation, collate, letterbox
 from activepose.pose.skeleton import PRESETS
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 
 SK = PRESETS["lsp14"]
 K = SK.num_keypoints

@@ -237,7 +237,8 @@ def test_synthetic_scenes_round_trip(name):
     The generator overlaps people on purpose; a person whose joint lies on another's same-type limb is
     ambiguous in the targets themselves (see `_in_foreign_band`) and may be assembled wrongly.
     """
-    from activepose.pose.synthetic import SyntheticConfig, render_scene
+    from activepose.config import SyntheticConfig
+    from activepose.pose.synthetic import render_scene
 
     sk = PRESETS[name]
     dec = Decoder(sk)

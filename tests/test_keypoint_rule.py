@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from activepose.config import AnnotateOptions
 from activepose.pose.coco import (
     OUTSIDE_TOLERANCE,
     CocoError,
@@ -19,7 +20,7 @@ from activepose.pose.coco import (
 )
 from activepose.pose.skeleton import PRESETS
 from activepose.project.store import StoreError
-from activepose.workflow.annotation import AnnotateOptions, InvalidLabels, LabellingDesk, Person
+from activepose.workflow.desk import InvalidLabels, LabellingDesk, Person
 
 from .conftest import project_with_round, synthetic_project_data
 

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
+from activepose.config import SyntheticConfig
 from activepose.interop.export import export_round
 from activepose.interop.label_studio import (
     LabelStudioImport,
@@ -23,7 +24,7 @@ from activepose.interop.label_studio import (
     local_files_setup,
 )
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.project.schema import StoreError
 from activepose.project.store import Project
 

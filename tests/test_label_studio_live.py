@@ -27,10 +27,11 @@ import pytest
 from typer.testing import CliRunner
 
 from activepose.cli import app
+from activepose.config import SyntheticConfig
 from activepose.interop.export import export_round
 from activepose.interop.label_studio import config_people, import_label_studio, label_studio_config
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.project.schema import StoreError
 from activepose.project.store import Project
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from activepose.config import SyntheticConfig
 from activepose.interop.coco import import_coco
 from activepose.interop.export import export_round
 from activepose.oracle.simulated import SimulatedOracle
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.project.schema import StoreError
 
 from .conftest import project_with_round

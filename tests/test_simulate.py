@@ -16,11 +16,12 @@ from typer.testing import CliRunner
 
 import activepose.commands.simulate  # noqa: F401  (registers `simulate` until commands/__init__ does)
 from activepose.cli import app
+from activepose.config import SyntheticConfig
 from activepose.errors import ConfigError
 from activepose.experiment.grid import SimulationConfig, simulate
 from activepose.experiment.outputs import write_report
 from activepose.experiment.results import COLUMNS, TIMING_COLUMNS
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.project.store import Project
 from activepose.workflow import resolve_train_config
 

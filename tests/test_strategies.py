@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activepose.config import SelectionConfig, UncertaintyConfig
+from activepose.config import SelectionConfig, SyntheticConfig, UncertaintyConfig
 from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.sampling.strategies import (
     STRATEGIES,
     SelectionContext,

@@ -7,15 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from activepose.config import SyntheticConfig
+from activepose.errors import SyntheticError
 from activepose.pose.coco import load_coco
 from activepose.pose.skeleton import PRESETS, Skeleton
-from activepose.pose.synthetic import (
-    SyntheticConfig,
-    SyntheticError,
-    canonical_name,
-    make_synthetic_coco,
-    render_scene,
-)
+from activepose.pose.synthetic import canonical_name, make_synthetic_coco, render_scene
 
 TINY = SyntheticConfig(num_images=4, image_size=(80, 64), max_people=3)
 

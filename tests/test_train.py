@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.config import TrainConfig
+from activepose.config import SyntheticConfig, TrainConfig
 from activepose.device import resolve_device
 from activepose.errors import ConfigError, EnvironmentProblem
 from activepose.fileio import file_sha1
 from activepose.pose.checkpoint import CheckpointError, load_checkpoint, load_model
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.pose.train import split_ids, suggest_lr, train
 
 

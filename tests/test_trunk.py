@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.config import TargetConfig, TrainConfig
+from activepose.config import SyntheticConfig, TargetConfig, TrainConfig
 from activepose.device import autocast_dtype, bf16_supported
 from activepose.errors import ConfigError
 from activepose.pose.checkpoint import load_model
 from activepose.pose.coco import load_coco
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.pose.train import OneCycle, train
 from activepose.pose.trunk import CachedFeatureDataset, attach_trunk_cache, trunk_features
 

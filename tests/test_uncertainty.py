@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from activepose.config import DecoderConfig, UncertaintyConfig
+from activepose.config import DecoderConfig, SyntheticConfig, UncertaintyConfig
 from activepose.errors import ConfigError
 from activepose.fileio import read_image
 from activepose.pose.coco import load_coco
 from activepose.pose.data import letterbox
 from activepose.pose.fields.heatmap import gaussian_kernel1d, peak_confidences
 from activepose.pose.models import create_model
-from activepose.pose.synthetic import SyntheticConfig, make_synthetic_coco
+from activepose.pose.synthetic import make_synthetic_coco
 from activepose.sampling.uncertainty import (
     PoolUncertainty,
     keypoint_threshold,

@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from activepose.cli import app as cli
+from activepose.config import AnnotateOptions
 from activepose.errors import ConfigError
 from activepose.project.store import Project
 from activepose.web.labeller import WebLabeller
 from activepose.web.server import MAX_BODY, check_host, create_app, serve
-from activepose.workflow.annotation import AnnotateOptions, LabellingDesk, _people, sides
+from activepose.workflow.desk import LabellingDesk, _people, sides
 
 from .conftest import synthetic_project_data
 

@@ -66,7 +66,8 @@ def served(tmp_path, monkeypatch):
     pytest.importorskip("uvicorn")
     from activepose.project.store import Project
     from activepose.web.server import create_app
-    from activepose.workflow import annotation
+    from activepose.config import AnnotateOptions
+    from activepose.workflow import desk as annotation
     from activepose.workflow.create import ProjectSource, create_project
 
     raw, picked, gt = _two_person_canvases(3)
@@ -94,7 +95,7 @@ def served(tmp_path, monkeypatch):
     monkeypatch.setattr(annotation, "preannotate", fake_preannotate)
     import uvicorn
 
-    desk = annotation.LabellingDesk(folder, annotation.AnnotateOptions())
+    desk = annotation.LabellingDesk(folder, AnnotateOptions())
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(desk), host="127.0.0.1", port=port, log_level="warning")

@@ -17,13 +17,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from activepose.cli import app as cli_app
+from activepose.config import MAX_LEASE_SECONDS, AnnotateOptions
 from activepose.errors import ConfigError
 from activepose.pose.coco import load_coco
-from activepose.project.leases import MAX_LEASE_SECONDS
 from activepose.project.schema import StoreError
 from activepose.project.store import Project
 from activepose.web.server import allowed_hosts, create_app
-from activepose.workflow.annotation import AnnotateOptions, LabellingDesk
+from activepose.workflow.desk import LabellingDesk
 
 from .conftest import project_with_round, synthetic_project_data
 

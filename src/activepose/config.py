@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, SyntheticError
 
 INPUT_SIZE = 256  # network input side in pixels (letterboxed square); a multiple of the stride 8
 TH_HM = 0.3  # uncertainty: a keypoint is confident when its smoothed heatmap peak reaches thHM
@@ -541,3 +541,92 @@ class SelectOptions:
             raise ConfigError(f"--budget must be >= 1, got {self.budget}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown --strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+# --- synthetic data -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Options of the synthetic scene generator (sizes in pixels, fractions of the image height)."""
+
+    num_images: int = 200
+    image_size: tuple[int, int] = (256, 256)  # (width, height)
+    size_jitter: float = 0.0  # each side scaled by U(1 - j, 1 + j) per image (varied sizes/aspects)
+    min_people: int = 0
+    max_people: int = 4
+    min_person_height: float = 0.25  # fraction of the image height
+    max_person_height: float = 0.9
+    occlusion_prob: float = 0.3  # per person: an occluder box over part of the body
+    back_facing_prob: float = 0.3  # per person: seen from behind (mirrored, no face)
+    clutter: int = 10  # at most this many background shapes
+    noise: float = 6.0  # at most this pixel noise std (0..255 scale)
+    grayscale: bool = False
+    image_format: str = "png"  # "png" (lossless, byte-stable) or "jpg"
+
+    def __post_init__(self) -> None:
+        w, h = self.image_size
+        problems = []
+        if w < 16 or h < 16:
+            problems.append(f"image_size {self.image_size} too small (min 16x16)")
+        if not 0 <= self.size_jitter < 1:
+            problems.append(f"size_jitter must be in [0, 1), got {self.size_jitter}")
+        if not 0 <= self.min_people <= self.max_people <= 254:
+            problems.append(
+                f"need 0 <= min_people <= max_people <= 254, got {self.min_people}, {self.max_people}"
+            )
+        if not 0 < self.min_person_height <= self.max_person_height:
+            problems.append("need 0 < min_person_height <= max_person_height")
+        if self.image_format not in ("png", "jpg"):
+            problems.append(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
+        if self.num_images < 0:
+            problems.append("num_images must be >= 0")
+        if problems:
+            raise SyntheticError("; ".join(problems))
+
+
+# --- the labelling page -------------------------------------------------------------------------------------------
+LEASE_SECONDS = (
+    600.0  # an opened image is reserved for its annotator this long (renewed while the page is open)
+)
+# The longest lease the labelling page may take. A stored lease that ends later than this from now (an
+# infinite one, or a wrong clock) is taken as expired, so one bad row cannot hold an image or break a server.
+MAX_LEASE_SECONDS = 86400.0
+
+
+def lease_problem(seconds: Any) -> str | None:
+    """Return why `seconds` is not a lease length (a finite number in (0, MAX_LEASE_SECONDS]), None if it is."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value <= MAX_LEASE_SECONDS:  # NaN fails too
+        return f"a lease lasts more than 0 and at most {MAX_LEASE_SECONDS / 60:.0f} minutes"
+    return None
+
+
+@dataclass
+class AnnotateOptions:
+    """Which round and model the page serves, and how leases and pre-annotations behave."""
+
+    round_id: int | None = None  # default: the project's open round
+    model: Path | None = None  # pre-annotations from this checkpoint (default: the project's newest model)
+    predictions: bool = True
+    device: str = "auto"
+    lease_seconds: float = LEASE_SECONDS
+    relaxed_parts: int = 3
+    relaxed_score: float = 0.1
+
+    def __post_init__(self) -> None:
+
+        problem = lease_problem(self.lease_seconds)
+        if problem is not None:
+            raise ConfigError(f"--lease-minutes {self.lease_seconds / 60:g}: {problem}")
+        if (
+            isinstance(self.relaxed_parts, bool)
+            or not isinstance(self.relaxed_parts, int)
+            or self.relaxed_parts < 1
+        ):
+            raise ConfigError(f"relaxed_parts must be a whole number >= 1, got {self.relaxed_parts!r}")
+        if not 0 <= self.relaxed_score <= 1:
+            raise ConfigError(f"relaxed_score must be in [0, 1], got {self.relaxed_score!r}")
+        if self.model is not None and not Path(self.model).is_file():
+            raise ConfigError(f"--model {self.model}: no such file")

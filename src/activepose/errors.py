@@ -22,3 +22,7 @@ class EnvironmentProblem(ActiveposeError, OSError):
 
 class StateError(ActiveposeError, RuntimeError):
     """The project is not in a state that allows the request (no open round, no model yet, ...)."""
+
+
+class SyntheticError(ActiveposeError, ValueError):
+    """The synthetic generator cannot produce data for this skeleton or configuration."""

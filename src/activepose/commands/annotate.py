@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ..config import AnnotateOptions
 from ..errors import ConfigError
-from ..workflow.annotation import AnnotateOptions
 from . import options as o
 from .app import RichReporter, command, console, next_step, remember_secret
 

@@ -9,9 +9,10 @@ from typing import Annotated
 
 import typer
 
+from ..config import SyntheticConfig
 from ..errors import ConfigError
 from ..pose.coco import save_coco
-from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
+from ..pose.synthetic import make_synthetic_coco
 from ..workflow import common
 from . import options as o
 from .app import command, console, next_step

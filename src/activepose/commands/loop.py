@@ -9,11 +9,12 @@ from typing import Annotated
 
 import typer
 
+from ..config import SyntheticConfig
 from ..errors import ConfigError
 from ..experiment.grid import SimulationConfig
 from ..loop import RunOptions, run
 from ..oracle.simulated import SimulatedLabeller
-from ..pose.synthetic import SyntheticConfig, make_synthetic_coco
+from ..pose.synthetic import make_synthetic_coco
 from ..workflow import rounds
 from ..workflow.presets import resolve_train_config
 from . import options as o

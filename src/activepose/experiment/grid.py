@@ -50,7 +50,7 @@ from ..fileio import ImageReadError, atomic_write, atomic_write_json, probe_imag
 from ..lock import project_lock
 from ..loop import RunOptions, run
 from ..oracle.simulated import SimulatedLabeller
-from ..pose.coco import save_coco
+from ..pose.coco import CocoKeypoints, save_coco
 from ..pose.skeleton import same_keypoints
 from ..project.store import Project
 from ..workflow.common import load_data, parallel_map
@@ -263,7 +263,7 @@ def _check_out_dir(out_dir: Path, cfg: SimulationConfig) -> bool:
 # --- the pool ------------------------------------------------------------------------------------------------
 @dataclass
 class _Plan:
-    pool: Any  # CocoKeypoints
+    pool: CocoKeypoints
     candidates: list[int]  # usable pool ids with people: the initial sets are drawn from these
     test_ids: list[int]  # pool ids whose image is in a test file (never selected, never labelled)
     skipped: list[str]

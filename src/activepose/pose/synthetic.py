@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ActiveposeError
+from ..config import SyntheticConfig
+from ..errors import SyntheticError
 from .coco import CocoKeypoints, Frame, save_coco
 from .skeleton import Skeleton, get_skeleton
 
@@ -49,49 +50,6 @@ _SKIN = np.array(
 _FACE_POINTS = ("nose", "left_eye", "right_eye")
 _OCCLUDER = 255  # label-map value of occluder boxes (people use 1..254)
 _SHIFT = 4  # cv2 sub-pixel bits: coordinates are drawn in 1/16 pixel
-
-
-class SyntheticError(ActiveposeError, ValueError):
-    """The synthetic generator cannot produce data for this skeleton or configuration."""
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Options of the synthetic scene generator (sizes in pixels, fractions of the image height)."""
-
-    num_images: int = 200
-    image_size: tuple[int, int] = (256, 256)  # (width, height)
-    size_jitter: float = 0.0  # each side scaled by U(1 - j, 1 + j) per image (varied sizes/aspects)
-    min_people: int = 0
-    max_people: int = 4
-    min_person_height: float = 0.25  # fraction of the image height
-    max_person_height: float = 0.9
-    occlusion_prob: float = 0.3  # per person: an occluder box over part of the body
-    back_facing_prob: float = 0.3  # per person: seen from behind (mirrored, no face)
-    clutter: int = 10  # at most this many background shapes
-    noise: float = 6.0  # at most this pixel noise std (0..255 scale)
-    grayscale: bool = False
-    image_format: str = "png"  # "png" (lossless, byte-stable) or "jpg"
-
-    def __post_init__(self) -> None:
-        w, h = self.image_size
-        problems = []
-        if w < 16 or h < 16:
-            problems.append(f"image_size {self.image_size} too small (min 16x16)")
-        if not 0 <= self.size_jitter < 1:
-            problems.append(f"size_jitter must be in [0, 1), got {self.size_jitter}")
-        if not 0 <= self.min_people <= self.max_people <= 254:
-            problems.append(
-                f"need 0 <= min_people <= max_people <= 254, got {self.min_people}, {self.max_people}"
-            )
-        if not 0 < self.min_person_height <= self.max_person_height:
-            problems.append("need 0 < min_person_height <= max_person_height")
-        if self.image_format not in ("png", "jpg"):
-            problems.append(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
-        if self.num_images < 0:
-            problems.append("num_images must be >= 0")
-        if problems:
-            raise SyntheticError("; ".join(problems))
 
 
 # --- keypoint names -------------------------------------------------------------------------------

@@ -8,18 +8,14 @@ lease and, for the round's last image, completes the round. `LabellingStore` is 
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import MAX_LEASE_SECONDS, lease_problem
 from .schema import StoreError
-
-# The longest lease the labelling page may take. A stored lease that ends later than this from now (an
-# infinite one, or a wrong clock) is taken as expired, so one bad row cannot hold an image or break a server.
-MAX_LEASE_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -57,13 +53,10 @@ class LeaseHeld(StoreError):
 
 def check_lease_seconds(seconds: float) -> float:
     """Return a lease length as float; StoreError unless it is a finite number in (0, MAX_LEASE_SECONDS]."""
-    try:
-        value = float(seconds)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0 < value <= MAX_LEASE_SECONDS:  # NaN fails too
-        raise StoreError(f"a lease lasts more than 0 and at most {MAX_LEASE_SECONDS / 60:.0f} minutes")
-    return value
+    problem = lease_problem(seconds)
+    if problem is not None:
+        raise StoreError(problem)
+    return float(seconds)
 
 
 class LabellingStore:

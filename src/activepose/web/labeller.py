@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import AnnotateOptions
 from ..errors import StateError
-from ..workflow.annotation import AnnotateOptions
 from ..workflow.reporting import SILENT, Reporter
 from .server import serve
 

@@ -1,4 +1,4 @@
-"""The labelling page's HTTP server: FastAPI routes over `workflow.annotation.LabellingDesk`.
+"""The labelling page's HTTP server: FastAPI routes over `workflow.desk.LabellingDesk`.
 
 The API is documented in docs/labelling-api.md. This module only translates HTTP to desk calls and errors to
 status codes; the application logic (leases, revisions, validation, pre-annotations) lives in the desk and the
@@ -38,20 +38,14 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import AnnotateOptions
 from ..errors import ActiveposeError, ConfigError
 from ..lock import project_lock
 from ..pose.coco import MAX_PEOPLE_PER_IMAGE
 from ..project.leases import LabelConflict, LeaseHeld
 from ..project.schema import StoreError
 from ..project.store import RoundNotOpen
-from ..workflow.annotation import (
-    AnnotateOptions,
-    InvalidLabels,
-    LabellingDesk,
-    Person,
-    UnknownImage,
-    check_annotator,
-)
+from ..workflow.desk import InvalidLabels, LabellingDesk, Person, UnknownImage, check_annotator
 from ..workflow.reporting import SILENT, Reporter
 
 STATIC = Path(__file__).parent / "static"

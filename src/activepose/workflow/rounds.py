@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import faults
 from ..config import EvalConfig, EvalOptions, SelectOptions
@@ -25,6 +25,9 @@ from .common import load_data, seeded_subset
 from .curve import write_learning_curve
 from .models import decoder_for, input_scale, load, record_model
 from .reporting import SILENT, Reporter
+
+if TYPE_CHECKING:  # the engine's training loads torch: only for the annotation
+    from ..pose.train import TrainResult
 
 RUN_DIR = Path("checkpoints") / "run"
 
@@ -185,7 +188,7 @@ class TrainOutcome:
     model_id: int
     new_model: bool
     train_size: int
-    result: Any  # train.TrainResult
+    result: TrainResult
     round_id: int | None
     round_state: str | None
 

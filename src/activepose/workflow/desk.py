@@ -25,16 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from ..config import AnnotateOptions
 from ..errors import ActiveposeError, ConfigError, StateError
 from ..fileio import atomic_write_json, file_sha1
 from ..pose.coco import ANNOTATOR_NAME, MAX_PEOPLE_PER_IMAGE, check_people
-from ..project.leases import LeaseHeld, check_lease_seconds
-from ..project.schema import StoreError
+from ..project.leases import LeaseHeld
 from ..project.store import Project
 from .reporting import SILENT, Reporter
 from .rounds import image_states, round_progress
 
-LEASE_SECONDS = 600.0
 ORIGINS = ("predicted", "manual")
 
 
@@ -69,36 +68,6 @@ def sides(names: tuple[str, ...] | list[str]) -> list[str]:
         else:
             out.append("center")
     return out
-
-
-@dataclass
-class AnnotateOptions:
-    """Which round and model the page serves, and how leases and pre-annotations behave."""
-
-    round_id: int | None = None  # default: the project's open round
-    model: Path | None = None  # pre-annotations from this checkpoint (default: the project's newest model)
-    predictions: bool = True
-    device: str = "auto"
-    lease_seconds: float = LEASE_SECONDS
-    relaxed_parts: int = 3
-    relaxed_score: float = 0.1
-
-    def __post_init__(self) -> None:
-
-        try:
-            check_lease_seconds(self.lease_seconds)  # the store's rule: finite, in (0, 1440] minutes
-        except StoreError as exc:
-            raise ConfigError(f"--lease-minutes {self.lease_seconds / 60:g}: {exc}") from None
-        if (
-            isinstance(self.relaxed_parts, bool)
-            or not isinstance(self.relaxed_parts, int)
-            or self.relaxed_parts < 1
-        ):
-            raise ConfigError(f"relaxed_parts must be a whole number >= 1, got {self.relaxed_parts!r}")
-        if not 0 <= self.relaxed_score <= 1:
-            raise ConfigError(f"relaxed_score must be in [0, 1], got {self.relaxed_score!r}")
-        if self.model is not None and not Path(self.model).is_file():
-            raise ConfigError(f"--model {self.model}: no such file")
 
 
 @dataclass(frozen=True)
