@@ -64,9 +64,9 @@ def served(tmp_path, monkeypatch):
     """
     _chromium()
     pytest.importorskip("uvicorn")
+    from activepose.config import AnnotateOptions
     from activepose.project.store import Project
     from activepose.web.server import create_app
-    from activepose.config import AnnotateOptions
     from activepose.workflow import desk as annotation
     from activepose.workflow.create import ProjectSource, create_project
 
