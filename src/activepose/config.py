@@ -1,4 +1,5 @@
-"""Settings: the dataclasses that configure activepose, validated once when made, without torch.
+"""Settings: the dataclasses that configure the engine, selection, evaluation and the labelling page,
+validated once when made, without torch.
 
 Every module that does the work imports its settings from here (the engine, selection, the application and
 the CLI alike), so a setting has one definition, one default and one check. Nothing here imports torch or
@@ -438,7 +439,7 @@ class EvalConfig:
     `count_min_score`: predicted people with a lower score are not counted (they still enter AP).
     `count_min_keypoints`: GT people need this many labelled keypoints (after the TTA) to be counted.
     `device`: where inputs go; None = the model's device. `num_workers`: image-reading threads.
-    `ttas` may be given as a `--tta` string ("clean,blur", "all", "none"; see `tta.parse_ttas`).
+    `ttas` may be given as a `--tta` string ("clean,blur", "all", "none"; see `parse_ttas`).
     `scale`: the network input size per image (see `predict.InputScale.resolve`): "fixed" (every image
     letterboxed to `input_size`), "auto" (each image resized by `train_scale`, the model's training pixel
     scale, so people appear as large as in training; fixed when `train_scale` is None) or a factor; None =

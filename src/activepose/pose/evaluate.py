@@ -34,7 +34,7 @@ METRICS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def input_scale(cfg: EvalConfig):
+def evaluation_input_scale(cfg: EvalConfig):
     """Return (`predict.InputScale` for an evaluation's settings, a note to show or None)."""
     from .predict import InputScale
 
@@ -244,7 +244,7 @@ def scale_summary(coco: CocoKeypoints, cfg: EvalConfig | None = None) -> dict[st
     """Return what `evaluate_model` uses as input scale on `coco`: {"policy", "factor", "input_sizes":
     {"min", "median", "max"}, "capped"} (sizes from the annotated image sizes; a TTA keeps them), plus
     "note" when auto had to fall back to fixed."""
-    scale, note = input_scale(cfg or EvalConfig())
+    scale, note = evaluation_input_scale(cfg or EvalConfig())
     info = scale.summary((f.width, f.height) for f in coco.frames)
     if note:
         info["note"] = note
@@ -280,14 +280,14 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """Return {tta name: {metric: value}} (metrics as in `METRICS`) of `model` on `coco` for each TTA in `cfg`.
 
-    Each image enters the network at the size `input_scale(cfg)` gives (see `scale_summary` for what that
+    Each image enters the network at the size `evaluation_input_scale(cfg)` gives (see `scale_summary` for what that
     was). `progress(n)` is called after each batch with the number of images just processed (len(coco) per
     TTA).
     """
     from .predict import predict_coco, tta_ground_truth
 
     cfg = cfg or EvalConfig()
-    scale, note = input_scale(cfg)
+    scale, note = evaluation_input_scale(cfg)
     if note:
         LOG.warning("%s", note)
     report: dict[str, dict[str, float]] = {}

@@ -90,12 +90,6 @@ def iter_tta_samples(
                 fut.cancel()
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
-        yield batch
-
-
 # --- input scale ----------------------------------------------------------------------------------------
 MAX_INPUT_FACTOR = 4  # per-image input sides are capped at this many times the model's input size
 _STRIDE = 8

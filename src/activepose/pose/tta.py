@@ -105,10 +105,6 @@ class TTA:
         people = np.asarray(people, dtype=np.float32)
         return self.points_fn(people, int(width), int(height))
 
-    @property
-    def moves_points(self) -> bool:
-        return self.points_fn is not _identity_points
-
 
 # Paper order: no augmentation, then Fig. 3 (B-F).
 TTAS: dict[str, TTA] = {

@@ -17,11 +17,8 @@ current rows, which stay in the table marked superseded.
 Rounds move through `ROUND_MOVES` only (open -> labelled -> trained -> evaluated -> closed); every method that
 changes a round's state checks that table.
 
-The schema is versioned with `PRAGMA user_version` and the `MIGRATIONS` list (migration i brings the
-database from version i to i + 1); opening an older database migrates it in one transaction, opening a newer
-one is refused. `Project.open` first checks, without writing, that the file is an intact activepose database
-(an empty, foreign, corrupt or newer file is refused and left byte-for-byte unchanged); only
-`Project.create` creates a schema. `Project.open(folder, readonly=True)` never writes (an older schema is
+The schema, its migrations and the checks made on opening are `project/schema.py`'s (an empty, foreign,
+corrupt or newer file is refused and left byte-for-byte unchanged); only `Project.create` creates a schema. `Project.open(folder, readonly=True)` never writes (an older schema is
 migrated in memory). A `Project` holds one connection: use it from one thread (open one per process/thread).
 """
 

@@ -1,5 +1,6 @@
-"""Active-learning sample selection: uncertainty (`uncertainty`), image embeddings (`features`), the
-on-disk vector cache (`cache`), ANN diversity (`diversity`) and the selection strategies (`strategies`).
+"""Active-learning sample selection: uncertainty (`uncertainty`), image embeddings (`features`, cached with
+the engine's vector cache `pose.cache`), the ANN indexes (`ann`), diversity (`diversity`), the selection
+strategies (`strategies`) and montages of what was chosen (`montage`).
 
 Import the submodules directly; this package imports nothing heavy.
 """

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..fileio import file_sha1, read_image
 from ..pose.cache import VectorCache, batched, hash_files, model_fingerprint, prefetch_map
 from ..pose.models.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNotFound, assign_state, load_state_file
+from ..pose.models.resnet import hub_checkpoint_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -124,10 +125,6 @@ def _prepare(net: nn.Module, device) -> nn.Module:
     if device is not None:
         net.to(device)
     return net.to(memory_format=torch.channels_last)
-
-
-def hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 @register_extractor("mobilenet_v2")
