@@ -30,6 +30,13 @@ BACKBONES: dict[str, tuple[str, ...]] = {"vgg_tiny": ("width",), "mobilenet_v2":
 _DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")
 
 
+def multiple_of_8(option: str, value: Any) -> list[str]:
+    """Return ["OPTION must be a positive multiple of 8, got VALUE"] unless `value` is one (the model's stride)."""
+    return (
+        [] if value >= 8 and value % 8 == 0 else [f"{option} must be a positive multiple of 8, got {value}"]
+    )
+
+
 def at_least(option: str, value: Any, minimum: int) -> list[str]:
     """Return ["OPTION must be >= MINIMUM, got VALUE"] when `value` is below `minimum`, else []."""
     return [] if value >= minimum else [f"{option} must be >= {minimum}, got {value}"]
@@ -320,8 +327,7 @@ class UncertaintyConfig:
             problems.append(f"--th-kp must be >= 1, got {self.th_kp}")
         if not self.smooth_sigma >= 0:
             problems.append(f"--smooth-sigma must be >= 0, got {self.smooth_sigma}")
-        if self.input_size < 8 or self.input_size % 8:
-            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+        problems += multiple_of_8("--input-size", self.input_size)
         problems += at_least("--batch-size", self.batch_size, 1)
         if problems:
             raise ConfigError("; ".join(problems))
@@ -475,8 +481,7 @@ class EvalConfig:
                 problems.append(f"unknown TTA {unknown[0]!r}; choose from {', '.join(TTA_NAMES)}")
             elif not self.ttas:
                 problems.append(f"--tta names no TTA; choose from {', '.join(TTA_NAMES)}")
-        if self.input_size < 8 or self.input_size % 8:
-            problems.append(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+        problems += multiple_of_8("--input-size", self.input_size)
         problems += at_least("--batch-size", self.batch_size, 1)
         if not 0 < self.pck_alpha:
             problems.append(f"--pck-alpha must be > 0, got {self.pck_alpha}")
@@ -522,8 +527,8 @@ class EvalOptions:
             raise ConfigError(problem)
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"--max-images must be >= 1, got {self.max_images}")
-        if self.input_size is not None and (self.input_size < 8 or self.input_size % 8):
-            raise ConfigError(f"--input-size must be a positive multiple of 8, got {self.input_size}")
+        for problem in multiple_of_8("--input-size", self.input_size) if self.input_size is not None else []:
+            raise ConfigError(problem)
 
 
 @dataclass
