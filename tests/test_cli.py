@@ -200,7 +200,15 @@ def test_demo_is_a_small_hybrid_vs_random_simulation(tmp_path):
     assert code == 0, text
     sim = out / "simulation"
     rows = list(csv.DictReader((sim / "results.csv").open()))
-    assert {r["strategy"] for r in rows} == {"hybrid", "random"} and {r["test_set"] for r in rows} == {"test"}
+    assert {r["strategy"] for r in rows} == {"hybrid", "random", "static"} and {
+        r["test_set"] for r in rows
+    } == {"test"}
     assert sorted({int(r["labelled_images"]) for r in rows}) == [6, 12]
+    # the compute control: the 6 initial labels, trained with the schedule of 12
+    assert {(r["labelled_images"], r["schedule_images"]) for r in rows if r["strategy"] == "static"} == {
+        ("6", "6"),
+        ("6", "12"),
+    }
+    assert "gain from labels" in (sim / "report.html").read_text()
     assert "labelled images" in text and f"report: {sim / 'report.html'}" in text
     assert (sim / "report.html").stat().st_size > 10_000

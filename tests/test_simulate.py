@@ -28,6 +28,7 @@ from activepose.workflow import resolve_train_config
 from .conftest import synthetic_project_data
 
 STRATEGIES, SEEDS, INITIAL, BUDGET, ROUNDS = ("hybrid", "random"), 2, 4, 3, 2
+ARMS = (*STRATEGIES, "static")  # the compute control is added to every grid
 TINY = ["--input-size", "64", "--width", "0.25", "--head-channels", "32", "--epochs", "2", "--workers", "0",
         "--no-pretrained", "--tta", "clean", "--device", "cpu"]  # fmt: skip
 
@@ -85,7 +86,7 @@ def _without_timing(rows):
 # --- fairness ----------------------------------------------------------------------------------------------
 def test_every_strategy_of_a_seed_starts_from_the_same_labels_and_model(grid):
     out, result = grid
-    assert result.cells_total == len(STRATEGIES) * SEEDS * (ROUNDS + 1) == result.cells_run
+    assert result.cells_total == len(ARMS) * SEEDS * (ROUNDS + 1) == result.cells_run
     initial_sets = []
     for seed in range(SEEDS):
         projects = {s: out / "projects" / f"{s}-seed{seed}" for s in STRATEGIES}
@@ -125,7 +126,7 @@ def test_results_have_one_row_per_cell_test_set_and_tta(grid, data):
     assert rows == result.rows
     stems = [t.stem for t in data[2]]
     keys = [(r["strategy"], r["seed"], r["round"], r["test_set"], r["tta"]) for r in rows]
-    assert len(keys) == len(set(keys)) == len(STRATEGIES) * SEEDS * (ROUNDS + 1) * len(stems)
+    assert len(keys) == len(set(keys)) == len(ARMS) * SEEDS * (ROUNDS + 1) * len(stems)
     assert {k[3] for k in keys} == set(stems) and {k[4] for k in keys} == {"clean"}
     for s in STRATEGIES:
         for seed in range(SEEDS):
@@ -151,7 +152,37 @@ def test_results_have_one_row_per_cell_test_set_and_tta(grid, data):
             for r in rows
             if r["round"] == "0" and r["seed"] == str(seed)
         ]
-        assert zero[: len(stems)] == zero[len(stems) :]
+        assert zero[: len(stems)] == zero[len(stems) : 2 * len(stems)] == zero[2 * len(stems) :]
+
+
+def test_the_static_arm_trains_the_initial_set_with_the_schedule_the_others_get(grid, data):
+    """The compute control: no new labels, and per round the same epochs and batches as the strategies' sessions."""
+    from activepose.pose.train import read_sessions
+
+    out, _ = grid
+    _, rows = _rows(out)
+    stem = data[2][0].stem
+    for seed in range(SEEDS):
+        static = [r for r in rows if (r["strategy"], r["seed"], r["test_set"]) == ("static", str(seed), stem)]
+        random_ = [
+            r for r in rows if (r["strategy"], r["seed"], r["test_set"]) == ("random", str(seed), stem)
+        ]
+        assert [int(r["labelled_images"]) for r in static] == [INITIAL] * (ROUNDS + 1)
+        assert [r["schedule_images"] for r in static] == [r["labelled_images"] for r in random_]
+        assert [float(r["annotation_seconds"]) for r in static] == [0.0] * (ROUNDS + 1)
+        ours = read_sessions(out / "seeds" / str(seed) / "static_run")
+        theirs = read_sessions(out / "projects" / f"random-seed{seed}" / "checkpoints" / "run")
+        assert [s["session"] for s in ours] == [s["session"] for s in theirs] == list(range(1, ROUNDS + 2))
+        assert {s["images"] for s in ours} == {INITIAL}
+        assert [s["images"] for s in theirs] == [INITIAL + r * BUDGET for r in range(ROUNDS + 1)]
+        # the schedule grows with the others' labels (more batches per epoch) and the control gets it too
+        assert [(s["epochs"], s["steps"]) for s in ours] == [(s["epochs"], s["steps"]) for s in theirs]
+        assert theirs[-1]["steps"] > theirs[0]["steps"]
+        assert [r["train_steps"] for r in static] == [str(s["steps"]) for s in ours]
+        assert all(r["train_stop"] in ("max_epochs", "converged", "early_stopping") for r in static + random_)
+        assert all(r["model_kept"] in ("new", "previous") for r in static + random_)
+        for r in range(1, ROUNDS + 1):
+            assert (out / "seeds" / str(seed) / "static_run" / f"round_{r}.pt").is_file()
 
 
 def test_a_finished_grid_run_again_does_nothing(grid, data):
@@ -211,7 +242,12 @@ def test_killed_grid_resumes_to_the_uninterrupted_results(tmp_path, data, grid):
     proc = _cli(*args, kill="train:6")
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     _, rows = _rows(out)
-    assert {(r["strategy"], r["round"]) for r in rows} == {("hybrid", "0"), ("random", "0"), ("hybrid", "1")}
+    assert {(r["strategy"], r["round"]) for r in rows} == {
+        ("hybrid", "0"),
+        ("random", "0"),
+        ("static", "0"),
+        ("hybrid", "1"),
+    }
     with Project.open(out / "projects" / "random-seed0") as p:
         assert p.round(1).state == "labelled"  # killed mid-training
     # resumed (random's round 1 finishes its training), then killed while hybrid's round 2 is being chosen
@@ -250,8 +286,16 @@ def test_presets_fill_the_grid_options_not_given_and_name_what_is_missing():
     t = resolve_train_config(None, "paper")
     assert (t.backbone, t.input_size, t.batch_size, t.lr, t.patience) == ("vgg_tiny", 368, 4, 1e-4, 35)
     c = resolve_train_config(None, "cpu")
-    assert c.frozen_trunk and c.train_crop < c.input_size and c.augment is None
-    assert set(PRESETS) >= {"paper", "cpu", "small"}
+    assert c.frozen_trunk and c.train_crop < c.input_size and c.augment is not None and c.cached_views > 0
+    assert set(PRESETS) >= {"paper", "cpu", "small", "gpu"}
+    # converged rounds: the cpu and gpu presets stop by validation PCK, with a cap that grows with the labels
+    g = resolve_train_config(None, "gpu")
+    for t in (c, g):
+        assert (t.lr_schedule, t.val_metric) == ("plateau", "pck") and t.steps_per_image is not None
+    assert not g.frozen_trunk and g.augment is not None and g.precision == "bf16" and g.batch_size >= 32
+    assert g.num_workers > 0
+    gpu = simulation_settings("gpu")
+    assert (gpu["initial"], gpu["budget"], gpu["rounds"]) == (cpu["initial"], 300, cpu["rounds"])
 
 
 def test_simulate_without_a_schedule_or_preset_is_refused(tmp_path, data):
@@ -320,6 +364,12 @@ def test_a_strategy_can_be_added_to_a_grid_and_starts_from_the_same_initial_mode
         assert {k: row[k] for k in METRIC_KEYS} == {k: twin[k] for k in METRIC_KEYS}
     with pytest.raises(ConfigError, match="holds another simulation grid"):  # fewer strategies: refused
         simulate(_config(data, strategies=("hybrid",)), out)
+
+
+def test_a_grid_without_the_control_has_no_static_arm(data):
+    assert "static" not in _config(data, control=False).strategies
+    assert _config(data).strategies == ARMS
+    assert _config(data, strategies=("static", "random")).strategies == ("static", "random")
 
 
 METRIC_KEYS = ("labelled_images", "count_acc", "count_exact", "AP", "PCK")

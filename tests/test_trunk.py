@@ -188,3 +188,32 @@ def test_bf16_model_outputs_are_float32_and_close_to_fp32(data):
         low = model(x)[-1][0]
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ref, rtol=0.1, atol=0.05)
+
+
+def test_augmented_views_are_fixed_per_image_cached_and_drawn_by_items(data, tmp_path):
+    """--cached-views: each image's views are the same every time (their features come from the cache the second
+    time), differ from each other and from the plain input, and training items draw from all of them."""
+    from activepose.config import AugmentConfig
+    from activepose.pose.trunk import augmented_view, cached_datasets
+
+    cfg = _cfg(tmp_path, augment=AugmentConfig(hflip=0.5), cached_views=2, train_crop=None)
+    model = tiny_model(data.skeleton).eval()
+    cache = attach_trunk_cache(model, tmp_path / "cache")
+    ids = data.image_ids[:6]
+    feats1, people1 = augmented_view(model, data, ids, cfg, 1)
+    misses = cache.misses
+    again, people_again = augmented_view(model, data, ids, cfg, 1)
+    assert cache.misses == misses  # the same inputs: read back
+    np.testing.assert_array_equal(again, feats1)
+    assert all(np.array_equal(a, b) for a, b in zip(people1, people_again, strict=True))
+    feats2, people2 = augmented_view(model, data, ids, cfg, 2)
+    plain = trunk_features(model, [data.image_path(data.frame(i)) for i in ids], cfg.input_size)
+    assert not np.array_equal(feats1, feats2) and not np.array_equal(feats1, plain)
+    assert any(not np.array_equal(a, b) for a, b in zip(people1, people2, strict=True))
+    train_set, _ = cached_datasets(model, data, ids, [], cfg)
+    assert len(train_set.views) == 2
+    torch.manual_seed(0)
+    drawn = {tuple(train_set[0]["features"].flatten()[:8].tolist()) for _ in range(40)}
+    assert len(drawn) >= 3  # plain, mirrored and the augmented views all come up
+    with pytest.raises(ConfigError, match="--cached-views needs"):
+        _cfg(tmp_path, augment=None, cached_views=2)

@@ -23,10 +23,17 @@ INPUT_SIZE = 256  # network input side in pixels (letterboxed square); a multipl
 TH_HM = 0.3  # uncertainty: a keypoint is confident when its smoothed heatmap peak reaches thHM
 PRECISIONS = ("fp32", "bf16")  # arithmetic of a model's forward passes (see `device.autocast_dtype`)
 INIT_SCHEMES = ("glorot", "kaiming")  # weight initialisation of the OpenPose stages
-LR_SCHEDULES = ("step", "onecycle")  # learning-rate schedules
+LR_SCHEDULES = ("step", "onecycle", "plateau")  # learning-rate schedules
+VAL_METRICS = ("loss", "pck")  # what a session's early stopping and best checkpoint follow
+RESTARTS = ("warm", "initial")  # where a new session on grown data starts: last weights, or the run's first
 # The backbones and which TrainConfig options each takes (beyond the common ones). The engine's registry
 # (`pose.models.register_backbone`) adds a backbone registered elsewhere; a test keeps the built-ins in step.
-BACKBONES: dict[str, tuple[str, ...]] = {"vgg_tiny": ("width",), "mobilenet_v2": (), "resnet18": ()}
+BACKBONES: dict[str, tuple[str, ...]] = {
+    "vgg_tiny": ("width",), "mobilenet_v2": (), "mobilenet_v2_deep": (), "resnet18": ()
+}  # fmt: skip
+# The compute control of a simulation grid: each seed's initial set trained with the schedule every other arm
+# gets each round, without new labels (not a selection strategy: `activepose.experiment.grid` runs it).
+STATIC_ARM = "static"
 _DEVICE_FORM = re.compile(r"(auto|cpu|mps(:0)?|cuda(:\d+)?)")
 
 
@@ -127,7 +134,23 @@ class TrainConfig:
     # so each warm-started round warms up and anneals again).
     lr_schedule: str = "step"
     max_epochs: int = 200
-    patience: int = 35  # early stopping on validation loss
+    patience: int = 35  # early stopping: epochs without a better validation score
+    # What validation follows: "loss" (the last stage's L2 loss) or "pck" (PCK@0.2 of the decoded people of the
+    # validation images: what the metrics measure; a model that finds nobody scores 0 however low its loss).
+    val_metric: str = "loss"
+    # A step cap that grows with the labelled set: a session runs at most steps_per_image x (training images)
+    # batches (rounded up to whole epochs, at least min_epochs, at most max_epochs); None: max_epochs.
+    steps_per_image: float | None = None
+    min_epochs: int = 1
+    # "plateau" schedule: after lr_patience epochs without a better validation score, multiply the rate by
+    # lr_gamma; stop (converged) at the lr_drops + 1-th plateau. Warm-up over the first warmup_steps batches.
+    lr_patience: int = 3
+    lr_drops: int = 2
+    warmup_steps: int = 0
+    # Where a new session on grown data starts: "warm" (the last session's weights, the paper) or "initial"
+    # (the weights session 1 started from, kept in run_dir/initial.pt). Either way the previous model is scored
+    # on the new validation split first and is kept as best.pt unless the session beats it.
+    restart: str = "warm"
     min_delta: float = 0.0
     val_fraction: float = 0.1
     max_val_images: int = 500
@@ -142,6 +165,14 @@ class TrainConfig:
     # Train only the neck and stages on cached ImageNet-trunk features (see activepose.pose.trunk); with it,
     # augmentation is the horizontal flip and `train_crop` (px, a multiple of the stride) windows only.
     frozen_trunk: bool = False
+    # With frozen_trunk: the last N blocks of the trunk are trained too (on cached features of the blocks
+    # before them); 0: only the neck and stages.
+    train_blocks: int = 0
+    # With frozen_trunk: this many augmented views per training image (the `augment` ranges, drawn once per
+    # image and view), their trunk features cached like the plain input's; an item picks one view at random.
+    cached_views: int = 0
+    # The learning rate of ImageNet-pretrained weights that train, as a fraction of `lr` (the new layers' rate).
+    trunk_lr_scale: float = 1.0
     train_crop: int | None = None
     feature_cache: str | None = (
         None  # folder of cached trunk features, made absolute (None: ~/.cache/activepose/trunk)
@@ -217,6 +248,20 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", " or ".join(LR_SCHEDULES))
     need(cfg.max_epochs >= 0, "max_epochs", ">= 0")
     need(cfg.patience >= 0, "patience", ">= 0")
+    need(cfg.val_metric in VAL_METRICS, "val_metric", " or ".join(VAL_METRICS))
+    need(cfg.restart in RESTARTS, "restart", " or ".join(RESTARTS))
+    need(cfg.steps_per_image is None or 0 < cfg.steps_per_image < math.inf, "steps_per_image", "> 0")
+    need(cfg.min_epochs >= 1, "min_epochs", ">= 1")
+    need(cfg.lr_patience >= 1, "lr_patience", ">= 1")
+    need(cfg.lr_drops >= 0, "lr_drops", ">= 0")
+    need(cfg.warmup_steps >= 0, "warmup_steps", ">= 0")
+    need(cfg.train_blocks >= 0, "train_blocks", ">= 0")
+    need(cfg.cached_views >= 0, "cached_views", ">= 0")
+    need(0 < cfg.trunk_lr_scale <= 1, "trunk_lr_scale", "in (0, 1]")
+    if cfg.cached_views and (not cfg.frozen_trunk or cfg.augment is None):
+        problems.append("--cached-views needs --frozen-trunk and augmentation (it caches augmented inputs)")
+    if cfg.train_blocks and not cfg.frozen_trunk:
+        problems.append("--train-blocks needs --frozen-trunk (without it the whole trunk trains)")
     need(0 <= cfg.min_delta < math.inf, "min_delta", "a finite number >= 0")
     need(0 <= cfg.val_fraction < 1, "val_fraction", "in [0, 1)")
     need(cfg.max_val_images >= 0, "max_val_images", ">= 0")

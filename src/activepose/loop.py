@@ -180,8 +180,11 @@ def _do(project: Project, step: Step, opts: RunOptions, reporter: Reporter) -> N
         reporter.note(f"{res.message}; round {res.round_id} is {res.state}")
     elif step.action == "train":
         res = train_round(project, opts.train, reporter)
+        r = res.result
+        kept = "; kept the previous model: no epoch beat it on validation" if r.kept == "previous" else ""
         reporter.note(
-            f"model {res.model_id} trained on {res.train_size} images ({res.result.stopped.replace('_', ' ')})"
+            f"model {res.model_id} trained on {res.train_size} images: {r.steps} batches, "
+            f"{r.stopped.replace('_', ' ')}{kept}"
         )
     elif step.action == "evaluate":
         res = evaluate_round(project, opts.evaluate, reporter)

@@ -237,7 +237,13 @@ class RichReporter(Reporter):
         mark = "[green]*[/]" if improved else " "
         self.bars.console.print(
             f"{mark} session {record.session} epoch {record.epoch:3d}  train {record.train_loss:.5f}  "
-            f"val {record.val_loss:.5f}  lr {record.lr:.2e}  {record.images / max(record.seconds, 1e-9):.1f} img/s"
+            f"val {record.val_loss:.5f}"
+            + (
+                f"  val PCK {100 * record.val_pck:.1f} %"
+                if getattr(record, "val_pck", None) is not None
+                else ""
+            )
+            + f"  lr {record.lr:.2e}  {record.images / max(record.seconds, 1e-9):.1f} img/s"
         )
         if self.epoch_task is not None:
             self.bars.remove_task(self.epoch_task)

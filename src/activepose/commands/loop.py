@@ -142,8 +142,12 @@ def demo(
     budget: o.Budget = 16,
     epochs: Annotated[
         int,
-        typer.Option(help="Training epochs per round (every round continues the last weights).", metavar="N"),
-    ] = 10,
+        typer.Option(
+            help="Most training epochs per round (a round stops earlier when validation plateaus; every "
+            "round continues the last weights).",
+            metavar="N",
+        ),
+    ] = 16,
     eval_max_images: o.EvalMaxImages = None,
     device: o.Device = "auto",
 ) -> None:
@@ -151,8 +155,9 @@ def demo(
     table and a report.
 
     A small `activepose simulate`: per seed one initial labelled set and model shared by both strategies, then
-    rounds of select -> label (the true labels) -> train -> evaluate (clean and blurred). About 6 minutes on 2
-    CPU cores with the defaults; the same command again reuses what is done.
+    rounds of select -> label (the true labels) -> train (to a validation plateau) -> evaluate (clean and
+    blurred), and the compute control `static` (the initial labels trained each round like the others). The same
+    command again reuses what is done.
     """
 
     if (pool is None) != (test is None):
@@ -168,7 +173,10 @@ def demo(
                     written, path
                 )  # named for what it is: the test set's name appears in the report
         console.print(f"generated data: 240 pool / 80 test scenes of {size} px in {out / 'data'}")
+    # Rounds trained to convergence: a plateau schedule on validation loss (the rate halves at the first plateau,
+    # the session ends at the second), the best epoch kept, at most --epochs epochs.
     train = resolve_train_config(preset="small", max_epochs=epochs, patience=epochs, lr=1e-3, device=device,
+                                 lr_schedule="plateau", lr_patience=2, lr_drops=1, lr_gamma=0.5, warmup_steps=10,
                                  **({"input_size": size} if generated else {}))  # fmt: skip
     cfg = SimulationConfig(
         pool=pool, tests=(test,), initial=initial, budget=budget, rounds=rounds_, strategies=("hybrid", "random"),

@@ -88,10 +88,23 @@ def train(
 
 
 def _trained(result, run_dir: Path) -> None:
-    console.print(
-        f"session {result.session}: {result.epochs_run} epochs, best val loss {result.best_val_loss:.5f}, "
-        f"stopped by {result.stopped.replace('_', ' ')}; checkpoints in {run_dir}"
+    console.print(training_line(result) + f"; checkpoints in {run_dir}")
+
+
+def training_line(result) -> str:
+    """Return one line on a training session: its epochs and batches, why it stopped, what it kept."""
+    what = (
+        "best val loss"
+        if not result.history or result.history[-1].get("val_pck") is None
+        else "best val score"
     )
+    line = (
+        f"session {result.session}: {result.epochs_run} epochs ({result.steps} batches), {what} "
+        f"{result.best_val_loss:.5f}, stopped: {result.stopped.replace('_', ' ')}"
+    )
+    if result.kept == "previous":
+        line += " — no epoch beat the previous model on validation, so best.pt is still that model"
+    return line
 
 
 @command("lr-find")

@@ -81,8 +81,9 @@ LrGamma = Annotated[float | None, _train("Step decay factor.", "X", T.lr_gamma)]
 LrSchedule = Annotated[
     str | None,
     _train(
-        "Learning-rate schedule per session: step (decay every --lr-step epochs) or onecycle (warm-up, then a "
-        "cosine to ~0 at --epochs).",
+        "Learning-rate schedule per session: step (decay every --lr-step epochs), onecycle (warm-up, then a "
+        "cosine to ~0 at the session's epoch cap) or plateau (warm-up, then x --lr-gamma at each validation "
+        "plateau; the session ends converged at the last).",
         "NAME",
         T.lr_schedule,
     ),  # fmt: skip
@@ -122,6 +123,51 @@ Precision = Annotated[
         T.precision,
     ),
 ]
+TrainBlocks = Annotated[
+    int | None,
+    _train("With --frozen-trunk: also train the trunk's last N blocks (on cached features of those before).", "N",
+           T.train_blocks),
+]  # fmt: skip
+CachedViews = Annotated[
+    int | None,
+    _train("With --frozen-trunk: cache this many augmented views (rotation, zoom, shift, colour, flip) per training "
+           "image; items pick a view at random.", "N", T.cached_views),
+]  # fmt: skip
+TrunkLrScale = Annotated[
+    float | None,
+    _train(
+        "Learning rate of the pretrained trunk weights that train, as a fraction of --lr.",
+        "X",
+        T.trunk_lr_scale,
+    ),
+]
+ValMetric = Annotated[
+    str | None,
+    _train("What early stopping and the best checkpoint follow: loss, or pck (PCK@0.2 of the decoded validation "
+           "people).", "NAME", T.val_metric),
+]  # fmt: skip
+StepsPerImage = Annotated[
+    float | None,
+    _train("Step cap that grows with the labels: at most X x (labelled images) batches per session (whole epochs, "
+           "at most --epochs).", "X"),
+]  # fmt: skip
+LrPatience = Annotated[
+    int | None,
+    _train("plateau schedule: epochs without a better validation score before the rate drops (x --lr-gamma).", "N",
+           T.lr_patience),
+]  # fmt: skip
+LrDrops = Annotated[
+    int | None,
+    _train("plateau schedule: rate drops before the next plateau ends the session.", "N", T.lr_drops),
+]
+WarmupSteps = Annotated[
+    int | None, _train("plateau schedule: batches of linear warm-up from lr/25.", "N", T.warmup_steps)
+]
+Restart = Annotated[
+    str | None,
+    _train("Where a session on grown labels starts: warm (the last model) or initial (the run's first weights); "
+           "either way the last model is kept unless the session beats it on validation.", "NAME", T.restart),
+]  # fmt: skip
 FeatureCache = Annotated[
     str | None, _train("Folder of cached trunk features (--frozen-trunk).", "DIR", T.feature_cache)
 ]
@@ -269,6 +315,15 @@ _TRAINING = {  # CLI name -> (annotation, TrainConfig field)
     "train_crop": (TrainCrop, "train_crop"),
     "feature_cache": (FeatureCache, "feature_cache"),
     "precision": (Precision, "precision"),
+    "train_blocks": (TrainBlocks, "train_blocks"),
+    "cached_views": (CachedViews, "cached_views"),
+    "trunk_lr_scale": (TrunkLrScale, "trunk_lr_scale"),
+    "val_metric": (ValMetric, "val_metric"),
+    "steps_per_image": (StepsPerImage, "steps_per_image"),
+    "lr_patience": (LrPatience, "lr_patience"),
+    "lr_drops": (LrDrops, "lr_drops"),
+    "warmup_steps": (WarmupSteps, "warmup_steps"),
+    "restart": (Restart, "restart"),
 }
 
 

@@ -113,6 +113,15 @@ def simulate_cmd(
             rich_help_panel="Selection",
         ),  # fmt: skip
     ] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control/--no-control",
+            help="Add the compute control: a 'static' arm per seed, its initial set trained each round with the "
+            "schedule the others get, and no new labels.",
+            rich_help_panel="Selection",
+        ),  # fmt: skip
+    ] = True,
     device: o.Device = "auto",
     training: o.TrainingOptions = None,
     selection: o.SelectionOptions = None,
@@ -137,6 +146,7 @@ def simulate_cmd(
         strategies=tuple(x.strip() for x in strategies.split(",") if x.strip()), seeds=parse_seeds(seeds),
         train=train_cfg, selection=dataclasses.replace(selection_cfg, max_candidates=s["max_candidates"]),
         ttas=o.parse_tta(s["tta"]), eval_max_images=s["eval_max_images"], device=device, montages=montages,
+        control=control,
     )  # fmt: skip
     run_simulation(cfg, out, command=["activepose", *sys.argv[1:]])
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import (
+    STATIC_ARM,
     STRATEGIES,
     TTA_NAMES,
     EvalOptions,
@@ -95,6 +96,8 @@ class SimulationConfig:
     montages: bool = (
         False  # every round's selection montages (exports/round_<r>/); round 1's are always written
     )
+    # The compute control: a `static` arm per seed (see `_static_cell`), added unless False or already named.
+    control: bool = True
 
     def __post_init__(self) -> None:
 
@@ -103,6 +106,8 @@ class SimulationConfig:
             Path(t) for t in ([self.tests] if isinstance(self.tests, str | Path) else self.tests)
         )
         self.strategies = tuple(self.strategies)
+        if self.control and STATIC_ARM not in self.strategies and self.strategies:
+            self.strategies = (*self.strategies, STATIC_ARM)
         self.ttas = tuple(self.ttas)
         if isinstance(self.seeds, bool):
             raise ConfigError(f"--seeds must be a count or a list of seeds, got {self.seeds!r}")
@@ -120,10 +125,11 @@ class SimulationConfig:
                 )
         if not self.strategies:
             raise ConfigError("--strategies names no strategy")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        unknown = [s for s in self.strategies if s not in STRATEGIES and s != STATIC_ARM]
         if unknown:
             raise ConfigError(
-                f"unknown strategy {', '.join(map(repr, unknown))} in --strategies; choose from {', '.join(STRATEGIES)}"
+                f"unknown strategy {', '.join(map(repr, unknown))} in --strategies; choose from "
+                f"{', '.join(STRATEGIES)} (and {STATIC_ARM}, the compute control)"
             )
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"--strategies repeats a strategy: {','.join(self.strategies)}")
@@ -167,7 +173,7 @@ class SimulationConfig:
             "budget": self.budget, "rounds": self.rounds, "train": {k: v for k, v in self.train.to_dict().items()
                                                                     if k != "seed"},
             "selection": sel, "ttas": list(self.ttas), "eval_max_images": self.eval_max_images,
-            "device": self.device, "montages": self.montages,
+            "device": self.device, "montages": self.montages, "control": self.control,
         }, default=str))  # fmt: skip
 
     def train_config(self, seed: int, cache: Path | None = None):
@@ -376,16 +382,19 @@ def _initial_metrics(
 
 
 # --- per (strategy, seed): the project ----------------------------------------------------------------------
+def _copy_file(src: Path, dst: Path) -> None:
+    def copy(fh) -> None:
+        with src.open("rb") as s:
+            shutil.copyfileobj(s, fh)
+
+    atomic_write(dst, copy)
+
+
 def _copy_run(src: Path, dst: Path) -> None:
-
-    for f in sorted(src.iterdir()):
-        if f.is_file() and not f.name.startswith("."):
-
-            def copy(fh, f=f) -> None:
-                with f.open("rb") as s:
-                    shutil.copyfileobj(s, fh)
-
-            atomic_write(dst / f.name, copy)
+    """Copy a run folder's files; last.pt last, so a copy cut short is never taken for a complete one."""
+    files = [f for f in sorted(src.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    for f in sorted(files, key=lambda f: f.name == "last.pt"):
+        _copy_file(f, dst / f.name)
 
 
 def _setup_project(cfg: SimulationConfig, plan: _Plan, folder: Path, initial: Path, run_dir: Path,
@@ -447,6 +456,7 @@ def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r:
     people = sum(int(p["people"]) for p in parts)
     annotation = sum(float(p["seconds"]) for p in parts[1:])
     training = _session_seconds(folder / RUN_DIR, r + 1)
+    session = _session(folder / RUN_DIR, r + 1)
     per_test = {cfg.tests[0].stem: {k: v for k, v in model.metrics.items() if isinstance(v, dict)}}
     loaded: list[Any] = []
 
@@ -458,17 +468,88 @@ def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r:
     for t in cfg.tests[1:]:
         target = folder / "exports" / f"metrics_model_{model.id}_{t.stem}.json"
         per_test[t.stem] = _evaluate_cached(target, load_model, t, cfg.eval_options(t), reporter)
+    values = {"strategy": strategy, "seed": seed, "round": r, "labelled_images": images, "labelled_people": people,
+              "annotation_seconds": annotation, "selection_seconds": selection, "training_seconds": training,
+              "schedule_images": images, **_session_values(session)}  # fmt: skip
+    return _rows(cfg, values, per_test)
+
+
+def _rows(cfg: SimulationConfig, values: dict[str, Any], per_test: dict[str, dict]) -> list[dict[str, str]]:
+    """Return a cell's results.csv rows: `values` + each test file's and TTA's metrics from `per_test`."""
     rows = []
     for t in cfg.tests:
         for tta in cfg.ttas:
             m = per_test[t.stem].get(tta, {})
-            rows.append(row_text({
-                "strategy": strategy, "seed": seed, "round": r, "labelled_images": images,
-                "labelled_people": people, "annotation_seconds": annotation, "selection_seconds": selection,
-                "training_seconds": training, "test_set": t.stem, "tta": tta,
-                **{k: m.get(k) for k in METRIC_COLUMNS},
-            }))  # fmt: skip
+            rows.append(
+                row_text({**values, "test_set": t.stem, "tta": tta, **{k: m.get(k) for k in METRIC_COLUMNS}})
+            )
     return rows
+
+
+def _session(run_dir: Path, session: int) -> dict[str, Any]:
+    """Return the summary of a run's completed session (`pose.train.read_sessions`; {} when there is none)."""
+    from ..pose.train import read_sessions
+
+    return next((s for s in read_sessions(run_dir) if s.get("session") == session), {})
+
+
+def _session_values(session: dict[str, Any]) -> dict[str, Any]:
+    return {"train_steps": session.get("steps"), "train_stop": session.get("stopped"),
+            "model_kept": session.get("kept")}  # fmt: skip
+
+
+# --- per seed: the compute control ---------------------------------------------------------------------------
+STATIC_RUN = "static_run"
+
+
+def _static_cell(cfg: SimulationConfig, seed: int, seed_dir: Path, initial: Path, run_dir: Path,
+                 metrics: dict[str, dict], r: int, reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
+    """Train (or resume, or find) the static arm's round `r` and return its rows.
+
+    The static arm's run (`seeds/<s>/static_run`) starts as a copy of the seed's initial run; its round r is
+    session r + 1 on the initial set alone, trained with the TrainConfig every arm uses and the step cap of the
+    labels the other arms have after round r (`cap_images`: initial + r x budget), so the only difference from
+    them is the labels. Each round's model is kept as `round_<r>.pt` and evaluated like theirs.
+    """
+    from ..pose.train import BEST, LAST, load_checkpoint, train
+
+    data = load_data(initial)
+    people = sum(f.num_people for f in data)
+    if r == 0:
+        per_test, session = metrics, _session(run_dir, 1)
+    else:
+        static = seed_dir / STATIC_RUN
+        if not (static / LAST).is_file():
+            _copy_run(run_dir, static)
+        t = load_checkpoint(static / LAST)["train"]
+        if t["session"] < r + 1 or not t["complete"]:
+            if t["session"] > r + 1:
+                raise StateError(f"{static}: holds session {t['session']}, beyond round {r}")
+            # a completed earlier session: start round r's; an unfinished session r + 1: resume it
+            cap = cfg.initial + r * cfg.budget
+            train(cfg.train_config(seed, seed_dir.parents[1] / CACHE), data, static, reporter,
+                  new_session=t["complete"], cap_images=cap)  # fmt: skip
+        snapshot = static / f"round_{r}.pt"
+        if not snapshot.is_file():
+            _copy_file(static / BEST, snapshot)
+        session = _session(static, r + 1)
+        loaded: list[Any] = []
+
+        def model():
+            if not loaded:
+                loaded.append(load(snapshot, cfg.device))
+            return loaded[0]
+
+        per_test = {
+            t.stem: _evaluate_cached(static / f"metrics_round_{r}_{t.stem}.json", model, t, cfg.eval_options(t),
+                                     reporter)
+            for t in cfg.tests
+        }  # fmt: skip
+    values = {"strategy": STATIC_ARM, "seed": seed, "round": r, "labelled_images": len(data),
+              "labelled_people": people, "annotation_seconds": 0.0, "selection_seconds": 0.0,
+              "training_seconds": float(session.get("seconds") or 0.0) if r else 0.0,
+              "schedule_images": cfg.initial + r * cfg.budget, **_session_values(session)}  # fmt: skip
+    return _rows(cfg, values, per_test)
 
 
 # --- results.csv ---------------------------------------------------------------------------------------------
@@ -583,14 +664,19 @@ def simulate(
             metrics = _initial_metrics(cfg, seed_dir, run_dir, rep)
             oracle = SimulatedLabeller(cfg.pool, seed=seed)
             for strategy, _, r in seed_cells:
-                folder = out_dir / PROJECTS / project_name(strategy, seed)
                 rep = _CellReporter(reporter, f"{project_name(strategy, seed)} round {r}")
-                _setup_project(cfg, plan, folder, initial, run_dir, metrics, rep)
-                if r > 0:
-                    # round 1's montages are the report's picture of what each strategy chose
-                    opts = _run_options(cfg, strategy, seed, oracle, cfg.montages or r == 1, out_dir / CACHE)
-                    run(folder, r, opts, rep)
-                new = _cell_rows(cfg, folder, strategy, seed, r, rep)
+                if strategy == STATIC_ARM:
+                    new = _static_cell(cfg, seed, seed_dir, initial, run_dir, metrics, r, rep)
+                else:
+                    folder = out_dir / PROJECTS / project_name(strategy, seed)
+                    _setup_project(cfg, plan, folder, initial, run_dir, metrics, rep)
+                    if r > 0:
+                        # round 1's montages are the report's picture of what each strategy chose
+                        opts = _run_options(
+                            cfg, strategy, seed, oracle, cfg.montages or r == 1, out_dir / CACHE
+                        )
+                        run(folder, r, opts, rep)
+                    new = _cell_rows(cfg, folder, strategy, seed, r, rep)
                 rows = [row for row in rows if cell(row) != (strategy, seed, r)] + new
                 write_results(results, rows, cfg.strategies, [t.stem for t in cfg.tests], cfg.ttas)
                 n_done, ran = n_done + 1, ran + 1

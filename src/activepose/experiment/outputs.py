@@ -44,7 +44,7 @@ from .stats import EfficiencyRow, PairedRow, report_stats
 EFFICIENCY_COLUMNS = (
     "test_set", "tta", "metric", "strategy", "n_seeds", "final_round", "final_images", "final_minutes",
     "final_mean", "final_half_width", "auc", "reference", "reference_final_mean", "images_to_reach",
-    "minutes_to_reach", "reached",
+    "minutes_to_reach", "reached", "over_static_mean", "over_static_half_width",
 )  # fmt: skip
 PAIRED_COLUMNS = (
     "test_set", "tta", "metric", "strategy", "reference", "round", "labelled_images", "n_pairs",
@@ -130,6 +130,8 @@ def _efficiency_record(r: EfficiencyRow) -> list[str]:
         _csv_num(r.final_images), _csv_num(r.final_minutes), _csv_num(r.final.mean),
         _csv_num(r.final.half_width), _csv_num(r.auc), r.reference or "", _csv_num(r.target),
         _csv_num(r.images_to_reach), _csv_num(r.minutes_to_reach), _yes_no(reached),
+        _csv_num(r.over_static.mean if r.over_static else None),
+        _csv_num(r.over_static.half_width if r.over_static else None),
     ]  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import STATIC_ARM
 from ..workflow.plots import _pyplot
 from .layout import plot_name
 from .results import Results
@@ -267,23 +268,35 @@ round, then average over seeds; the 95 % t-interval is over those per-seed diffe
 def _efficiency_html(rows: list[EfficiencyRow], reference: str) -> str:
     has_ref = any(r.reference is not None for r in rows)
     header = ["strategy", "seeds", "final round", "final images", "final (%)", "AUC (%)"]
+    has_static = any(r.over_static is not None for r in rows)
     if has_ref:
         header += [f"images to reach {_e(reference)}", "minutes to reach"]
+    if has_static:
+        header += ["gain from labels: − static (pp)"]
     body, classes = [], []
     for r in rows:
         cells = [_e(r.strategy), str(r.n_seeds), str(r.final_round), _num(r.final_images), _e(_pm(r.final)),
                  _pct(r.auc)]  # fmt: skip
         if has_ref:
-            if r.images_to_reach is None:
+            if r.strategy == STATIC_ARM:
+                cells += ["(no labels)", ""]
+            elif r.images_to_reach is None:
                 cells += ["not reached", "not reached"]
             else:
                 cells += [_num(r.images_to_reach), _num(r.minutes_to_reach, 2)]
+        if has_static:
+            cells += [_e(_pm(r.over_static)) if r.over_static is not None else ""]
         body.append(cells)
         classes.append("ref" if r.strategy == reference else "")
     out = _table(header, body, classes=classes)
     if has_ref:
         target = rows[0].target
         out = f"<p>Target: the final mean of <b>{_e(reference)}</b> = {_pct(target)} %.</p>" + out
+    if has_static:
+        out += (f"<p><b>{STATIC_ARM}</b> is the compute control: each seed's initial set trained with the schedule "
+                "the other arms get each round, and no new labels (drawn at the labels its schedule was sized for). "
+                "\"Gain from labels\" is strategy − static on the same seed at the final round: what the added labels "
+                "bought beyond the extra training.</p>")  # fmt: skip
     return out
 
 

@@ -7,7 +7,10 @@ seed. `labelled_images` / `labelled_people` are the training set after the round
 `training_seconds` (the epochs of the round's training session, from the run's history) are the round's own
 times, and the only values that depend on the machine and on interruptions (an epoch cut by a crash is not
 counted); `test_set` is the test file's stem; count_acc, count_exact, AP and PCK are fractions in [0, 1], empty
-when undefined.
+when undefined. `schedule_images` is the labelled-set size the round's training schedule was sized for (its
+step cap, `TrainConfig.steps_per_image`): the labels themselves, except for the `static` compute control, which
+trains its initial set with the schedule the other arms get; `train_steps`, `train_stop` and `model_kept` are
+the round's training session (batches, why it stopped, "new" or "previous": see `pose.train.read_sessions`).
 
 The grid (`grid.py`) writes rows with `row_text` and `write_results`; everyone reads them with `load_results`,
 which is lenient (a report is drawn on a grid still running, or on a results.csv from elsewhere); the grid,
@@ -34,11 +37,15 @@ SCHEMA: dict[str, str] = {
     "strategy": "text", "seed": "int", "round": "int", "labelled_images": "count", "labelled_people": "count",
     "annotation_seconds": "seconds", "selection_seconds": "seconds", "training_seconds": "seconds",
     "test_set": "text", "tta": "text", "count_acc": "fraction", "count_exact": "fraction", "AP": "fraction",
-    "PCK": "fraction",
+    "PCK": "fraction", "schedule_images": "count", "train_steps": "count", "train_stop": "text",
+    "model_kept": "text",
 }  # fmt: skip
 COLUMNS = tuple(SCHEMA)
+# Columns added since the first results.csv: a file without them is read (as NaN / "") and written back whole.
+LATER_COLUMNS = ("schedule_images", "train_steps", "train_stop", "model_kept")
 KEY_COLUMNS = ("strategy", "seed", "round", "test_set", "tta")
-NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in KEY_COLUMNS)
+INFO_COLUMNS = tuple(c for c in COLUMNS if SCHEMA[c] == "text" and c not in KEY_COLUMNS)
+NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in KEY_COLUMNS and c not in INFO_COLUMNS)
 METRIC_COLUMNS = tuple(c for c, kind in SCHEMA.items() if kind == "fraction")
 TIMING_COLUMNS = ("selection_seconds", "training_seconds")  # the values that depend on the machine
 _DECIMALS = {"seconds": 3, "fraction": 6}
@@ -167,6 +174,8 @@ def _parse(raw: Mapping[str, str]) -> dict[str, Any] | None:
         return None
     for col in NUMBER_COLUMNS:
         row[col] = _float(raw.get(col))
+    for col in INFO_COLUMNS:
+        row[col] = (raw.get(col) or "").strip()
     return row
 
 
@@ -196,7 +205,7 @@ def load_results(path: str | Path) -> Results:
                 skipped += 1
                 continue
             # the last row of a repeated key wins
-            found[tuple(row[k] for k in KEY_COLUMNS)] = (row, {c: raw.get(c, "") for c in COLUMNS})
+            found[tuple(row[k] for k in KEY_COLUMNS)] = (row, {c: raw.get(c) or "" for c in COLUMNS})
     rows = [row for row, _ in found.values()]
     return Results(rows, skipped, tuple(header), [text for _, text in found.values()])
 
@@ -204,7 +213,7 @@ def load_results(path: str | Path) -> Results:
 def check_rewritable(results: Results, path: str | Path) -> None:
     """Raise ConfigError unless the grid can write `results` back to `path` losing nothing: the header is
     exactly `COLUMNS` and no line was skipped."""
-    if results.columns != COLUMNS:
+    if results.columns not in (COLUMNS, tuple(c for c in COLUMNS if c not in LATER_COLUMNS)):
         raise ConfigError(
             f"{path}: unexpected columns {list(results.columns)}; expected {', '.join(COLUMNS)}"
         )

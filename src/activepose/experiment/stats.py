@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import STATIC_ARM
 from .results import Results
 
 CONFIDENCE = 0.95
@@ -88,7 +89,9 @@ def mean_curve(results: Results, strategy: str, test_set: str, tta: str, metric:
     points = []
     for rnd in sorted(by_round):
         rows = by_round[rnd]
-        images = _nanmean([r["labelled_images"] for r in rows])
+        # The compute control never gains labels: it is drawn at the labels its schedule was sized for.
+        column = "schedule_images" if strategy == STATIC_ARM else "labelled_images"
+        images = _nanmean([r[column] if math.isfinite(r[column]) else r["labelled_images"] for r in rows])
         seconds = _nanmean([r["annotation_seconds"] for r in rows])
         if rnd == 0 and not math.isfinite(seconds):
             seconds = 0.0
@@ -173,6 +176,9 @@ class EfficiencyRow:
     target: float  # the reference's final mean
     images_to_reach: float | None  # None: not reached
     minutes_to_reach: float | None
+    # The labels' share of the gain: strategy - static (same seed) at the final round, over the paired seeds;
+    # None without a static arm (or for the static arm itself).
+    over_static: Interval | None = None
 
 
 def _last_finite(curve: list[CurvePoint]) -> CurvePoint | None:
@@ -203,13 +209,20 @@ def efficiency_table(
         images = [p.images for p in curve]
         auc = normalised_auc(images, [p.value.mean for p in curve])
         to_images = to_minutes = None
-        if ref_last is not None:
+        if (
+            ref_last is not None and s != STATIC_ARM
+        ):  # the control gains no labels: nothing to reach with them
             hit = _crossing([p.value.mean for p in curve], target)
             if hit is not None:
                 i, frac = hit
                 a, b = curve[i], curve[min(i + 1, len(curve) - 1)]
                 to_images = a.images + frac * (b.images - a.images) if frac else a.images
                 to_minutes = a.minutes + frac * (b.minutes - a.minutes) if frac else a.minutes
+        over_static = None
+        if s != STATIC_ARM and STATIC_ARM in curves:
+            paired = [p for p in paired_differences(results, s, STATIC_ARM, test_set, tta, metric)
+                      if p.round == last.round]  # fmt: skip
+            over_static = paired[0].diff if paired else None
         out.append(
             EfficiencyRow(
                 test_set,
@@ -226,6 +239,7 @@ def efficiency_table(
                 target,
                 to_images,
                 to_minutes,
+                over_static,
             )  # fmt: skip
         )
     return out

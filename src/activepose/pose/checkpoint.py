@@ -228,4 +228,4 @@ def prepare_model(model, cfg: TrainConfig, device: torch.device) -> None:
     if cfg.frozen_trunk:
         from .trunk import attach_trunk_cache
 
-        attach_trunk_cache(model, cfg.feature_cache)
+        attach_trunk_cache(model, cfg.feature_cache, cfg.train_blocks)

@@ -7,7 +7,17 @@ active-learning loop starts a new session from the previous session's weights ea
 `run_dir/last.pt` is written atomically after every epoch and holds everything needed to continue
 (model, optimiser, scheduler, epoch, early-stopping state, RNG states, history), so a run killed at
 any moment resumes with the same command and loses at most the epoch in progress.
-`run_dir/best.pt` holds the weights with the lowest validation loss of the current session.
+`run_dir/best.pt` holds the weights with the best validation score (`TrainConfig.val_metric`: the loss, or PCK
+of the decoded validation people) so far: from session 2 on it starts as the previous session's model, scored on
+the new session's validation split, and is replaced only by an epoch that beats it, so a round never hands on a
+worse model than the last one without saying so (`TrainResult.kept`, `sessions.json`).
+
+A session ends when validation stops improving (`lr_schedule="plateau"`: the rate drops at each plateau and the
+session ends converged at the last; or `patience` epochs without a better score), at its epoch cap (`max_epochs`,
+or `steps_per_image` x the labelled images, so the cap grows with the labels), or at a time budget. It starts
+from the last session's model (`restart="warm"`) or from the run's first weights (`"initial"`,
+`run_dir/initial.pt`). `run_dir/sessions.json` records each completed session: images, epochs, batches, why
+it stopped and which model it kept (`read_sessions`).
 Both also record `train_scale`, the median over the training images of input_size / long side: the pixel
 scale people were learnt at, which prediction's `--scale auto` reproduces (`LoadedModel.train_scale`).
 """
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import math
 import random
@@ -40,7 +51,20 @@ from .data import PoseDataset
 
 LOG = logging.getLogger(__name__)
 
-LAST, BEST = "last.pt", "best.pt"
+LAST, BEST, INITIAL, SESSIONS = "last.pt", "best.pt", "initial.pt", "sessions.json"
+
+
+def read_sessions(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Return the completed sessions' summaries of a run (`sessions.json`; [] when absent or unreadable):
+    per session its images, epochs, steps, epoch cap, why it stopped ("converged", "early_stopping",
+    "max_epochs", "time_budget"), which model it kept ("new", or "previous" when no epoch beat the model it
+    started from) and the validation scores."""
+    path = Path(run_dir) / SESSIONS
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
 
 
 def _backbone_takes(backbone: str) -> dict[str, inspect.Parameter]:
@@ -110,6 +134,8 @@ class EpochRecord:
     lr: float
     seconds: float
     images: int
+    val_pck: float | None = None  # with val_metric "pck"
+    steps: int = 0  # batches of this session so far
 
 
 class TrainCallbacks(Protocol):
@@ -134,9 +160,17 @@ class TrainResult:
     run_dir: Path
     session: int
     epochs_run: int  # epochs of this session completed so far
-    best_val_loss: float
-    stopped: str  # "early_stopping", "max_epochs", "time_budget", "already_complete"
+    best_val_loss: float  # the best validation score: the loss, or 1 - PCK with val_metric "pck"
+    # "converged" (the plateau schedule's last plateau), "early_stopping", "max_epochs" (the step cap),
+    # "time_budget", "already_complete"
+    stopped: str
     history: list[dict[str, Any]]
+    steps: int = 0  # batches this session trained
+    max_epochs: int = 0  # the session's epoch cap (see TrainConfig.steps_per_image)
+    # "new": best.pt is this session's best; "previous": no epoch beat the model the session started from
+    # (scored on the same validation split first), so best.pt is still that model.
+    kept: str = "new"
+    start_val: float | None = None  # the starting model's validation score (None in session 1)
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -267,7 +301,9 @@ class Trainer:
         self._scale: float | None = None
 
     # --- construction -------------------------------------------------------------------------
-    def _build(self, state: dict[str, Any] | None):
+    def _build(self, state: dict[str, Any] | None, weights: dict[str, Any] | None = None):
+        """Return (model, optimiser): a new model (state None), or the checkpoint `state`'s architecture with
+        its weights (or `weights`: a state dict of the same architecture, for `restart="initial"`)."""
         from .models import build_model, create_model
 
         if state is None:
@@ -288,12 +324,29 @@ class Trainer:
                     f"{list(self.skeleton.keypoints)}"
                 )
             model = build_model(state["model_config"])
-            model.load_state_dict(state["model_state"])
+            model.load_state_dict(state["model_state"] if weights is None else weights)
         model.to(self.device)
         prepare_model(model, self.cfg, self.device)
+        # ImageNet-pretrained weights that train (the trunk, or its last blocks with --train-blocks) learn at
+        # trunk_lr_scale x the rate of the new layers (neck and stages), which start from random.
+        # One group when they share the rate (as runs made before the option: their optimiser states load).
+        trunk = {
+            id(p)
+            for p in model.backbone.body.parameters()
+            if p.requires_grad and self.cfg.trunk_lr_scale != 1
+        }
+        groups = [
+            {
+                "params": [p for p in model.parameters() if p.requires_grad and id(p) not in trunk],
+                "lr": self.cfg.lr,
+            },
+            {
+                "params": [p for p in model.parameters() if id(p) in trunk],
+                "lr": self.cfg.lr * self.cfg.trunk_lr_scale,
+            },
+        ]
         opt = torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=self.cfg.lr,
+            [g for g in groups if g["params"]],
             betas=tuple(self.cfg.betas),
             weight_decay=self.cfg.weight_decay,
         )
@@ -310,8 +363,13 @@ class Trainer:
         return train, val
 
     # --- the loop -----------------------------------------------------------------------------
-    def fit(self, new_session: bool = False) -> TrainResult:
-        """Train until early stopping / max epochs / time budget; resume or continue what `run_dir` holds."""
+    def fit(self, new_session: bool = False, cap_images: int | None = None) -> TrainResult:
+        """Train until convergence / early stopping / the step cap / the time budget; resume or continue what
+        `run_dir` holds.
+
+        `cap_images`: size the session's step cap (`TrainConfig.steps_per_image`) for this many images instead of
+        the labelled set's (a compute control trains its fixed set with the schedule grown sets get).
+        """
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fingerprint = data_fingerprint(self.data.image_ids)
@@ -326,18 +384,23 @@ class Trainer:
             and not new_session
             and state["train"]["fingerprint"] == fingerprint
         ):
-            t = state["train"]
-            return TrainResult(
-                self.run_dir, t["session"], t["epoch"], t["best_val"], "already_complete", state["history"]
-            )
+            return self._result(state["train"], state["history"], "already_complete")
         if state is None or state["train"]["complete"]:
             # A new session: fresh split, schedule and early-stopping state; weights continue when there are any.
             session = 1 if state is None else state["train"]["session"] + 1
             history = [] if state is None else list(state.get("history", []))
             _seed_everything(self.cfg.seed + session - 1)
-            model, opt = self._build(state)
+            previous = self._previous_best(state) if state is not None else None
+            weights = None
+            if (
+                previous is not None
+            ):  # warm: the last session's model (its best.pt); or the run's first weights
+                weights = self._initial_weights() if cfg.restart == "initial" else previous["model_state"]
+            model, opt = self._build(state, weights)
+            if state is None:
+                self._save_initial(model)
             saved_schedule = None
-            t = self._new_session_state(session)
+            t = self._new_session_state(session, cap_images)
             if state is not None:
                 LOG.info("session %d: continuing from %s with %d images", session, last_path, len(self.data))
         else:
@@ -347,6 +410,7 @@ class Trainer:
                     f"same data, or start a new run directory"
                 )
             model, opt = self._build(state)
+            previous = None
             t = state["train"]
             session, history = t["session"], list(state.get("history", []))
             opt.load_state_dict(state["optimizer"])
@@ -354,59 +418,121 @@ class Trainer:
             _set_rng_state(state["rng"])
             LOG.info("resuming session %d at epoch %d from %s", session, t["epoch"], last_path)
         t["fingerprint"] = fingerprint
+        max_epochs = t.setdefault("max_epochs", cfg.max_epochs)  # sessions written before the cap: max_epochs
 
         train_set, val_set = self._datasets(model, t["train_ids"], t["val_ids"])
         if len(train_set) == 0:
             raise ConfigError(f"{self.data.path}: no training images")
-        sched = make_scheduler(opt, cfg, self._batches_per_epoch(len(train_set)))
+        # sessions written before the plan: an epoch is one pass (or steps_per_epoch batches) of the split
+        t.setdefault("epoch_batches", self._batches_per_epoch(len(train_set)))
+        sched = make_scheduler(opt, cfg, t["epoch_batches"], max_epochs)
         if saved_schedule is not None:
             sched.load_state_dict(saved_schedule)
             # A new scheduler sets its step-0 rate on the optimiser; resume at the saved step's rate instead.
             for group, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
                 group["lr"] = lr
+        if previous is not None and val_set is not None:
+            # The last session's model is the one to beat (whether this session starts from it or not): scored on
+            # this session's validation split, it stays best.pt until an epoch scores better.
+            t["start_val"] = self._score(*self._validate(self._model_of(state, previous), val_set))
+            t["best_val"], t["kept"] = t["start_val"], "previous"
+            save_checkpoint(
+                self.run_dir / BEST, {**previous, "train": dict(t), "optimizer": None, "scheduler": None}
+            )
         start = time.monotonic()
         stopped = "max_epochs"
-        if cfg.max_epochs == 0 and t["epoch"] == 0:  # `--epochs 0`: store the initialised (untrained) model
+        if max_epochs == 0 and t["epoch"] == 0:  # `--epochs 0`: store the initialised (untrained) model
             t["complete"] = True
             self._save(model, opt, sched, t, history, best=True)
-        while t["epoch"] < cfg.max_epochs:
+        while t["epoch"] < max_epochs:
             epoch = t["epoch"] + 1
             t0 = time.monotonic()
-            train_loss, n_images = self._train_epoch(model, opt, sched, train_set, session, epoch)
-            val_loss = self._validate(model, val_set) if val_set is not None else train_loss
+            train_loss, n_images, n_steps = self._train_epoch(
+                model, opt, sched, train_set, session, epoch, t["epoch_batches"]
+            )
+            t["steps"] = t.get("steps", 0) + n_steps
+            val_loss, val_pck = self._validate(model, val_set) if val_set is not None else (train_loss, None)
+            score = self._score(val_loss, val_pck)
             if not getattr(sched, "per_batch", False):
                 sched.step()
-            improved = val_loss < t["best_val"] - cfg.min_delta
+            improved = score < t["best_val"] - cfg.min_delta
             if improved:
-                t["best_val"], t["bad_epochs"] = val_loss, 0
-            else:
+                t["best_val"], t["bad_epochs"], t["kept"] = score, 0, "new"
+            elif (
+                epoch >= cfg.min_epochs and t["steps"] - n_steps >= cfg.warmup_steps
+            ):  # epochs after the warm-up
                 t["bad_epochs"] += 1
             t["epoch"] = epoch
             rec = EpochRecord(
-                session,
-                epoch,
-                train_loss,
-                val_loss,
-                opt.param_groups[0]["lr"],
-                time.monotonic() - t0,
-                n_images,
-            )
+                session, epoch, train_loss, val_loss, opt.param_groups[0]["lr"], time.monotonic() - t0,
+                n_images, val_pck, t["steps"],
+            )  # fmt: skip
             history.append(asdict(rec))
+            if isinstance(sched, PlateauSchedule) and t["bad_epochs"] >= cfg.lr_patience:
+                if t.get("drops", 0) < cfg.lr_drops:
+                    sched.drop()
+                    t["drops"], t["bad_epochs"] = t.get("drops", 0) + 1, 0
+                else:
+                    stopped = "converged"
             if t["bad_epochs"] >= cfg.patience:
                 stopped = "early_stopping"
             budget_hit = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
             t["complete"] = (
-                stopped == "early_stopping"
-                or epoch >= cfg.max_epochs
+                stopped in ("early_stopping", "converged")
+                or epoch >= max_epochs
                 or (budget_hit and cfg.budget_ends_session)
             )
+            if t["complete"]:
+                t["stopped"] = stopped if stopped != "max_epochs" or epoch >= max_epochs else "time_budget"
             self._save(model, opt, sched, t, history, best=improved)
             self.callbacks.on_epoch_end(rec, improved)
-            if budget_hit and stopped != "early_stopping" and epoch < cfg.max_epochs:
+            if budget_hit and stopped not in ("early_stopping", "converged") and epoch < max_epochs:
                 stopped = "time_budget"
             if t["complete"] or budget_hit:
                 break
-        return TrainResult(self.run_dir, session, t["epoch"], t["best_val"], stopped, history)
+        return self._result(t, history, stopped)
+
+    def _result(self, t: dict[str, Any], history: list[dict[str, Any]], stopped: str) -> TrainResult:
+        return TrainResult(
+            self.run_dir, t["session"], t["epoch"], t["best_val"], stopped, history, steps=t.get("steps", 0),
+            max_epochs=t.get("max_epochs", self.cfg.max_epochs), kept=t.get("kept", "new"),
+            start_val=t.get("start_val"),
+        )  # fmt: skip
+
+    def _score(self, val_loss: float, val_pck: float | None) -> float:
+        """Return the validation score early stopping and best.pt follow (lower is better)."""
+        if self.cfg.val_metric == "pck":
+            # Ties (e.g. PCK 0 while a cold start still finds nobody) go to the lower loss: 1e-3 x a loss of
+            # ~1e-2 is far below one keypoint of 100 validation images (~1e-3 PCK).
+            return (
+                1.0 - (val_pck if val_pck is not None and math.isfinite(val_pck) else 0.0) + 1e-3 * val_loss
+            )
+        return val_loss
+
+    def _save_initial(self, model) -> None:
+        """Keep the weights session 1 starts from (`restart="initial"` sessions start from them again)."""
+        save_checkpoint(
+            self.run_dir / INITIAL, {"model_config": model.config, "model_state": model.state_dict()}
+        )
+
+    def _initial_weights(self) -> dict[str, Any]:
+        path = self.run_dir / INITIAL
+        if not path.exists():
+            raise ConfigError(
+                f"{path}: missing, so --restart initial has no initial weights to start from (this run began "
+                "before they were kept): use --restart warm, or start a new run"
+            )
+        return load_checkpoint(path, map_location=self.device)["model_state"]
+
+    def _previous_best(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Return the checkpoint of the completed session's model: its best.pt (last.pt's `state` without one)."""
+        best = self.run_dir / BEST
+        return load_checkpoint(best, map_location=self.device) if best.exists() else state
+
+    def _model_of(self, state: dict[str, Any], checkpoint: dict[str, Any]):
+        """Return the model of `checkpoint`'s weights (the run's architecture), ready to validate."""
+        model, _ = self._build(state, checkpoint["model_state"])
+        return model
 
     def _check_architecture(self, state: dict[str, Any]) -> None:
         """Raise ConfigError when `cfg` asks for another architecture than the run's model has."""
@@ -431,6 +557,21 @@ class Trainer:
             save_checkpoint(self.run_dir / BEST, {**state, "optimizer": None, "scheduler": None})
         save_checkpoint(self.run_dir / LAST, state)
         atomic_write_json(self.run_dir / "history.json", history, indent=1)
+        if t["complete"]:
+            self._record_session(t, history)
+
+    def _record_session(self, t: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Add (or replace) the completed session's line in `run_dir/sessions.json` (see `session_summary`)."""
+        path = self.run_dir / SESSIONS
+        sessions = [s for s in read_sessions(self.run_dir) if s.get("session") != t["session"]]
+        sessions.append({
+            "session": t["session"], "images": len(self.data.image_ids), "epochs": t["epoch"],
+            "steps": t.get("steps", 0), "max_epochs": t.get("max_epochs"), "stopped": t.get("stopped", "max_epochs"),
+            "kept": t.get("kept", "new"), "start_val": t.get("start_val"), "best_val": t["best_val"],
+            "seconds": round(sum(h.get("seconds", 0.0) for h in history if h.get("session") == t["session"]), 3),
+            "val_metric": self.cfg.val_metric, "restart": self.cfg.restart,
+        })  # fmt: skip
+        atomic_write_json(path, sorted(sessions, key=lambda s: s["session"]), indent=1)
 
     def _train_scale(self, train_ids: list[int]) -> float | None:
         """Return the median over the training images of input_size / long side (their pixel scale in training)."""
@@ -443,7 +584,7 @@ class Trainer:
             self._scale = median_train_scale(((f.width, f.height) for f in frames), self.cfg.input_size)
         return self._scale
 
-    def _new_session_state(self, session: int) -> dict[str, Any]:
+    def _new_session_state(self, session: int, cap_images: int | None = None) -> dict[str, Any]:
         train_ids, val_ids = split_ids(
             self.data.image_ids, self.cfg.val_fraction, self.cfg.seed + session, self.cfg.max_val_images
         )
@@ -455,24 +596,44 @@ class Trainer:
             "complete": False,
             "train_ids": train_ids,
             "val_ids": val_ids,
+            "steps": 0,
+            "drops": 0,
+            "kept": "new",
+            **self.session_plan(len(self.data.image_ids) if cap_images is None else cap_images),
         }
+
+    def session_plan(self, n_images: int) -> dict[str, int]:
+        """Return {"epoch_batches", "max_epochs"} of a session on `n_images` labelled images: the batches of an
+        epoch of its training split, and the epoch cap (`TrainConfig.steps_per_image`, else `max_epochs`).
+
+        A session sized for more images than it has (`fit(cap_images=...)`) cycles through its own for as many
+        batches per epoch, so its schedule is step for step the one of a set of `n_images`."""
+        cfg = self.cfg
+        n_train = len(split_ids(list(range(n_images)), cfg.val_fraction, 0, cfg.max_val_images)[0])
+        batches = self._batches_per_epoch(max(n_train, 1))
+        epochs = cfg.max_epochs
+        if cfg.steps_per_image is not None and cfg.max_epochs > 0:
+            epochs = min(
+                cfg.max_epochs, max(cfg.min_epochs, math.ceil(cfg.steps_per_image * n_images / batches))
+            )
+        return {"epoch_batches": batches, "max_epochs": int(epochs)}
 
     def _batches_per_epoch(self, n_images: int) -> int:
         """Return the batches an epoch of `n_images` runs (as `make_loader` and `steps_per_epoch` make them)."""
         bs = self.cfg.batch_size
         n = n_images // bs if n_images > bs else 1  # drop_last when there is more than one batch
-        return n if self.cfg.steps_per_epoch is None else min(n, self.cfg.steps_per_epoch)
+        # With steps_per_epoch an epoch is that many batches: a set with fewer cycles through itself again.
+        return n if self.cfg.steps_per_epoch is None else self.cfg.steps_per_epoch
 
-    def _train_epoch(self, model, opt, sched, dataset, session: int, epoch: int) -> tuple[float, int]:
-        cfg = self.cfg
+    def _train_epoch(
+        self, model, opt, sched, dataset, session: int, epoch: int, n_batches: int
+    ) -> tuple[float, int, int]:
+        """Train `n_batches` batches; return (mean loss, images seen, batches)."""
         model.train()
-        loader = make_loader(dataset, cfg.batch_size, True, cfg.num_workers, cfg.seed + 1000 * session, epoch)
-        n_batches = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
         self.callbacks.on_epoch_start(session, epoch, n_batches)
-        total, seen = 0.0, 0
-        for i, batch in enumerate(loader):
-            if i >= n_batches:
-                break
+        total, seen, steps = 0.0, 0, 0
+        for i, batch in enumerate(self._batches(dataset, session, epoch, n_batches)):
+            steps += 1
             outputs, n = _forward(model, batch, self.device)
             loss, _ = pose_loss(outputs, batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
             opt.zero_grad(set_to_none=True)
@@ -489,19 +650,53 @@ class Trainer:
             seen += n
             self.callbacks.on_batch_end(value)
             faults.point("train")
-        return total / max(seen, 1), seen
+        return total / max(seen, 1), seen, steps
+
+    def _batches(self, dataset, session: int, epoch: int, n_batches: int):
+        """Yield an epoch's `n_batches` batches: passes over `dataset`, each in an order set by (seed, epoch, pass)."""
+        cfg, done, passes = self.cfg, 0, 0
+        while done < n_batches:
+            seed = cfg.seed + 1000 * session + 7919 * passes  # pass 0: the order epochs always had
+            for batch in make_loader(dataset, cfg.batch_size, True, cfg.num_workers, seed, epoch):
+                if done >= n_batches:
+                    return
+                done += 1
+                yield batch
+            passes += 1
 
     @torch.inference_mode()
-    def _validate(self, model, dataset) -> float:
+    def _validate(self, model, dataset) -> tuple[float, float | None]:
+        """Return (the last stage's mean loss, PCK@0.2 of the decoded people or None) on the validation set."""
         model.eval()
         loader = make_loader(dataset, max(self.cfg.batch_size, 8), False, self.cfg.num_workers, 0, 0)
-        total, seen = 0.0, 0
+        decoder = None
+        if self.cfg.val_metric == "pck":
+            from .decode import Decoder
+
+            decoder = Decoder(self.skeleton, stride=self.cfg.targets.stride)
+        total, seen, predictions = 0.0, 0, {}
         for batch in loader:
             outputs, n = _forward(model, batch, self.device)
             _, last = pose_loss(outputs, batch["heatmaps"].to(self.device), batch["pafs"].to(self.device))
             total += float(last) * n
             seen += n
-        return total / max(seen, 1)
+            if decoder is not None:
+                people = decoder(*outputs[-1])
+                for image_id, (keypoints, scores) in zip(batch["image_id"].tolist(), people, strict=True):
+                    predictions[int(image_id)] = (self._to_image(int(image_id), keypoints), scores)
+        val_pck = None
+        if decoder is not None:
+            from .evaluate import pck
+
+            val_pck = pck(self.data.subset(sorted(predictions)), predictions)
+        return total / max(seen, 1), val_pck
+
+    def _to_image(self, image_id: int, keypoints: np.ndarray) -> np.ndarray:
+        """Return decoded keypoints (network-input pixels of the letterboxed input) in image pixels."""
+        f = self.data.frame(image_id)
+        out = keypoints.astype(np.float64).copy()
+        out[..., :2] *= max(f.width, f.height) / self.cfg.input_size
+        return out
 
 
 class OneCycle:
@@ -518,12 +713,60 @@ class OneCycle:
         return 0.5 * (1 + math.cos(math.pi * done))
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int):
-    """Return the learning-rate schedule of `cfg` (see `TrainConfig.lr_schedule`); `.per_batch` says when it steps."""
+class PlateauSchedule:
+    """Per batch: a linear warm-up from lr/25 over `warmup` steps, then the base rate, multiplied by `gamma` at
+    each `drop()` (the Trainer drops it when validation plateaus, and stops at the last plateau)."""
+
+    per_batch = True
+
+    def __init__(self, opt: torch.optim.Optimizer, warmup: int, gamma: float) -> None:
+        self.opt, self.warmup, self.gamma = opt, int(warmup), float(gamma)
+        self.base = [g["lr"] for g in opt.param_groups]
+        self.steps, self.scale = 0, 1.0
+        self._apply()
+
+    def factor(self) -> float:
+        if self.steps >= self.warmup:
+            return self.scale
+        return self.scale * (1 / 25 + (1 - 1 / 25) * self.steps / self.warmup)
+
+    def _apply(self) -> None:
+        for group, base in zip(self.opt.param_groups, self.base, strict=True):
+            group["lr"] = base * self.factor()
+
+    def step(self) -> None:
+        self.steps += 1
+        self._apply()
+
+    def drop(self) -> None:
+        self.scale *= self.gamma
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [base * self.factor() for base in self.base]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "scale": self.scale, "base": list(self.base)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.scale, self.base = int(state["steps"]), float(state["scale"]), list(state["base"])
+        self._apply()
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int, max_epochs: int | None = None
+):
+    """Return the learning-rate schedule of `cfg` (see `TrainConfig.lr_schedule`); `.per_batch` says when it steps.
+
+    `max_epochs`: the session's epoch cap (default `cfg.max_epochs`), the length of a onecycle schedule.
+    """
+    epochs = cfg.max_epochs if max_epochs is None else max_epochs
     if cfg.lr_schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, OneCycle(max(1, cfg.max_epochs) * batches_per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, OneCycle(max(1, epochs) * batches_per_epoch))
         sched.per_batch = True
         return sched
+    if cfg.lr_schedule == "plateau":
+        return PlateauSchedule(opt, cfg.warmup_steps, cfg.lr_gamma)
     return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.lr_step_epochs), gamma=cfg.lr_gamma)
 
 
@@ -542,9 +785,10 @@ def train(
     run_dir: str | Path,
     callbacks: TrainCallbacks | None = None,
     new_session: bool = False,
+    cap_images: int | None = None,
 ) -> TrainResult:
     """Return the result of fitting (or resuming / continuing) a model on `data` in `run_dir`."""
-    return Trainer(cfg, data, run_dir, callbacks).fit(new_session=new_session)
+    return Trainer(cfg, data, run_dir, callbacks).fit(new_session=new_session, cap_images=cap_images)
 
 
 # --- learning-rate finder -------------------------------------------------------------------------

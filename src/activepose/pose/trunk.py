@@ -62,11 +62,12 @@ class TrunkCache:
         from .cache import model_fingerprint
 
         self.model = model
-        self.body = model.backbone.body
-        self.channels = int(model.backbone.embed_channels)
+        self.body = model.trunk_part()
+        self.channels = trunk_channels(model)
         self.stride = int(model.stride)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_feature_cache()
         name = model.config.get("backbone", "trunk")
+        # Keyed by the frozen part's weights only: blocks trained after it (--train-blocks) change every step.
         self.key = f"trunk-v{TRUNK_CACHE_VERSION}-{name}-{model_fingerprint(self.body)[:16]}"
         self.hits = self.misses = 0
 
@@ -94,9 +95,17 @@ class TrunkCache:
         return torch.from_numpy(out.astype(np.float32)).view(b, *shape).to(x.device)
 
 
-def attach_trunk_cache(model, cache_dir: str | Path | None = None) -> TrunkCache:
-    """Freeze `model`'s trunk and route `model.trunk` through a `TrunkCache`; returns the cache."""
-    for p in model.backbone.body.parameters():
+def trunk_channels(model) -> int:
+    """Return the channels of `model.trunk()`'s output: the last conv's of the frozen part of the body."""
+    convs = [m for m in model.trunk_part().modules() if isinstance(m, torch.nn.Conv2d)]
+    return int(convs[-1].out_channels) if convs else int(model.backbone.embed_channels)
+
+
+def attach_trunk_cache(model, cache_dir: str | Path | None = None, trained_blocks: int = 0) -> TrunkCache:
+    """Freeze `model`'s trunk (but its last `trained_blocks` blocks) and route `model.trunk` through a
+    `TrunkCache` of the frozen part; returns the cache."""
+    model.set_trained_blocks(trained_blocks)
+    for p in model.trunk_part().parameters():
         p.requires_grad_(False)
     cache = TrunkCache(model, cache_dir)
     model.trunk_cache = cache
@@ -122,14 +131,28 @@ def trunk_features(
 
     Goes through `model.trunk`, so with a `TrunkCache` attached only inputs never seen are computed.
     """
-    from .cache import batched, prefetch_map
+    from .cache import prefetch_map
+
+    loaded = prefetch_map(lambda p: _input(Path(p), input_size, grayscale, flip), paths, num_workers)
+    return canvas_features(model, loaded, len(paths), input_size, batch_size, progress)
+
+
+def canvas_features(
+    model,
+    canvases,
+    total: int,
+    input_size: int,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Return (N, C, G, G) float16 trunk features of uint8 (S, S, 3) network inputs (an iterable of `total`)."""
+    from .cache import batched
 
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
     try:
-        loaded = prefetch_map(lambda p: _input(Path(p), input_size, grayscale, flip), paths, num_workers)
-        for batch in batched(loaded, batch_size):
+        for batch in batched(canvases, batch_size):
             x = torch.from_numpy(
                 np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
             )
@@ -137,11 +160,11 @@ def trunk_features(
                 f = model.trunk(x.to(next(model.parameters()).device))
             out.append(f.cpu().numpy().astype(np.float16))
             if progress is not None:
-                progress(sum(len(o) for o in out), len(paths))
+                progress(sum(len(o) for o in out), total)
     finally:
         model.train(was_training)
     g = input_size // model.stride
-    return np.concatenate(out) if out else np.zeros((0, model.backbone.embed_channels, g, g), np.float16)
+    return np.concatenate(out) if out else np.zeros((0, trunk_channels(model), g, g), np.float16)
 
 
 class CachedFeatureDataset(Dataset):
@@ -163,6 +186,7 @@ class CachedFeatureDataset(Dataset):
         targets: TargetConfig,
         crop: int | None = None,
         hflip: float = 0.0,
+        views: Sequence[tuple[np.ndarray, list[np.ndarray]]] = (),
     ) -> None:
         self.skeleton = coco.skeleton
         self.image_ids = [int(i) for i in image_ids]
@@ -181,6 +205,8 @@ class CachedFeatureDataset(Dataset):
             lab = p[..., 2] > 0
             p[..., :2] = np.where(lab[..., None], p[..., :2] * np.float32(scale), 0.0)
             self.people.append(_clean_people(p, self.input_size, self.input_size))
+        # Augmented views: (features (N, C, G, G), people per image in that view's input coordinates).
+        self.views = list(views)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -203,13 +229,17 @@ class CachedFeatureDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         # torch's generator: seeded per epoch by the loader, so runs are reproducible.
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        people = self.people[i].copy()
-        flip = bool(self.hflip > 0 and rng.random() < self.hflip)
-        if flip:  # the mirrored letterboxed input: x' = input_size - x, left/right swapped
-            labelled = people[..., 2] > 0
-            people[..., 0] = np.where(labelled, self.input_size - people[..., 0], 0.0)
-            people = people[:, self.flip_perm]
-        feats = self.features[flip][i]
+        view = int(rng.integers(len(self.views) + 1)) if self.views else 0  # 0: the letterboxed input
+        if view:
+            feats, people = self.views[view - 1][0][i], self.views[view - 1][1][i].copy()
+        else:
+            people = self.people[i].copy()
+            flip = bool(self.hflip > 0 and rng.random() < self.hflip)
+            if flip:  # the mirrored letterboxed input: x' = input_size - x, left/right swapped
+                labelled = people[..., 2] > 0
+                people[..., 0] = np.where(labelled, self.input_size - people[..., 0], 0.0)
+                people = people[:, self.flip_perm]
+            feats = self.features[flip][i]
         size = (self.input_size, self.input_size)
         heatmaps, pafs = encode_targets(people, self.skeleton, size, self.targets)
         if self.crop is not None:
@@ -246,8 +276,39 @@ def cached_datasets(
     train_feats = {False: feats(train_ids, False)}
     if hflip > 0:
         train_feats[True] = feats(train_ids, True)
-    train = CachedFeatureDataset(coco, train_ids, train_feats, cfg.input_size, cfg.targets, crop, hflip)
+    views = [augmented_view(model, coco, train_ids, cfg, v, progress) for v in range(1, cfg.cached_views + 1)]
+    train = CachedFeatureDataset(
+        coco, train_ids, train_feats, cfg.input_size, cfg.targets, crop, hflip, views
+    )
     val = None
     if val_ids:
         val = CachedFeatureDataset(coco, val_ids, {False: feats(val_ids, False)}, cfg.input_size, cfg.targets)
     return train, val
+
+
+def augmented_view(
+    model,
+    coco: CocoKeypoints,
+    image_ids: Sequence[int],
+    cfg,
+    view: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Return (trunk features, people) of augmented view `view` of each image: the training augmentation
+    (`cfg.augment`: rotation, zoom, shift, colour, flip) drawn once per (seed, image, view), so the same image
+    always gets the same views and their features come from the cache after the first time."""
+    from .cache import prefetch_map
+    from .data import PoseDataset
+
+    dataset = PoseDataset(coco, input_size=cfg.input_size, targets=cfg.targets, augment=cfg.augment,
+                          image_ids=list(image_ids), grayscale=cfg.grayscale)  # fmt: skip
+    people: list[np.ndarray] = [np.zeros(0)] * len(dataset)
+
+    def sample(i: int) -> np.ndarray:
+        canvas, kps, _ = dataset.sample(i, np.random.default_rng([cfg.seed, dataset.image_ids[i], view]))
+        people[i] = kps
+        return canvas
+
+    canvases = prefetch_map(sample, range(len(dataset)), max(cfg.num_workers, 2))
+    feats = canvas_features(model, canvases, len(dataset), cfg.input_size, progress=progress)
+    return feats, people

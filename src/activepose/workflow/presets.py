@@ -15,27 +15,39 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 
 # `paper`: the paper's settings (VGG-tiny at 368 px, batch 4, Adam 1e-4, patience 35): meant for a GPU.
-# `cpu`: what trains usefully on 2 CPU cores (figures: docs/training.md, benchmarks/cpu_training.py): the
-# ImageNet MobileNetV2 trunk frozen, its features computed once per image and cached (activepose.pose.trunk); only
-# the neck and three 64-channel stages trained, on 128-px windows of 256-px inputs (people at full scale for
-# the cost of 128 px); bf16 autocast where the CPU has it; a one-cycle schedule per session (warm-up, then
-# annealing: PCK 16.7 vs 10.4 % for step decay at 800 LSPET images); a fixed 5 x 64 batches per session, so every
-# round costs the same (~1 min) however many labels there are, the model warm-starting from the last round's;
-# no early stopping (it would cut the annealing short); images read in the main process (worker processes
-# compete with 2 cores' threads).
+# `cpu`: what trains usefully on 2 CPU cores (figures: docs/training.md, benchmarks/cpu_training.py and
+# benchmarks/learner.py): the ImageNet MobileNetV2 trunk frozen, its features computed once per input and cached
+# (activepose.pose.trunk), for the letterboxed image, its mirror and 4 augmented views per image (the paper's
+# rotation, zoom, shift, colour and flips, drawn once per image); the trunk's last 3 blocks (at 0.1 x the rate),
+# the neck and three 64-channel stages trained on those features, on 128-px windows of 256-px inputs (people at
+# full scale for the cost of 128 px); bf16 autocast where
+# the CPU has it; sessions trained to convergence: a plateau schedule on validation PCK (warm-up, x0.2 at each
+# plateau, the third ends it), the best epoch kept (never worse than the last round's model), at most
+# 4 batches per labelled image and at least 10 epochs of 64 batches; the model warm-starts from the last
+# round's; images read in the main process (worker processes compete with 2 cores' threads).
 # `small`: a short full fine-tuning (MobileNetV2, 128 px, 8 epochs; the cpu preset before the frozen trunk):
 # first looks at a project, and `make demo` (at 96 px, lr 1e-3, on generated scenes).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"backbone": "vgg_tiny", "input_size": 368, "batch_size": 4, "lr": 1e-4, "patience": 35},
     "cpu": {
         "backbone": "mobilenet_v2", "head_channels": 64, "stages": 3, "input_size": 256, "frozen_trunk": True,
-        "train_crop": 128, "precision": "bf16", "batch_size": 16, "lr": 3e-3, "lr_schedule": "onecycle",
-        "max_epochs": 5, "steps_per_epoch": 64, "max_val_images": 100, "patience": 100, "num_workers": 0,
-        "augment": None,
+        "train_crop": 128, "precision": "bf16", "batch_size": 16, "lr": 3e-3, "num_workers": 0,
+        "cached_views": 4, "train_blocks": 3, "trunk_lr_scale": 0.1, "lr_schedule": "plateau", "warmup_steps": 100, "val_metric": "pck",
+        "steps_per_image": 4.0, "steps_per_epoch": 64, "max_epochs": 400, "min_epochs": 10, "patience": 1000,
+        "lr_patience": 3, "lr_drops": 2, "lr_gamma": 0.2, "max_val_images": 100,
     },
     "small": {
         "backbone": "mobilenet_v2", "head_channels": 64, "input_size": 128, "batch_size": 8, "lr": 5e-4,
         "max_epochs": 8, "lr_step_epochs": 6, "patience": 8, "num_workers": 0,
+    },
+    # `gpu`: full fine-tuning of the ImageNet MobileNetV2 trunk with the paper's augmentation, bf16 autocast,
+    # channels_last (PoseNet's default layout), 8 loader workers, batches of 64, and the `cpu` preset's rule for
+    # converged rounds (plateau schedule on validation PCK, best checkpoint, a cap growing with the labels).
+    "gpu": {
+        "backbone": "mobilenet_v2", "head_channels": 128, "stages": 3, "input_size": 256, "precision": "bf16",
+        "batch_size": 64, "lr": 1e-3, "lr_schedule": "plateau", "warmup_steps": 200, "val_metric": "pck",
+        "steps_per_image": 4.0, "steps_per_epoch": 64, "max_epochs": 400, "min_epochs": 4, "patience": 1000,
+        "lr_patience": 4, "lr_drops": 2, "lr_gamma": 0.2, "max_val_images": 300, "num_workers": 8,
     },
 }  # fmt: skip
 # What `activepose simulate --preset NAME` uses for the grid options a user does not give (see
@@ -44,6 +56,8 @@ SIMULATION_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"initial": 2000, "budget": 1000, "rounds": 5},
     "cpu": {"initial": 1000, "budget": 300, "rounds": 4, "tta": "clean,blur", "eval_max_images": 300,
             "max_candidates": 2000},
+    "gpu": {"initial": 1000, "budget": 300, "rounds": 4, "tta": "clean,blur", "eval_max_images": None,
+            "max_candidates": None},
 }  # fmt: skip
 _SIMULATION_FALLBACK = {"tta": "all", "eval_max_images": None, "max_candidates": None}
 # Settings of the machine, not of the run: never inherited from an existing run.

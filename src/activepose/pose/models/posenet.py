@@ -70,6 +70,10 @@ class PoseNet(nn.Module):
             None  # activepose.pose.trunk.attach_trunk_cache: frozen-trunk features read from a cache
         )
         self.autocast_dtype: torch.dtype | None = None  # activepose.device: e.g. torch.bfloat16
+        # The trunk's last blocks that run after `trunk()` (trained on its cached output): `set_trained_blocks`.
+        self.trained_blocks = 0
+        # Kept outside the module tree (plain attribute): they are views of `backbone.body`, not new weights.
+        self.__dict__["_parts"] = (self.backbone.body, nn.Sequential())
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # channels_last is ~1.7x faster for these convs on CPU (oneDNN) and helps GPU AMP; not architecture.
@@ -92,6 +96,26 @@ class PoseNet(nn.Module):
     def num_stages(self) -> int:
         return len(self.stages)
 
+    def set_trained_blocks(self, n: int) -> None:
+        """Make `trunk()` stop `n` blocks before the body's end; `forward_features` runs those `n` blocks.
+
+        Not architecture (the weights are the same): how a frozen-trunk model was trained, set on loading.
+        """
+        self.__dict__["_parts"] = self.backbone.split(n)
+        self.trained_blocks = int(n)
+
+    def trunk_part(self) -> nn.Module:
+        """Return the part of the trunk that `trunk()` runs (the whole body unless blocks after it train)."""
+        return self._parts[0]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.trunk_cache is not None and mode:
+            # Frozen trunk: its trained blocks keep their ImageNet batch-norm statistics (batches of small
+            # windows would drift them); their weights still train.
+            self.backbone.body.eval()
+        return self
+
     def _prepare(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected input (B, 3, H, W), got {tuple(x.shape)}")
@@ -111,10 +135,12 @@ class PoseNet(nn.Module):
         return torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def trunk(self, x: Tensor) -> Tensor:
-        """Return the trunk's float32 features (B, embed_dim, H/8, W/8) of images (from the cache when attached)."""
+        """Return the trunk's float32 features (B, C, H/8, W/8) of images (from the cache when attached): the
+        body's output (embed_dim channels), or with `set_trained_blocks(n)` the output of the blocks before the
+        last n."""
         x = self._prepare(x)
         with self._autocast(x):
-            features = self.trunk_cache(x) if self.trunk_cache is not None else self.backbone.features(x)
+            features = self.trunk_cache(x) if self.trunk_cache is not None else self._parts[0](x)
         return features.float()
 
     def forward_features(self, trunk: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -125,7 +151,7 @@ class PoseNet(nn.Module):
             return self._stages(trunk)
 
     def _stages(self, trunk: Tensor) -> list[tuple[Tensor, Tensor]]:
-        features = self.backbone.neck(trunk)
+        features = self.backbone.neck(self._parts[1](trunk) if self.trained_blocks else trunk)
         outputs: list[tuple[Tensor, Tensor]] = []
         heatmaps, pafs = self.stages[0](features)
         outputs.append((heatmaps, pafs))
