@@ -127,7 +127,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp) / "cache"
-        print(f"LSPET: {len(test)} test images; labels {labels}; cache {cache}", flush=True)
+        print(f"{args.data.name}: {len(test)} test images; labels {labels}; cache {cache}", flush=True)
         for name in names:
             for n in labels:
                 cfg = _config(name, cache)

@@ -174,9 +174,11 @@ def demo(
                 )  # named for what it is: the test set's name appears in the report
         console.print(f"generated data: 240 pool / 80 test scenes of {size} px in {out / 'data'}")
     # Rounds trained to convergence: a plateau schedule on validation loss (the rate halves at the first plateau,
-    # the session ends at the second), the best epoch kept, at most --epochs epochs.
+    # the session ends at the second), the best epoch kept, epochs of 6 batches however few the labels (16
+    # labels are 2 batches: one pass per epoch would leave the initial model nearly untrained), 4 to --epochs.
     train = resolve_train_config(preset="small", max_epochs=epochs, patience=epochs, lr=1e-3, device=device,
                                  lr_schedule="plateau", lr_patience=2, lr_drops=1, lr_gamma=0.5, warmup_steps=10,
+                                 steps_per_epoch=6, min_epochs=4,
                                  **({"input_size": size} if generated else {}))  # fmt: skip
     cfg = SimulationConfig(
         pool=pool, tests=(test,), initial=initial, budget=budget, rounds=rounds_, strategies=("hybrid", "random"),

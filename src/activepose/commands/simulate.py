@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..config import STATIC_ARM
 from ..errors import ConfigError
 from ..experiment.grid import SimulationConfig, simulate
 from ..experiment.stats import summarise
@@ -183,7 +184,9 @@ def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
 def _table(points: list[dict], strategies, test_set: str, tta: str) -> Table:
     images = sorted({p["labelled_images"] for p in points})
     by = {(p["strategy"], p["labelled_images"]): p for p in points}
-    table = Table(title=f"mean {tta} count_acc / PCK in % over seeds, on {test_set}")
+    caption = (f"{STATIC_ARM}: the initial labels only, trained with the schedule of the row's labels (the compute "
+               "control)") if STATIC_ARM in strategies else None  # fmt: skip
+    table = Table(title=f"mean {tta} count_acc / PCK in % over seeds, on {test_set}", caption=caption)
     table.add_column("labelled images", justify="right")
     for s in strategies:
         table.add_column(s, justify="right")

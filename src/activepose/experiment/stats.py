@@ -398,11 +398,13 @@ def report_stats(results: Results, grid: Mapping[str, Any], reference: str = "ra
 # --- the grid's console table ----------------------------------------------------------------------------------
 def summarise(rows: Sequence[dict[str, str]], test_set: str, tta: str = "clean") -> list[dict[str, Any]]:
     """Return [{strategy, round, labelled_images, seeds, count_acc, PCK}]: means over seeds (NaN-free) of
-    results.csv's text rows (as `SimulationResult.rows` holds them)."""
+    results.csv's text rows (as `SimulationResult.rows` holds them). For the compute control, `labelled_images`
+    is the labels its schedule was sized for (`schedule_images`: it keeps its initial labels), as in its curve."""
     groups: dict[tuple[str, int, int], list[dict[str, str]]] = {}
     for row in rows:
         if row["test_set"] == test_set and row["tta"] == tta:
-            key = (row["strategy"], int(row["round"]), int(row["labelled_images"]))
+            x = row.get("schedule_images") if row["strategy"] == STATIC_ARM else None
+            key = (row["strategy"], int(row["round"]), int(x or row["labelled_images"]))
             groups.setdefault(key, []).append(row)
     out = []
     for (strategy, r, images), group in groups.items():

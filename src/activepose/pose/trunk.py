@@ -20,9 +20,11 @@ What each part buys on LSPET with 2 CPU cores: `benchmarks/cpu_training.py`, fig
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -303,9 +305,16 @@ def augmented_view(
     dataset = PoseDataset(coco, input_size=cfg.input_size, targets=cfg.targets, augment=cfg.augment,
                           image_ids=list(image_ids), grayscale=cfg.grayscale)  # fmt: skip
     people: list[np.ndarray] = [np.zeros(0)] * len(dataset)
+    local = threading.local()
 
     def sample(i: int) -> np.ndarray:
-        canvas, kps, _ = dataset.sample(i, np.random.default_rng([cfg.seed, dataset.image_ids[i], view]))
+        # One augmentation pipeline per thread: albumentations' random state is set per call, so two threads
+        # sharing one would draw each other's numbers and a view would not be the same every time.
+        if not hasattr(local, "dataset"):
+            local.dataset = copy.copy(dataset)
+            local.dataset.augment = copy.deepcopy(dataset.augment)
+        rng = np.random.default_rng([cfg.seed, dataset.image_ids[i], view])
+        canvas, kps, _ = local.dataset.sample(i, rng)
         people[i] = kps
         return canvas
 
