@@ -10,6 +10,10 @@ simulation has no round logic of its own. Everything that decides a result is se
 set, training (`TrainConfig.seed = s`), selection (seed `s + round`, as `loop.run` does) and the oracle's
 label cost; every strategy trains with the same `TrainConfig`.
 
+The compute control `static` (added unless `control=False`) is not a project: per seed its run
+(`seeds/<s>/static_run`) retrains the initial set each round with the schedule the strategies get that round and
+no new labels (`_static_cell`), so "strategy - static" is what the labels bought beyond the extra training.
+
 A *cell* is one (strategy, seed, round); round 0 is the initial model. When a cell is complete its rows (one
 per test file and TTA) are added to `DIR/results.csv`, which is rewritten atomically; a re-run skips the cells
 it holds, and a cell interrupted mid-round continues from its project's stored state (the loop does that).
