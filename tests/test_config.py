@@ -75,3 +75,33 @@ def test_the_settings_know_every_strategy_and_tta_in_order():
         )
         == []
     )
+
+
+# TrainConfig fields with no command-line option, and why: set by other options or by the project, or internal.
+_NOT_OPTIONS = {
+    "augment": "--no-augment / --grayscale",
+    "grayscale": "--grayscale",
+    "device": "--device",
+    "seed": "--seed",
+    "init": "the run's own initial weights",
+    "budget_ends_session": "the loop's --max-minutes",
+    "targets": "heatmap sigma and PAF width: TargetConfig defaults",
+    "stages": "the preset's",
+    "betas": "Adam's",
+    "weight_decay": "Adam's",
+    "min_delta": "internal",
+    "max_val_images": "the preset's",
+}
+
+
+def test_every_training_setting_of_a_preset_that_a_grid_varies_has_an_option():
+    """A preset's setting with no option cannot be changed for one run (a grid that needs shorter sessions could
+    not lower `min_epochs`); every TrainConfig field is an option unless listed above with its reason."""
+    import dataclasses
+
+    from activepose.commands.options import _TRAINING
+
+    mapped = {field for _, field in _TRAINING.values() if field}
+    fields = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    assert fields - mapped == set(_NOT_OPTIONS)
+    assert {"min_epochs", "lr_patience", "lr_drops", "warmup_steps", "steps_per_image"} <= mapped

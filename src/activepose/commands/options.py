@@ -151,6 +151,10 @@ StepsPerImage = Annotated[
     _train("Step cap that grows with the labels: at most X x (labelled images) batches per session (whole epochs, "
            "at most --epochs).", "X"),
 ]  # fmt: skip
+MinEpochs = Annotated[
+    int | None,
+    _train("Fewest epochs of a session with --steps-per-image, and before a plateau can count.", "N", T.min_epochs),
+]
 LrPatience = Annotated[
     int | None,
     _train("plateau schedule: epochs without a better validation score before the rate drops (x --lr-gamma).", "N",
@@ -320,6 +324,7 @@ _TRAINING = {  # CLI name -> (annotation, TrainConfig field)
     "trunk_lr_scale": (TrunkLrScale, "trunk_lr_scale"),
     "val_metric": (ValMetric, "val_metric"),
     "steps_per_image": (StepsPerImage, "steps_per_image"),
+    "min_epochs": (MinEpochs, "min_epochs"),
     "lr_patience": (LrPatience, "lr_patience"),
     "lr_drops": (LrDrops, "lr_drops"),
     "warmup_steps": (WarmupSteps, "warmup_steps"),
