@@ -1,7 +1,7 @@
 """What makes the learner good per label: each idea measured alone, trained to convergence, on LSPET.
 
     python benchmarks/learner.py --data ../shared/data/lspet [--labels 1000,2200] [--variants a,b,...]
-        [--test-images 300] [--cache DIR] [--out results.json] [--runs DIR]
+        [--test-images 300] [--cache DIR] [--out results.json] [--runs DIR] [--sequence] [--set KEY=VALUE]
 
 Every variant trains one model per label count on the same seeded subsets of `pool.json` (the first n of one
 seeded permutation, so the 1,000 are inside the 2,200) with the Trainer, and is evaluated on the same seeded
@@ -25,7 +25,15 @@ variants whose frozen part is the same). Variants (all on the cpu preset's froze
 - `views4` / `views8`: `converged` + 4 / 8 augmented views per image (the paper's rotation, zoom, shift, colour
   and flips, drawn once per image and view), their trunk features cached; an item picks a view at random.
 - `cpu`: the shipped `cpu` preset (whatever it is now).
-- `a+b`: variants combined (later ones win where they set the same option), e.g. `views4+heads128`.
+- `initial`: with `--sequence`, every session after the first restarts from the run's first weights
+  (`--restart initial`) instead of the last model (warm, the default): `cpu+initial` vs `cpu`.
+- `a+b`: variants combined (later ones win where they set the same option), e.g. `views4+heads128`; a
+  combination starting with `cpu` changes the shipped preset (`cpu+initial`).
+
+`--sequence` trains one model per variant through the label counts in order, one session per count (as the
+rounds of the loop do: `--labels 1000,1300` is round 0 and round 1), and evaluates it after each session.
+`--set KEY=VALUE` (repeatable) overrides a training option of every variant, e.g. the shorter sessions of a grid:
+`--set steps_per_epoch=32 --set min_epochs=6 --set lr_patience=2 --set lr_drops=1 --set steps_per_image=0.5`.
 
 Prints one line per (variant, labels) and writes them to `--out` as JSON.
 """
@@ -59,10 +67,11 @@ VARIANTS: dict[str, dict] = {
     "views4": {**CONVERGED, "augment": "full", "cached_views": 4},
     "views8": {**CONVERGED, "augment": "full", "cached_views": 8},
     "cpu": None,  # the preset as shipped
+    "initial": {"restart": "initial"},  # with --sequence: each session restarts from the run's first weights
 }
 
 
-def _config(name: str, cache: Path):
+def _config(name: str, cache: Path, overrides: dict | None = None):
     from activepose.config import AugmentConfig, TargetConfig, TrainConfig
     from activepose.workflow.presets import PRESETS
 
@@ -70,19 +79,35 @@ def _config(name: str, cache: Path):
              "val_metric": "loss", "steps_per_image": None, "train_blocks": 0, "augment": None,
              "head_channels": 64, "train_crop": 128, "patience": 100}  # fmt: skip
     parts = name.split("+")  # "views4+blocks3": both ideas together
-    if parts == ["cpu"]:
-        values = dict(PRESETS["cpu"])
-    else:
-        values = dict(fixed)
-        for part in parts:
-            values.update(VARIANTS[part] or {})
+    values = dict(PRESETS["cpu"]) if parts[0] == "cpu" else dict(fixed)
+    for part in parts:
+        values.update(VARIANTS[part] or {})
     if values.get("augment") == "flips":
         values["augment"] = AugmentConfig(hflip=0.5)
     elif values.get("augment") == "full":
         values["augment"] = AugmentConfig()  # the paper's ranges: rotation, zoom, shift, colour, flips
     if values.get("targets") == "sigma2":
         values["targets"] = TargetConfig(sigma=2.0)
-    return TrainConfig(**{**values, "device": "cpu", "feature_cache": str(cache)})
+    return TrainConfig(**{**values, **(overrides or {}), "device": "cpu", "feature_cache": str(cache)})
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """Return {option: value} of `--set KEY=VALUE` pairs (values parsed as JSON where they parse: 0.5, 2, null)."""
+    import dataclasses
+
+    from activepose.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY a TrainConfig field")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def main() -> None:
@@ -101,6 +126,12 @@ def main() -> None:
         "--runs", type=Path, default=None, help="keep the trained runs here (default: a temporary folder)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sequence", action="store_true", help="one model per variant, a session per label count, in order"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a training option"
+    )
     args = p.parse_args()
     if not (args.data / "pool.json").exists():
         raise SystemExit(
@@ -128,18 +159,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp) / "cache"
         print(f"{args.data.name}: {len(test)} test images; labels {labels}; cache {cache}", flush=True)
+        overrides = _overrides(args.set)
         for name in names:
             for n in labels:
-                cfg = _config(name, cache)
+                cfg = _config(name, cache, overrides)
                 data = pool.subset(sorted(order[:n]))
-                run = (args.runs or Path(tmp)) / f"{name}-{n}"
+                run = (args.runs or Path(tmp)) / (f"{name}-seq" if args.sequence else f"{name}-{n}")
                 t0 = time.perf_counter()
                 result = train(cfg, data, run)
                 seconds = time.perf_counter() - t0
                 loaded = load_model(run / "best.pt")
                 ecfg = EvalConfig(input_size=cfg.input_size, ttas=("clean",), num_workers=0, scale="fixed")
                 m = evaluate_model(loaded.net, test, decoder_for(pool.skeleton), ecfg)["clean"]
-                row = {"variant": name, "labels": n, "pck": m["PCK"], "count_acc": m["count_acc"],
+                row = {"variant": name, "labels": n, "session": result.session, "kept": result.kept,
+                       "pck": m["PCK"], "count_acc": m["count_acc"],
                        "train_seconds": round(seconds, 1), "steps": result.steps, "epochs": result.epochs_run,
                        "stopped": result.stopped}  # fmt: skip
                 rows.append(row)
