@@ -409,6 +409,12 @@ class SelectionConfig:
     # Consider only a seeded random sample of this many unlabelled images (None: all of them). Scoring the
     # whole pool every round is the paper's rule; on a CPU a sample keeps rounds short (baal's `max_sample`).
     max_candidates: int | None = None
+    # Video-aware selection (activepose.sampling.videos): spread the batch across videos, skip frames closer
+    # than min_frame_distance (embeddings) to a labelled or chosen frame of the same video; an image's video is
+    # its COCO `video`, else the first group of video_pattern in its file name.
+    spread_videos: bool = False
+    video_pattern: str | None = None
+    min_frame_distance: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -432,6 +438,15 @@ class SelectionConfig:
             problems.append(f"--ranked-pool must be >= 1, got {self.ranked_pool}")
         if self.max_candidates is not None and self.max_candidates < 1:
             problems.append(f"--max-candidates must be >= 1, got {self.max_candidates}")
+        if not self.min_frame_distance >= 0:
+            problems.append(f"--min-frame-distance must be >= 0, got {self.min_frame_distance}")
+        if self.video_pattern is not None:
+            import re
+
+            try:
+                re.compile(self.video_pattern)
+            except re.error as exc:
+                problems.append(f"--video-pattern {self.video_pattern!r} is not a regular expression: {exc}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -441,7 +456,10 @@ class SelectionConfig:
 TTA_NAMES: tuple[str, ...] = ("clean", "blur", "bright", "dark", "zoom_in", "zoom_out")
 SCALE_POLICIES = ("auto", "fixed")
 # Selection strategies by name, in registration order: `sampling.strategies.register_strategy` adds others.
-STRATEGIES: list[str] = ["random", "uncertainty", "diversity", "coreset", "hybrid", "ranked-hybrid"]
+STRATEGIES: list[str] = [
+    "random", "uncertainty", "diversity", "coreset", "hybrid", "ranked-hybrid", "kmeans", "typiclust", "mpe",
+    "tta-consistency", "tta-hybrid",
+]  # fmt: skip
 
 
 def parse_ttas(text: str) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import AugmentConfig, EvalOptions, SelectionConfig, TrainConfig, UncertaintyConfig
+from ..config import STRATEGIES, AugmentConfig, EvalOptions, SelectionConfig, TrainConfig, UncertaintyConfig
 from ..config import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
 from ..workflow.presets import PRESETS, resolve_train_config
 
@@ -153,7 +153,11 @@ StepsPerImage = Annotated[
 ]  # fmt: skip
 MinEpochs = Annotated[
     int | None,
-    _train("Fewest epochs of a session with --steps-per-image, and before a plateau can count.", "N", T.min_epochs),
+    _train(
+        "Fewest epochs of a session with --steps-per-image, and before a plateau can count.",
+        "N",
+        T.min_epochs,
+    ),
 ]
 LrPatience = Annotated[
     int | None,
@@ -183,7 +187,7 @@ Strategy = Annotated[
     typer.Option(
         "--strategy",
         "-s",
-        help="random, uncertainty, diversity, coreset, hybrid or ranked-hybrid.",
+        help=f"{', '.join(STRATEGIES[:-1])} or {STRATEGIES[-1]} (docs/selection.md).",
         metavar="NAME",
         rich_help_panel="Selection",
     ),  # fmt: skip
@@ -220,6 +224,34 @@ MaxCandidates = Annotated[
     typer.Option(
         help="Consider only a seeded random sample of this many unlabelled images per round (default: all).",
         metavar="N",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+SpreadVideos = Annotated[
+    bool,
+    typer.Option(
+        "--spread-videos/--no-spread-videos",
+        help="Spread each batch across videos (no video gets a second frame while another has fewer), for any "
+        "strategy.",
+        metavar="",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+VideoPattern = Annotated[
+    str | None,
+    typer.Option(
+        help="Images without a COCO 'video': their video is the first group of this regex in the file name, "
+        "e.g. 'frames/([^/]+)/'.",
+        metavar="REGEX",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+MinFrameDistance = Annotated[
+    float,
+    typer.Option(
+        help="With --spread-videos: skip frames closer than this (embedding distance) to a labelled or chosen "
+        "frame of the same video.",
+        metavar="D",
         rich_help_panel="Selection",
     ),  # fmt: skip
 ]
@@ -394,6 +426,9 @@ _SELECTION = {  # CLI name -> (annotation, default)
     "fill": (Fill, DEFAULTS["fill"]),
     "max_candidates": (MaxCandidates, None),
     "ranked_pool": (RankedPool, DEFAULTS["ranked_pool"]),
+    "spread_videos": (SpreadVideos, False),
+    "video_pattern": (VideoPattern, None),
+    "min_frame_distance": (MinFrameDistance, 0.0),
 }
 
 
@@ -408,7 +443,8 @@ class SelectionOptions:
         return SelectionConfig(uncertainty=UncertaintyConfig(th_hm=v["th_hm"], th_kp=v["th_kp"]),
                                extractor=v["extractor"], weights=v["weights"], ann_backend=v["ann"], fill=v["fill"],
                                cache_dir=cache_dir, seed=seed, max_candidates=v["max_candidates"],
-                               ranked_pool=v["ranked_pool"])  # fmt: skip
+                               ranked_pool=v["ranked_pool"], spread_videos=v["spread_videos"],
+                               video_pattern=v["video_pattern"], min_frame_distance=v["min_frame_distance"])  # fmt: skip
 
 
 selection_options = _option_group("selection", _SELECTION, SelectionOptions)

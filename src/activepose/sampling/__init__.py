@@ -6,4 +6,4 @@ Import the submodules directly; this package imports nothing heavy.
 """
 
 # Strategies that need the pose model (heatmap uncertainty); kept here so callers need not import torch.
-NEEDS_MODEL = frozenset({"uncertainty", "hybrid", "ranked-hybrid"})
+NEEDS_MODEL = frozenset({"uncertainty", "hybrid", "ranked-hybrid", "mpe", "tta-consistency", "tta-hybrid"})

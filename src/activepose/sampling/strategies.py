@@ -15,10 +15,18 @@
   2,000 of 2,000 candidates), so `hybrid` degenerates to `diversity`; with a strong one almost none is, and
   it degenerates to the fill rule. Ranking keeps the filter's intent — diversity among the hardest — at any
   model strength.
+- `kmeans`: k-means (k = budget) over the candidates' embeddings, the image nearest each centre — the frame
+  extraction of DeepLabCut and SLEAP (`typical`).
+- `mpe`: the highest multi-peak entropy of the heatmaps first (Liu & Ferrari 2017; `signals`).
+- `tta-consistency`: the images whose keypoints move most when the image is mirrored first (`signals`);
+  `tta-hybrid`: ANN diversity among the `ranked_pool` x budget least consistent, as `ranked-hybrid` does.
+- `typiclust`: TypiClust (Hacohen et al. 2022): the most typical image of each of the largest clusters that no
+  labelled image covers yet (`typical`). At small budgets typical images pay more than uncertain ones.
 
 Ids are the pool's stable image ids, never positions. Scores: the uncertainty score for `uncertainty` and
 `hybrid`, a uniform draw for `random`, and for `diversity` / `coreset` the distance from each chosen
-image to its nearest other chosen or labelled image (how much new ground it covers).
+image to its nearest other chosen or labelled image (how much new ground it covers); for `kmeans` the size of
+the pick's cluster, for `typiclust` its typicality.
 """
 
 from __future__ import annotations
@@ -50,8 +58,10 @@ class UnknownStrategyError(SelectionError, ConfigError):
 
 
 # Strategies that search embeddings with the ANN backend / that need image embeddings at all.
-_USES_ANN = frozenset({"diversity", "hybrid", "ranked-hybrid"})
-_USES_EMBEDDINGS = frozenset({"diversity", "coreset", "hybrid", "ranked-hybrid"})
+_USES_ANN = frozenset({"diversity", "hybrid", "ranked-hybrid", "tta-hybrid"})
+_USES_EMBEDDINGS = frozenset(
+    {"diversity", "coreset", "hybrid", "ranked-hybrid", "kmeans", "typiclust", "tta-hybrid"}
+)
 
 
 @dataclass
@@ -100,6 +110,7 @@ class SelectionContext:
             "unlabelled": self.unlabelled,
         }
         self._uncertainty: PoolUncertainty | None = None
+        self._signals: dict[str, np.ndarray] = {}
         self._embeddings: dict[str, np.ndarray] = {}
         self._extractor = None
 
@@ -136,6 +147,23 @@ class SelectionContext:
             )  # fmt: skip
             self.stats["uncertain"] = int(self._uncertainty.uncertain.sum())
         return self._uncertainty
+
+    def signal(self, name: str) -> np.ndarray:
+        """Return the `name` signal ("mpe", "flip": `signals`) of every candidate, higher = more uncertain."""
+        from .signals import score_signal
+
+        if name not in self._signals:
+            if self.model is None:
+                raise SelectionError(f"the {name} signal needs the pose model (--model)")
+            cache = self.cfg.cache_dir / "signals" if self.cfg.cache_dir else None
+            self._signals[name] = self._timed(
+                name,
+                lambda: score_signal(
+                    self.model, self.pool, name, self.cfg.uncertainty, image_ids=self.candidate_ids,
+                    device=self.device, cache=cache, progress=self._report(name, len(self.candidate_ids)),
+                ),
+            )  # fmt: skip
+        return self._signals[name]
 
     def extractor(self):
         """Return the feature extractor (created once; missing weights fail here, naming the file)."""
@@ -308,6 +336,74 @@ def ranked_hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Ge
     return chosen, unc.score[chosen]
 
 
+@register_strategy("kmeans")
+def kmeans_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    from .typical import kmeans_select
+
+    emb = ctx.candidate_embeddings()
+    return ctx._timed("clustering", lambda: kmeans_select(emb, budget, seed=ctx.cfg.seed))
+
+
+@register_strategy("typiclust")
+def typiclust_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    from .typical import typiclust_select
+
+    emb, lab = ctx.candidate_embeddings(), ctx.labelled_embeddings()
+    return ctx._timed("clustering", lambda: typiclust_select(emb, budget, labelled=lab, seed=ctx.cfg.seed))
+
+
+def _highest(score: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-score, kind="stable")[:budget]  # stable: ties keep pool order
+    return order, score[order]
+
+
+@register_strategy("mpe")
+def mpe_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    return _highest(ctx.signal("mpe"), budget)
+
+
+@register_strategy("tta-consistency")
+def tta_consistency_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    return _highest(ctx.signal("flip"), budget)
+
+
+@register_strategy("tta-hybrid")
+def tta_hybrid_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    score = ctx.signal("flip")
+    size = min(len(score), max(budget, int(np.ceil(ctx.cfg.ranked_pool * budget))))
+    unstable = np.sort(np.argsort(-score, kind="stable")[:size])  # the least consistent, in candidate order
+    ctx.stats["ranked_pool"] = int(size)
+    chosen = _diverse_among(ctx, unstable, budget)
+    return chosen, score[chosen]
+
+
+def _spread(strategy: str, ctx: SelectionContext, budget: int, rng: np.random.Generator):
+    """The strategy's preference list (PREFERENCE_FACTOR x budget), then the batch spread over videos."""
+    from .videos import PREFERENCE_FACTOR, spread_over_videos, video_names
+
+    n = len(ctx.candidate_ids)
+    pref, pref_scores = STRATEGIES[strategy](ctx, min(n, PREFERENCE_FACTOR * budget), rng)
+    pref = np.asarray(pref, dtype=np.int64)
+    cfg = ctx.cfg
+    videos = video_names(ctx.pool, ctx.candidate_ids, cfg.video_pattern)
+    labelled_ids = ctx.labelled.image_ids if ctx.labelled is not None else []
+    labelled_videos = video_names(ctx.labelled, labelled_ids, cfg.video_pattern) if labelled_ids else []
+    dedupe = cfg.min_frame_distance > 0
+    rows, stats = ctx._timed(
+        "videos",
+        lambda: spread_over_videos(
+            pref, videos, budget, labelled_videos=labelled_videos,
+            emb=ctx.candidate_embeddings() if dedupe else None,
+            labelled_emb=ctx.labelled_embeddings() if dedupe and labelled_ids else None,
+            min_distance=cfg.min_frame_distance, seed=cfg.seed,
+        ),
+    )  # fmt: skip
+    ctx.stats.update(stats)
+    by_row = dict(zip(pref.tolist(), np.asarray(pref_scores, dtype=np.float64).tolist(), strict=True))
+    floor = min(by_row.values(), default=0.0)  # a frame from outside the list: the list's lowest score
+    return rows, np.array([by_row.get(int(r), floor) for r in rows])
+
+
 def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> SelectionResult:
     """Return the `budget` pool images chosen by `strategy`, with their scores and per-stage statistics.
 
@@ -343,7 +439,12 @@ def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> Selection
             ctx.extractor()
     rng = np.random.default_rng(ctx.cfg.seed)
     t0 = time.perf_counter()
-    positions, scores = STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
+    if budget and ctx.cfg.spread_videos:
+        positions, scores = _spread(strategy, ctx, budget, rng)
+    else:
+        positions, scores = (
+            STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
+        )
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) != budget or len(np.unique(positions)) != budget:
         raise AssertionError(f"strategy {strategy!r} returned {len(positions)} picks for budget {budget}")

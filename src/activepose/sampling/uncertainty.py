@@ -159,29 +159,79 @@ def score_pool(
     it when the weights change), else `model_fingerprint(model)`, a hash of its state dict.
     `progress(n)` is called with the number of images done (cache hits first, then per batch).
     """
-    from ..pose.predict import model_device
-
     ids = [f.image_id for f in coco.frames] if image_ids is None else [int(i) for i in image_ids]
-    paths = [coco.image_path(i) for i in ids]
+    k = check_keypoints(model, coco)
+    th_kp = keypoint_threshold(k, cfg.th_kp)
+    sigma = cfg.smooth_sigma
+
+    def peaks_of(net, x, valid):
+        return masked_peak_confidences(net(x)[-1][0].float(), valid, sigma)
+
+    peaks, hits = scan_pool(
+        model, coco, ids, cfg, peaks_of, k, lambda key: uncertainty_cache_key(key, cfg), device=device,
+        cache=cache, progress=progress, model_key=model_key, num_workers=num_workers,
+    )  # fmt: skip
+    cfg_k = UncertaintyConfig(cfg.th_hm, th_kp, cfg.smooth_sigma, cfg.input_size, cfg.batch_size)
+    confident, uncertain, score = score_peaks(peaks, cfg_k)
+    return PoolUncertainty(
+        image_ids=np.asarray(ids, np.int64),
+        peaks=peaks,
+        confident=confident,
+        uncertain=uncertain,
+        score=score,
+        th_hm=cfg.th_hm,
+        th_kp=th_kp,
+        cache_hits=hits,
+    )
+
+
+def check_keypoints(model: torch.nn.Module, coco: CocoKeypoints) -> int:
+    """Return the model's keypoint count; ValueError when it is not the data set's."""
     k = int(getattr(model, "num_keypoints", coco.skeleton.num_keypoints))
     if k != coco.skeleton.num_keypoints:
         raise ValueError(
             f"model has {k} keypoints but {coco.path or 'the data set'} has {coco.skeleton.num_keypoints}"
         )
-    th_kp = keypoint_threshold(k, cfg.th_kp)
+    return k
+
+
+def scan_pool(
+    model: torch.nn.Module,
+    coco: CocoKeypoints,
+    ids: Sequence[int],
+    cfg: UncertaintyConfig,
+    stat: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    width: int,
+    cache_key: Callable[[str], str],
+    *,
+    device: str | torch.device | None = None,
+    cache: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    model_key: str | None = None,
+    num_workers: int = 2,
+) -> tuple[np.ndarray, int]:
+    """Return ((len(ids), width) float32 values of `stat` per image, cache hits): the batched, cached pass of
+    a model over pool images that `score_pool` and the other per-image model signals share.
+
+    `stat(model, x, valid_hw)` gets a batch of letterboxed inputs x (B, 3, S, S) in [0, 1] and the output cells
+    showing content (B, 2), and returns (B, width). With `cache`, values are stored under
+    `cache_key(model identity)` per image content hash; what was computed is kept even when a batch fails.
+    """
+    from ..pose.predict import model_device
+
+    paths = [coco.image_path(i) for i in ids]
     stride = int(getattr(model, "stride", 8))
     if cfg.input_size % stride:
         raise ValueError(f"input_size {cfg.input_size} is not a multiple of the model stride {stride}")
-    peaks = np.zeros((len(ids), k), np.float32)
+    values = np.zeros((len(ids), width), np.float32)
     todo = np.ones(len(ids), bool)
     store: VectorCache | None = None
     hashes: list[str] = []
     if cache is not None and ids:
         hashes = hash_files(paths, num_workers=max(1, num_workers))
-        key = uncertainty_cache_key(model_key or model_fingerprint(model), cfg)
-        store = VectorCache(cache, key, k)
+        store = VectorCache(cache, cache_key(model_key or model_fingerprint(model)), width)
         found, vecs = store.lookup(hashes)
-        peaks[found] = vecs[found]
+        values[found] = vecs[found]
         todo = ~found
         if progress is not None and found.any():
             progress(int(found.sum()))
@@ -202,13 +252,12 @@ def score_pool(
             with torch.inference_mode():
                 x = torch.from_numpy(np.stack([img for _, img, _ in batch])).to(device, non_blocking=True)
                 x = x.permute(0, 3, 1, 2).float().div_(255.0)
-                heatmaps = model(x)[-1][0]
                 valid = torch.tensor([v for _, _, v in batch], dtype=torch.long)
-                p = masked_peak_confidences(heatmaps.float(), valid, cfg.smooth_sigma)
-            peaks[idx] = p.cpu().numpy()
+                out = stat(model, x, valid)
+            values[idx] = out.float().cpu().numpy()
             pending.extend(idx)
             if store is not None and len(pending) >= _FLUSH_ROWS:
-                store.add([hashes[r] for r in pending], peaks[pending])
+                store.add([hashes[r] for r in pending], values[pending])
                 pending = []
             if progress is not None:
                 progress(len(idx))
@@ -216,17 +265,6 @@ def score_pool(
         model.train(was_training)
         if store is not None:
             if pending:  # also on failure: what was computed is kept
-                store.add([hashes[r] for r in pending], peaks[pending])
+                store.add([hashes[r] for r in pending], values[pending])
             store.close()
-    cfg_k = UncertaintyConfig(cfg.th_hm, th_kp, cfg.smooth_sigma, cfg.input_size, cfg.batch_size)
-    confident, uncertain, score = score_peaks(peaks, cfg_k)
-    return PoolUncertainty(
-        image_ids=np.asarray(ids, np.int64),
-        peaks=peaks,
-        confident=confident,
-        uncertain=uncertain,
-        score=score,
-        th_hm=cfg.th_hm,
-        th_kp=th_kp,
-        cache_hits=int(len(ids) - len(rows)),
-    )
+    return values, int(len(ids) - len(rows))
