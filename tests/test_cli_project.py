@@ -376,3 +376,30 @@ def test_export_pre_annotates_with_the_newest_model_by_default(tmp_path, data):
         "export", proj, "--round", 1, "--format", "label-studio", "--out", ls, "--no-predictions"
     )
     assert code == 0 and all("predictions" not in t for t in json.loads(ls.read_text()))
+
+
+def test_footage_pool_select_spreads_over_videos_and_status_counts_frames_per_video(tmp_path, data):
+    """A pool whose images carry COCO `video` / `frame`: init keeps them, `select --spread-videos` takes one
+    frame per video before a second, `status` shows videos per round and labelled frames per video."""
+    root, gt = data
+    raw = json.loads(gt.read_text())
+    for im in raw["images"]:
+        im["video"], im["frame"] = f"cam{im['id'] % 3}", im["id"]
+    pool = root / "footage.json"
+    pool.write_text(json.dumps(raw))
+    proj = tmp_path / "proj"
+    code, out = _run("init", proj, "--pool", pool)
+    assert code == 0, out
+    with Project.open(proj) as p:
+        assert p.frames_per_video() == {"cam1": 4, "cam0": 3, "cam2": 3}
+    code, out = _run("select", proj, "--budget", 3, "--strategy", "random", "--spread-videos")
+    assert code == 0, out
+    with Project.open(proj) as p:
+        chosen = [i for i, _, _ in p.round(1).items]
+        assert sorted(p.image(i).video for i in chosen) == ["cam0", "cam1", "cam2"]
+    code, out = _run("label", proj, "--oracle", "simulated", "--ground-truth", pool)
+    assert code == 0, out
+    code, out = _run("status", proj)
+    assert code == 0, out
+    assert "videos" in out and "videos: 3 (10 frames); labelled frames in 3 of them" in out
+    assert "(per video: min 1, median 1, max 1)" in out

@@ -299,3 +299,26 @@ def test_probe_image_names_unreadable_files(tmp_path, content, message):
         p.write_bytes(content)
     with pytest.raises(ImageReadError, match=message):
         probe_image(p)
+
+
+def test_frames_of_footage_keep_video_and_frame_and_bad_ones_are_named(tmp_path):
+    data = _make(tmp_path, n_images=3)
+    data["images"][0].update(video="cam-1", frame=12)
+    data["images"][1].update(video="cam-1")  # a frame index is optional
+    ds = load_coco(_write(tmp_path, data))
+    assert [(f.video, f.frame) for f in ds] == [("cam-1", 12), ("cam-1", None), (None, None)]
+    back = load_coco(save_coco(ds, tmp_path / "copy.json"))
+    assert [(f.video, f.frame) for f in back] == [("cam-1", 12), ("cam-1", None), (None, None)]
+    data["images"][0].update(video=7)
+    data["images"][1].update(frame=-3)
+    data["images"][2].update(frame=1.5)
+    with pytest.raises(CocoError) as err:
+        load_coco(_write(tmp_path, data))
+    text = str(err.value)
+    assert "image id 10" in text and "'video' must be a non-empty name" in text
+    assert "image id 20" in text and "'frame' must be a frame index" in text and "image id 30" in text
+
+
+def test_real_youtube_pose_frames_carry_their_video():
+    pool = load_coco(shared_file("youtube_pose", "pool.json"), check_images=False)
+    assert len({f.video for f in pool}) == 32 and all(f.frame is not None for f in pool)

@@ -345,8 +345,10 @@ def make_v1_project(folder: Path, extra_models: list[tuple] = ()) -> Path:
 def test_v1_project_migrates_on_open(tmp_path):
     folder = make_v1_project(tmp_path / "v1")
     with Project.open(folder) as p:
-        assert p.schema_version == len(store.MIGRATIONS) == 3
+        assert p.schema_version == len(store.MIGRATIONS) == 4
         assert p.image(1).revision == 0 and p.labels_of(2)[0].annotator is None  # v3 columns, empty
+        assert (p.image(1).video, p.image(1).frame, p.image(1).timestamp) == (None, None, None)  # v4: stills
+        assert p.frames_per_video() == {} and p.to_coco().frame(1).video is None
         assert p._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert p._conn.execute("PRAGMA foreign_key_check").fetchall() == []
         # sha1 moved from the metrics into its own column
@@ -842,3 +844,22 @@ def test_annotator_summary_counts_current_labels_with_per_person_medians(project
     }
     project.add_labels({2: people(7, 1)}, "web:cy", annotator="cy")  # bob's labels superseded: cy's count
     assert set(project.annotator_summary()) == {"ann", "cy"}
+
+
+def test_frames_of_footage_keep_their_video_and_frame_through_the_store_and_coco(tmp_path):
+    """v4: an image may be a frame of a video; the store keeps video, frame and time, and COCO export carries
+    `images[].video` / `.frame` (the fields of ../shared/data/youtube_pose), stills carry neither."""
+    images = [("a.jpg", W, H, "h1", 1, "cam-1", 30, 1.0), ("b.jpg", W, H, "h2", 2, "cam-1", 60, 2.0),
+              ("c.jpg", W, H, "h3", 3, "cam-2", 0, 0.0), ("d.jpg", W, H, "h4", 4)]  # fmt: skip
+    with Project.create(tmp_path / "p", SK, images) as p:
+        assert (p.image(2).video, p.image(2).frame, p.image(2).timestamp) == ("cam-1", 60, 2.0)
+        assert p.image(4).video is None
+        assert p.frames_per_video() == {"cam-1": 2, "cam-2": 1}
+        assert p.frames_per_video([2, 3, 4]) == {"cam-1": 1, "cam-2": 1}
+        out = p.export_coco(tmp_path / "out.json", image_ids=[1, 3, 4])
+    data = json.loads(out.read_text())
+    by_id = {im["id"]: im for im in data["images"]}
+    assert (by_id[1]["video"], by_id[1]["frame"], by_id[3]["video"]) == ("cam-1", 30, "cam-2")
+    assert "video" not in by_id[4] and "frame" not in by_id[4]
+    with pytest.raises(store.StoreError, match="negative frame index"):
+        Project.create(tmp_path / "q", SK, [("a.jpg", W, H, "h1", 1, "cam-1", -1)])

@@ -109,6 +109,17 @@ def _metrics_text(metrics: dict) -> str:
     return ", ".join(shown) if shown else ("not evaluated" if not flat else "-")
 
 
+def _videos_line(pool: dict[str, int], labelled: dict[str, int]) -> str:
+    """One line on footage: videos, frames, and how the labelled frames spread over the videos."""
+    per = sorted(labelled.get(v, 0) for v in pool)
+    line = f"videos: {len(pool)} ({sum(pool.values())} frames); labelled frames in {len(labelled)} of them"
+    if labelled:
+        line += f" (per video: min {per[0]}, median {per[len(per) // 2]}, max {per[-1]})"
+        top = ", ".join(f"{_printable(v, 40)} {n}" for v, n in list(labelled.items())[:3])
+        line += f"; most: {top}"
+    return line
+
+
 @command()
 def status(project: o.ProjectArg) -> None:
     """Show the project's rounds (state, labels, label cost, model metrics) and its images per state (read-only)."""
@@ -116,11 +127,21 @@ def status(project: o.ProjectArg) -> None:
         all_rounds, all_models = proj.rounds(), proj.models()
         summary, counts, current = proj.round_summary(), proj.counts(), proj.current_round()
         annotators = proj.annotator_summary()
+        pool_videos = proj.frames_per_video()
+        labelled_videos = proj.frames_per_video(proj.labelled_ids()) if pool_videos else {}
+        round_videos = (
+            {r.id: proj.frames_per_video([i for i, _, _ in r.items]) for r in all_rounds}
+            if pool_videos
+            else {}
+        )
     by_id = {m.id: m for m in all_models}
     table = Table(title=f"{project}: {len(all_rounds)} round(s)")
-    for col, justify in (("round", "right"), ("strategy", "left"), ("budget", "right"), ("state", "left"),
-                         ("labelled", "right"), ("people", "right"), ("label cost", "right"),
-                         ("model (train images)", "left"), ("clean metrics, %", "left")):  # fmt: skip
+    columns = [("round", "right"), ("strategy", "left"), ("budget", "right"), ("state", "left"),
+               ("labelled", "right"), ("people", "right"), ("label cost", "right"),
+               ("model (train images)", "left"), ("clean metrics, %", "left")]  # fmt: skip
+    if pool_videos:
+        columns.insert(5, ("videos", "right"))  # how many videos the round's images come from
+    for col, justify in columns:
         table.add_column(col, justify=justify)
 
     def model_cells(model) -> tuple[str, str]:
@@ -135,17 +156,32 @@ def status(project: o.ProjectArg) -> None:
     initial = next((m for m in reversed(all_models) if m.round is None), None)
     if None in summary or initial is not None:
         s = summary.get(None, empty)
-        table.add_row(
-            "-", "initial labels", "", "", str(s["images"]), str(s["people"]), cost(s), *model_cells(initial)
-        )
+        cells = [
+            "-",
+            "initial labels",
+            "",
+            "",
+            str(s["images"]),
+            str(s["people"]),
+            cost(s),
+            *model_cells(initial),
+        ]
+        if pool_videos:
+            cells.insert(5, "")
+        table.add_row(*cells)
     for r in all_rounds:
         s = summary.get(r.id, empty)
         model = by_id.get(r.model_id) if r.model_id is not None else None
         model = model or next((m for m in reversed(all_models) if m.round == r.id), None)
         skipped = f" ({s['skipped']} skipped)" if s.get("skipped") else ""
-        table.add_row(str(r.id), r.strategy, str(r.budget), r.state, f"{s['images']}/{len(r.items)}{skipped}",
-                      str(s["people"]), cost(s), *model_cells(model))  # fmt: skip
+        cells = [str(r.id), r.strategy, str(r.budget), r.state, f"{s['images']}/{len(r.items)}{skipped}",
+                 str(s["people"]), cost(s), *model_cells(model)]  # fmt: skip
+        if pool_videos:
+            cells.insert(5, str(len(round_videos[r.id])))
+        table.add_row(*cells)
     console.print(table)
+    if pool_videos:
+        console.print(_videos_line(pool_videos, labelled_videos))
     console.print(
         "images: "
         + ", ".join(f"{n} {state}" for state, n in counts.items())

@@ -107,6 +107,10 @@ class Frame:
     height: int
     keypoints: np.ndarray
     annotation_ids: list[int] = field(default_factory=list)
+    # Footage: the video the image is a frame of and its frame index (COCO `images[].video` / `.frame`, as in
+    # `youtube_pose`); None for a still photo.
+    video: str | None = None
+    frame: int | None = None
 
     @property
     def num_people(self) -> int:
@@ -164,7 +168,12 @@ class CocoKeypoints:
         images, annotations = [], []
         next_ann = 1 + max((a for f in self.frames for a in f.annotation_ids), default=0)
         for f in self.frames:
-            images.append({"id": f.image_id, "file_name": f.file_name, "width": f.width, "height": f.height})
+            image = {"id": f.image_id, "file_name": f.file_name, "width": f.width, "height": f.height}
+            if f.video is not None:
+                image["video"] = f.video
+            if f.frame is not None:
+                image["frame"] = f.frame
+            images.append(image)
             ann_ids = list(f.annotation_ids)
             while len(ann_ids) < f.num_people:
                 ann_ids.append(next_ann)
@@ -333,7 +342,18 @@ def parse_coco(
                         problems.append(f"{where}: {_size_mismatch(fp, w, h, width, height)}")
                 except ImageReadError as exc:
                     problems.append(f"{where}: unreadable image: {exc}")
-        frames[image_id] = Frame(image_id, file_name, width, height, np.zeros((0, k, 3), np.float32))
+        video, frame = img.get("video"), img.get("frame")
+        if video is not None and not (isinstance(video, str) and video.strip() and len(video) <= 512):
+            problems.append(
+                f"{where}: 'video' must be a non-empty name (at most 512 characters), got {shown(video)}"
+            )
+            continue
+        if frame is not None and not (is_int(frame) and frame >= 0):
+            problems.append(f"{where}: 'frame' must be a frame index (an integer >= 0), got {shown(frame)}")
+            continue
+        frames[image_id] = Frame(
+            image_id, file_name, width, height, np.zeros((0, k, 3), np.float32), video=video, frame=frame
+        )
 
     people: dict[int, list[np.ndarray]] = {i: [] for i in frames}
     ann_ids: dict[int, list[int]] = {i: [] for i in frames}

@@ -123,6 +123,12 @@ MIGRATIONS: list[list[str]] = [
             annotator TEXT NOT NULL,
             expires_at REAL NOT NULL)""",
     ],
+    [  # v4: footage: the video an image is a frame of, its frame index and time (seconds) in that video
+        "ALTER TABLE images ADD COLUMN video TEXT",
+        "ALTER TABLE images ADD COLUMN frame INTEGER CHECK (frame IS NULL OR frame >= 0)",
+        "ALTER TABLE images ADD COLUMN timestamp REAL",
+        "CREATE INDEX images_video ON images(video, frame)",
+    ],
 ]
 
 

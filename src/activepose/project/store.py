@@ -86,6 +86,9 @@ class ImageRow:
     state: str
     round: int | None
     revision: int = 0  # writes to the image's labels / state by labelling (a save must name the one it saw)
+    video: str | None = None  # footage: the video the image is a frame of (None: a still photo)
+    frame: int | None = None  # its frame index in that video
+    timestamp: float | None = None  # its time in that video, seconds
 
 
 @dataclass(frozen=True)
@@ -191,10 +194,11 @@ class Project(LabellingStore):
         cls,
         folder: str | Path,
         skeleton: Skeleton,
-        images: Sequence[tuple[str | Path, int, int, str | None, int | None]],
+        images: Sequence[tuple],
         meta: Mapping[str, str] | None = None,
     ) -> Project:
-        """Create a project in `folder` with `images` as (path, width, height, content_hash, id | None).
+        """Create a project in `folder` with `images` as (path, width, height, content_hash, id | None), each
+        optionally followed by (video, frame, timestamp) for a frame of footage.
 
         Given ids are kept (the pool file's stable ids); images without one get ids after the largest
         given id, in order. The database is built under a temporary name and linked into place, so a crash
@@ -208,7 +212,8 @@ class Project(LabellingStore):
         given = [int(i) for *_, i in images if i is not None]
         seen: set[int] = set()
         next_id = max(given, default=0) + 1
-        for n, (path, width, height, chash, image_id) in enumerate(images):
+        for n, (path, width, height, chash, image_id, *footage) in enumerate(images):
+            video, frame, stamp = (list(footage) + [None, None, None])[:3]
             if image_id is None:
                 image_id, next_id = next_id, next_id + 1
             image_id = int(image_id)
@@ -219,7 +224,10 @@ class Project(LabellingStore):
                 problems.append(f"images[{n}] (id {image_id}): empty path")
             if int(width) <= 0 or int(height) <= 0:
                 problems.append(f"image id {image_id} ({path}): non-positive size {width}x{height}")
-            rows.append((image_id, _relative(path, folder), chash, int(width), int(height)))
+            if frame is not None and int(frame) < 0:
+                problems.append(f"image id {image_id} ({path}): negative frame index {frame}")
+            rows.append((image_id, _relative(path, folder), chash, int(width), int(height), video,
+                         None if frame is None else int(frame), None if stamp is None else float(stamp)))  # fmt: skip
         if problems:
             raise StoreError(f"{folder}: cannot create the project", problems)
         folder.mkdir(parents=True, exist_ok=True)
@@ -235,7 +243,9 @@ class Project(LabellingStore):
             values = {"skeleton": json.dumps(skeleton.to_dict()), "created_at": _now(), **(meta or {})}
             conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", values.items())
             conn.executemany(
-                "INSERT INTO images (id, path, content_hash, width, height) VALUES (?, ?, ?, ?, ?)", rows
+                "INSERT INTO images (id, path, content_hash, width, height, video, frame, timestamp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
             conn.execute("COMMIT")
         finally:
@@ -371,7 +381,8 @@ class Project(LabellingStore):
     # --- images ------------------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRow:
         row = self._conn.execute(
-            "SELECT id, path, content_hash, width, height, state, round, revision FROM images WHERE id = ?",
+            "SELECT id, path, content_hash, width, height, state, round, revision, video, frame, timestamp "
+            "FROM images WHERE id = ?",
             (int(image_id),),
         ).fetchone()
         if row is None:
@@ -400,6 +411,18 @@ class Project(LabellingStore):
     def queued_ids(self) -> list[int]:
         """Return the ids of images chosen in the open round and not labelled yet."""
         return self._ids("queued")
+
+    def frames_per_video(self, image_ids: Sequence[int] | None = None) -> dict[str, int]:
+        """Return {video: images} over `image_ids` (default: every image), most first; stills are not counted."""
+        rows = self._conn.execute(
+            "SELECT id, video FROM images WHERE video IS NOT NULL ORDER BY id"
+        ).fetchall()
+        wanted = None if image_ids is None else {int(i) for i in image_ids}
+        out: dict[str, int] = {}
+        for image_id, video in rows:
+            if wanted is None or image_id in wanted:
+                out[video] = out.get(video, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def counts(self) -> dict[str, int]:
         """Return the number of images in each state (every state present, zeros included)."""
@@ -1178,7 +1201,17 @@ class Project(LabellingStore):
             img = self.image(image_id)
             name = os.path.relpath(self.image_path(image_id).resolve(), root.resolve())
             kps = self.keypoints_of(image_id).astype(np.float32)
-            frames.append(Frame(image_id, Path(name).as_posix(), img.width, img.height, kps))
+            frames.append(
+                Frame(
+                    image_id,
+                    Path(name).as_posix(),
+                    img.width,
+                    img.height,
+                    kps,
+                    video=img.video,
+                    frame=img.frame,
+                )
+            )
         return CocoKeypoints(frames=frames, skeleton=self.skeleton, root=root)
 
     def export_coco(self, path: str | Path, image_ids: Sequence[int] | None = None) -> Path:

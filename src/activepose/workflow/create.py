@@ -76,8 +76,8 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
 
     folder = Path(folder)
     target = _check_target(folder)
-    # (stored path, width, height, sha1, id)
-    entries: list[tuple[str, int, int, str, int]] = []
+    # (stored path, width, height, sha1, id[, video, frame])
+    entries: list[tuple] = []
     skipped: list[str] = []
     meta: dict[str, str] = {}
     if source.pool is not None:
@@ -94,7 +94,9 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
                     f"{info[0]}x{info[1]} (EXIF orientation applied)"
                 )
             else:
-                entries.append((stored_path(p, target), info[0], info[1], info[2], f.image_id))
+                entries.append(
+                    (stored_path(p, target), info[0], info[1], info[2], f.image_id, f.video, f.frame)
+                )
         if not entries:
             raise ConfigError(
                 f"{source.pool}: none of its {len(pool)} images is usable ({len(skipped)} skipped)"
@@ -159,7 +161,7 @@ def _test_images(test: Path, skel, entries, target: Path, skipped: list[str], re
     test_set = load_data(test, check_images=False)
     same_keypoints(str(test), test_set.skeleton, skel, "the project's")
     by_hash: dict[str, list[int]] = {}
-    for *_, digest, image_id in entries:
+    for _, _, _, digest, image_id, *_ in entries:
         by_hash.setdefault(digest, []).append(image_id)
     paths = [test_set.image_path(f) for f in test_set]
     probes = parallel_map(_probe, paths, "reading test images", reporter)
@@ -168,12 +170,12 @@ def _test_images(test: Path, skel, entries, target: Path, skipped: list[str], re
         raise ConfigError(f"{test}: {len(bad)} unreadable test image(s): " + "; ".join(bad[:5]))
     next_id = max((e[4] for e in entries), default=0) + 1
     ids, extra = [], []
-    for p, (info, _) in zip(paths, probes, strict=True):
+    for frame, p, (info, _) in zip(test_set.frames, paths, probes, strict=True):
         digest = info[2]
         if digest in by_hash:
             ids += by_hash[digest]  # every copy of it in the pool
             continue
-        extra.append((stored_path(p, target), info[0], info[1], digest, next_id))
+        extra.append((stored_path(p, target), info[0], info[1], digest, next_id, frame.video, frame.frame))
         by_hash[digest] = [next_id]
         ids.append(next_id)
         next_id += 1
