@@ -293,7 +293,13 @@ def test_full_report(tmp_path):
     assert "+6.0" in page and "+1.0" in page  # hybrid / uncertainty mean paired differences (pp)
     half = 100 * T2 * 0.02 / math.sqrt(3)
     assert f"[{6 - half:+.1f}, {6 + half:+.1f}]" in page
-    assert page.count('<span class="yes">yes</span>') == 2 * 2 * 3  # 2 test sets x 2 metrics x rounds 1-3
+    assert (
+        page.count('<span class="yes">yes: better</span>') == 2 * 2 * 3
+    )  # 2 test sets x 2 metrics x rounds 1-3
+    assert "yes: worse" not in page
+    # the page opens with the verdict: the strategy significantly ahead of random on the first test set's PCK
+    assert page.index('class="verdict"') < page.index("result rows")
+    assert "Use hybrid on this data: +6.0 pp [" in page
     paired = read_csv(tmp_path / "paired.csv")
     assert len(paired) == 2 * 2 * 2 * 4  # test sets x metrics x strategies x rounds
     h3 = [r for r in paired if r["strategy"] == "hybrid" and r["round"] == "3" and r["metric"] == "count_acc"]
@@ -387,3 +393,47 @@ def test_all_nan_metric_is_skipped(tmp_path):
         "test__count_acc__minutes.png",
     ]
     assert len(embedded_pngs(page)) == 2
+
+
+def _verdict_of(rows, tmp_path) -> str:
+    from activepose.experiment.stats import report_stats, verdict
+
+    results = load_results(write_results(tmp_path, rows))
+    stats_ = report_stats(results, {}, "random")
+    return verdict(stats_.test_sets[0], "random")
+
+
+def test_the_verdict_recommends_only_a_significant_win_and_names_a_significant_loss(tmp_path):
+    rows = paired_grid()
+    line = _verdict_of(rows, tmp_path / "a")
+    assert line.startswith("Use hybrid on this data: +6.0 pp [") and "(3 seeds)" in line
+    # uncertainty's +1 pp has an interval over 0: not a win; hybrid turned into a loss: said as one
+    flipped = [
+        {**r, "PCK": r["PCK"] - 2 * HYBRID_OFFSET[r["seed"]]}
+        if r["strategy"] == "hybrid" and r["round"]
+        else r
+        for r in rows
+    ]
+    line = _verdict_of(flipped, tmp_path / "b")
+    assert line.startswith(
+        "Use random: no strategy beats it significantly on PCK (best: uncertainty, +1.0 pp"
+    )
+    assert "hybrid loses to random: -6.0 pp [" in line
+
+
+def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
+    rows = [
+        {
+            **r,
+            "PCK": r["PCK"] - 2 * HYBRID_OFFSET[r["seed"]],
+            "count_acc": r["count_acc"] - 2 * HYBRID_OFFSET[r["seed"]],
+        }
+        if r["strategy"] == "hybrid" and r["round"]
+        else r
+        for r in paired_grid()
+    ]
+    write_results(tmp_path, rows)
+    page = write_report(tmp_path).read_text()
+    assert page.count('<span class="worse">yes: worse</span>') == 2 * 3  # 2 metrics x rounds 1-3
+    assert '<span class="yes">yes: better</span>' not in page
+    assert "hybrid loses to random" in page

@@ -373,3 +373,32 @@ def test_a_grid_without_the_control_has_no_static_arm(data):
 
 
 METRIC_KEYS = ("labelled_images", "count_acc", "count_exact", "AP", "PCK")
+
+
+def test_rows_carry_the_per_round_diagnostics(grid):
+    """Why a strategy won or lost: the uncertainty's informativeness on the test set (every model) and on the
+    batch just labelled (its selector, rounds >= 1), the filter's pass rate and the batch's coverage (hybrid);
+    nothing for the static arm, which chooses nothing. Each figure is computed once (kept as JSON)."""
+    out, _ = grid
+    _, rows = _rows(out)
+    clean = [r for r in rows if r["tta"] == "clean"]
+    for row in clean:
+        strategy, r = row["strategy"], int(row["round"])
+        if strategy == "static":
+            assert all(row[c] == "" for c in ("batch_auroc", "pass_rate", "coverage"))
+            continue
+        for c in ("test_spearman", "batch_spearman"):
+            if row[c]:
+                assert -1.0 <= float(row[c]) <= 1.0
+        if r >= 1:
+            # coverage where the strategy computed embeddings (random does not: it needs no extractor)
+            assert (row["coverage"] != "") == (strategy == "hybrid") and float(row["coverage"] or 0) >= 0
+            assert (row["pass_rate"] != "") == (strategy == "hybrid")
+            if strategy == "hybrid":
+                assert 0.0 <= float(row["pass_rate"]) <= 1.0
+            folder = out / "projects" / f"{strategy}-seed{row['seed']}" / "exports"
+            assert (folder / f"diagnostics_round_{r}.json").is_file()
+        else:
+            assert row["batch_auroc"] == row["pass_rate"] == ""
+    page = (out / "report.html").read_text()
+    assert "Why: per-round diagnostics" in page and 'class="verdict"' in page

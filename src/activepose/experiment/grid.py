@@ -64,6 +64,7 @@ from ..workflow.curve import is_evaluated
 from ..workflow.models import load, record_model
 from ..workflow.reporting import SILENT, Reporter
 from ..workflow.rounds import RUN_DIR, evaluate_model_on
+from .diagnostics import cell_diagnostics
 from .layout import CACHE, GRID_FILE, PROJECTS, RESULTS_FILE, project_name
 from .results import METRIC_COLUMNS, Results, check_rewritable, load_results, row_text, write_results
 
@@ -472,9 +473,11 @@ def _cell_rows(cfg: SimulationConfig, folder: Path, strategy: str, seed: int, r:
     for t in cfg.tests[1:]:
         target = folder / "exports" / f"metrics_model_{model.id}_{t.stem}.json"
         per_test[t.stem] = _evaluate_cached(target, load_model, t, cfg.eval_options(t), reporter)
+    diagnostics = cell_diagnostics(folder, r, ckpt, model.id, cfg.tests[0], cfg.eval_options(cfg.tests[0]),
+                                   cfg.selection, folder.parent.parent / CACHE, cfg.device)  # fmt: skip
     values = {"strategy": strategy, "seed": seed, "round": r, "labelled_images": images, "labelled_people": people,
               "annotation_seconds": annotation, "selection_seconds": selection, "training_seconds": training,
-              "schedule_images": images, **_session_values(session)}  # fmt: skip
+              "schedule_images": images, **_session_values(session), **diagnostics}  # fmt: skip
     return _rows(cfg, values, per_test)
 
 

@@ -39,7 +39,9 @@ from .stats import (
     Panels,
     ReportStats,
     TestSetStats,
+    diagnostics_table,
     panel_curves,
+    verdict,
 )
 
 METRIC_LABELS = {
@@ -159,7 +161,8 @@ h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f2f2f2}
 td.l,th.l{text-align:left}tr.ref td{background:#f7f7f0}
-.yes{color:#0a6b0a;font-weight:600}.no{color:#777}
+.yes{color:#0a6b0a;font-weight:600}.no{color:#777}.worse{color:#b00020;font-weight:600}
+.verdict{font-size:1.1em;background:#eef4ff;border-left:4px solid #3060c0;padding:.5em 1em;margin:1em 0}
 .note{background:#f6f8fa;border-left:4px solid #8aa;padding:.5em 1em;margin:1em 0}
 .warn{background:#fff7e6;border-left:4px solid #e0a030;padding:.5em 1em;margin:1em 0}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
@@ -329,16 +332,48 @@ def _choices_html(table: Sequence[Mapping[str, Any]], error: str | None) -> str:
     )
 
 
+def _verdict_html(stats: ReportStats) -> str:
+    """The one-line verdict on the first test set's PCK (see `stats.verdict`); "" without results."""
+    if not stats.test_sets:
+        return ""
+    t = stats.test_sets[0]
+    return f'<p class="verdict"><b>Verdict</b> ({_e(t.test_set)}, {_e(t.tta)}): {_e(verdict(t, stats.reference))}</p>'
+
+
+def _diagnostics_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Why a strategy won or lost, per round (see `stats.diagnostics_table`); "" without diagnostics."""
+    if not rows:
+        return ""
+    header = ["strategy", "round", "seeds", "AUROC of the selector's uncertainty, test", "AUROC on its batch",
+              "Spearman on its batch", "uncertain / candidates (%)", "coverage (mean distance)", "videos"]  # fmt: skip
+    body = [[_e(r["strategy"]), str(r["round"]), str(r["seeds"]), _num(r["selector_test_auroc"], 2),
+             _num(r["batch_auroc"], 2), _num(r["batch_spearman"], 2), _pct(r["pass_rate"]), _num(r["coverage"], 3),
+             _num(r["videos"], 1)] for r in rows]  # fmt: skip
+    return (
+        "<h2>Why: per-round diagnostics</h2><p>Means over seeds. AUROC: how well the uncertainty score of the model "
+        "that chose the round's images tells the images it gets wrong (per-image error above the median) from the "
+        "rest, on the test set and on the batch it chose once labelled (0.5: no information; below 0.5: "
+        "misleading); Spearman: rank correlation of score and error on that batch. Uncertainty can only pay where "
+        "these are well above 0.5 / 0. Coverage: mean embedding distance from a candidate to its nearest chosen or "
+        "labelled image after the choice (strategies that compute embeddings; lower covers more). Videos: videos "
+        "the batch's frames come from (footage only). Per seed: <code>results.csv</code>.</p>"
+        + _table(header, body, left=1)
+    )
+
+
 def _paired_html(rows: list[PairedRow]) -> str:
     header = ["round", "labelled images", "seeds", "mean difference (pp)", "95 % interval (pp)", "excludes 0"]
     body = []
     for r in rows:
         ex = r.excludes_zero
-        ex_html = (
-            "n/a (1 seed)"
-            if ex is None
-            else ('<span class="yes">yes</span>' if ex else '<span class="no">no</span>')
-        )
+        if ex is None:
+            ex_html = "n/a (1 seed)"
+        elif not ex:
+            ex_html = '<span class="no">no</span>'
+        elif r.diff.mean > 0:
+            ex_html = '<span class="yes">yes: better</span>'
+        else:
+            ex_html = '<span class="worse">yes: worse</span>'  # a significant loss is not shown like a win
         interval = (
             "n/a"
             if not math.isfinite(r.diff.half_width)
@@ -456,12 +491,14 @@ def render_report(
 <body>
 <h1>Active-learning simulation report</h1>
 <p>Folder: <code>{_e(folder)}</code></p>
+{_verdict_html(stats)}
 {summary}
 {_notes_html(results, stats)}
 {_grid_html(*grid)}
 {_progress_html(results, stats, grid[0])}
 {_HOW_TO_READ}
 {"".join(_test_set_html(t, stats, figures) for t in stats.test_sets)}
+{_diagnostics_html(diagnostics_table(results, stats.test_sets[0].test_set, stats.strategies, stats.test_sets[0].tta) if stats.test_sets else [])}
 {_choices_html(*choices)}
 <h2>Round-1 selections</h2>
 <div class="montages">{_montages_html(montages)}</div>

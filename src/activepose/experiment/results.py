@@ -11,6 +11,9 @@ when undefined. `schedule_images` is the labelled-set size the round's training 
 step cap, `TrainConfig.steps_per_image`): the labels themselves, except for the `static` compute control, which
 trains its initial set with the schedule the other arms get; `train_steps`, `train_stop` and `model_kept` are
 the round's training session (batches, why it stopped, "new" or "previous": see `pose.train.read_sessions`).
+The diagnostic columns (`test_spearman`, `test_auroc`, `batch_spearman`, `batch_auroc`, `pass_rate`, `coverage`,
+`videos`: kind "stat", 4 decimals) say why a strategy won or lost (see `diagnostics.py`); empty where they do
+not apply (the static arm, round 0's batch, a strategy without an uncertainty filter, stills).
 
 The grid (`grid.py`) writes rows with `row_text` and `write_results`; everyone reads them with `load_results`,
 which is lenient (a report is drawn on a grid still running, or on a results.csv from elsewhere); the grid,
@@ -32,23 +35,26 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
 
 # Each column's kind: "text"; "int" (a key, always a whole number); "count" (a whole number, read as a float
-# so that an empty cell is NaN); "seconds" (written with 3 decimals); "fraction" (a metric, 6 decimals).
+# so that an empty cell is NaN); "seconds" (written with 3 decimals); "fraction" (a metric, 6 decimals); "stat"
+# (a diagnostic, 4 decimals).
 SCHEMA: dict[str, str] = {
     "strategy": "text", "seed": "int", "round": "int", "labelled_images": "count", "labelled_people": "count",
     "annotation_seconds": "seconds", "selection_seconds": "seconds", "training_seconds": "seconds",
     "test_set": "text", "tta": "text", "count_acc": "fraction", "count_exact": "fraction", "AP": "fraction",
     "PCK": "fraction", "schedule_images": "count", "train_steps": "count", "train_stop": "text",
-    "model_kept": "text",
+    "model_kept": "text", "test_spearman": "stat", "test_auroc": "stat", "batch_spearman": "stat",
+    "batch_auroc": "stat", "pass_rate": "stat", "coverage": "stat", "videos": "count",
 }  # fmt: skip
 COLUMNS = tuple(SCHEMA)
 # Columns added since the first results.csv: a file without them is read (as NaN / "") and written back whole.
-LATER_COLUMNS = ("schedule_images", "train_steps", "train_stop", "model_kept")
+LATER_COLUMNS = ("schedule_images", "train_steps", "train_stop", "model_kept", "test_spearman", "test_auroc",
+                 "batch_spearman", "batch_auroc", "pass_rate", "coverage", "videos")  # fmt: skip
 KEY_COLUMNS = ("strategy", "seed", "round", "test_set", "tta")
 INFO_COLUMNS = tuple(c for c in COLUMNS if SCHEMA[c] == "text" and c not in KEY_COLUMNS)
 NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in KEY_COLUMNS and c not in INFO_COLUMNS)
 METRIC_COLUMNS = tuple(c for c, kind in SCHEMA.items() if kind == "fraction")
 TIMING_COLUMNS = ("selection_seconds", "training_seconds")  # the values that depend on the machine
-_DECIMALS = {"seconds": 3, "fraction": 6}
+_DECIMALS = {"seconds": 3, "fraction": 6, "stat": 4}
 
 
 # --- writing -------------------------------------------------------------------------------------------------

@@ -395,6 +395,97 @@ def report_stats(results: Results, grid: Mapping[str, Any], reference: str = "ra
     )
 
 
+DIAGNOSTICS = ("selector_test_auroc", "batch_auroc", "batch_spearman", "pass_rate", "coverage", "videos")
+
+
+def diagnostics_table(
+    results: Results, test_set: str, strategies: Sequence[str], tta: str = "clean"
+) -> list[dict]:
+    """Per (strategy, round >= 1): means over seeds of the diagnostics of the round's selection (results.py):
+    the AUROC of the selecting model's uncertainty on the test set (its own row, round - 1), on the batch it chose
+    (once labelled) and the Spearman there, the filter's pass rate, the coverage and the videos of the batch.
+    Rows where every figure is missing are left out."""
+    out = []
+    for s in strategies:
+        if s == STATIC_ARM:
+            continue
+        for rnd in [r for r in results.rounds(s) if r >= 1]:
+            values: dict[str, list[float]] = {k: [] for k in DIAGNOSTICS}
+            for seed in results.seeds(s):
+                row, prev = (
+                    results.get(s, seed, rnd, test_set, tta),
+                    results.get(s, seed, rnd - 1, test_set, tta),
+                )
+                if row is None:
+                    continue
+                got = {k: row.get(k, math.nan) for k in DIAGNOSTICS if k != "selector_test_auroc"}
+                got["selector_test_auroc"] = (
+                    prev.get("test_auroc", math.nan) if prev is not None else math.nan
+                )
+                for k, v in got.items():
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        values[k].append(float(v))
+            if any(values.values()):
+                out.append({"strategy": s, "round": rnd, "seeds": len(results.seeds(s)),
+                            **{k: (_nanmean(v) if v else math.nan) for k, v in values.items()}})  # fmt: skip
+    return out
+
+
+def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
+    """One line: which strategy to use on this data (by `metric` on the test set `t`), and what it saves or
+    costs against `reference` in labels, with the paired interval at the final round. A strategy is only
+    recommended over the reference when its paired interval lies above 0; one whose interval lies below 0 is
+    named as a loss."""
+    rows = {r.strategy: r for r in t.efficiency.get(metric, []) if r.strategy != STATIC_ARM}
+    paired = t.paired.get(metric, {})
+    if reference not in rows:
+        return f"no verdict: the reference strategy {reference!r} has no {metric} results on {t.test_set}"
+
+    def final(strategy: str) -> PairedRow | None:
+        return paired.get(strategy, [None])[-1] if paired.get(strategy) else None
+
+    better, worse = [], []
+    for s, r in rows.items():
+        p = final(s)
+        if s == reference or p is None or not p.excludes_zero:
+            continue
+        (better if p.diff.mean > 0 else worse).append((p.diff.mean, s, r, p))
+    ref = rows[reference]
+
+    curve = t.panels.get((metric, "images"), {}).get(t.tta, {}).get(reference) or []
+    initial = curve[0].images if curve else math.nan
+
+    def saving(r: EfficiencyRow) -> str:
+        if r.images_to_reach is None:
+            return f"never reaches {reference}'s final {metric} ({100 * ref.final.mean:.1f} %)"
+        added = ref.final_images - initial
+        share = (
+            f" ({100 * (r.images_to_reach - initial) / added:.0f} % of the labels {reference} added)"
+            if math.isfinite(added) and added > 0
+            else ""
+        )
+        return (
+            f"reaches {reference}'s final {metric} with {r.images_to_reach:.0f} labelled images vs "
+            f"{ref.final_images:.0f}{share}"
+        )
+
+    def interval(p: PairedRow) -> str:
+        return f"{100 * p.diff.mean:+.1f} pp [{100 * p.diff.low:+.1f}, {100 * p.diff.high:+.1f}] at {p.images:.0f} labels"
+
+    losses = "; ".join(f"{s} loses to {reference}: {interval(p)}" for _, s, _, p in sorted(worse))
+    if better:
+        _, s, r, p = max(better)
+        line = f"Use {s} on this data: {interval(p)} over {reference} ({p.diff.n} seeds); it {saving(r)}."
+    else:
+        ahead = [(r.final.mean, s) for s, r in rows.items() if s != reference]
+        best = max(ahead)[1] if ahead else None
+        line = f"Use {reference}: no strategy beats it significantly on {metric}"
+        if best is not None and final(best) is not None:
+            line += f" (best: {best}, {interval(final(best))})"
+        line += "."
+    return line + (f" {losses}." if losses else "")
+
+
 # --- the grid's console table ----------------------------------------------------------------------------------
 def summarise(rows: Sequence[dict[str, str]], test_set: str, tta: str = "clean") -> list[dict[str, Any]]:
     """Return [{strategy, round, labelled_images, seeds, count_acc, PCK}]: means over seeds (NaN-free) of

@@ -13,6 +13,7 @@ import io
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -221,6 +222,17 @@ def pck_counts(
         hits += (h & lab).sum(0)
         totals += lab.sum(0)
     return hits, totals
+
+
+def per_image_pck(gt: CocoKeypoints, predictions: Predictions, alpha: float = 0.2) -> np.ndarray:
+    """Return PCK@alpha of each image of `gt` (in its order), as `pck` scores the whole set; nan for an image
+    with no evaluable person."""
+    out = np.full(len(gt), math.nan)
+    for n, f in enumerate(gt.frames):
+        hits, totals = pck_counts(replace(gt, frames=[f]), predictions, alpha)
+        if totals.sum() > 0:
+            out[n] = hits.sum() / totals.sum()
+    return out
 
 
 def pck(gt: CocoKeypoints, predictions: Predictions, alpha: float = 0.2) -> float:
