@@ -458,7 +458,7 @@ SCALE_POLICIES = ("auto", "fixed")
 # Selection strategies by name, in registration order: `sampling.strategies.register_strategy` adds others.
 STRATEGIES: list[str] = [
     "random", "uncertainty", "diversity", "coreset", "hybrid", "ranked-hybrid", "kmeans", "typiclust", "mpe",
-    "tta-consistency", "tta-hybrid",
+    "tta-consistency", "tta-hybrid", "adaptive",
 ]  # fmt: skip
 
 

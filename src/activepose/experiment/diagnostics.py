@@ -31,6 +31,13 @@ DIAGNOSTIC_IMAGES = 200
 COLUMNS = ("test_spearman", "test_auroc", "batch_spearman", "batch_auroc", "pass_rate", "coverage", "videos")
 
 
+def _at(ucfg, loaded):
+    """The uncertainty settings at the model's own input size."""
+    import dataclasses
+
+    return dataclasses.replace(ucfg, input_size=loaded.input_size)
+
+
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
@@ -66,7 +73,8 @@ def cell_diagnostics(
         )
         data = seeded_subset(load_data(test), n, eval_opts.seed)
         loaded = load(model_path, device)
-        return uncertainty_diagnostics(loaded, data, ucfg, decoder_for(loaded.skeleton), cache=unc_cache)
+        return uncertainty_diagnostics(loaded.net, data, _at(ucfg, loaded), decoder=decoder_for(loaded.skeleton),
+                                       cache=unc_cache)  # fmt: skip
 
     out: dict[str, Any] = dict.fromkeys(COLUMNS)
     t = _cached(exports / f"diagnostics_model_{model_id}_{test.stem}.json", on_test)
@@ -93,7 +101,8 @@ def cell_diagnostics(
 
     def on_batch() -> dict[str, Any]:
         loaded = load(selector, device)
-        return uncertainty_diagnostics(loaded, batch, ucfg, decoder_for(loaded.skeleton), cache=unc_cache)
+        return uncertainty_diagnostics(loaded.net, batch, _at(ucfg, loaded), decoder=decoder_for(loaded.skeleton),
+                                       cache=unc_cache)  # fmt: skip
 
     b = _cached(exports / f"diagnostics_round_{r}.json", on_batch)
     out["batch_spearman"], out["batch_auroc"] = b.get("spearman"), b.get("auroc")

@@ -43,30 +43,30 @@ def informativeness(score: Sequence[float], pck: Sequence[float]) -> dict[str, A
 
 
 def uncertainty_diagnostics(
-    loaded,
+    net,
     data: CocoKeypoints,
     cfg: UncertaintyConfig,
-    decoder,
     *,
+    decoder=None,
     device=None,
     cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Return `informativeness` of the model's uncertainty score on the labelled images of `data`, with
     "pass_rate" (share uncertain by the filter) and "mean_pck" (mean per-image PCK@0.2 of its predictions).
 
-    `loaded` is a loaded model (`pose.checkpoint.load_model`): its network and input size are used for both the
-    score (at `cfg` thresholds) and the predictions (clean, fixed input size)."""
+    The pose network `net` scores (at `cfg`'s thresholds and input size) and predicts (clean, at the same input
+    size; `decoder` default: the default Decoder of the data's skeleton)."""
+    from ..config import DecoderConfig
+    from ..pose.decode import Decoder
     from ..pose.evaluate import per_image_pck
     from ..pose.predict import predict_coco
     from .uncertainty import score_pool
 
     if not len(data):
         return {"n": 0, "spearman": math.nan, "auroc": math.nan, "pass_rate": math.nan, "mean_pck": math.nan}
-    ucfg = UncertaintyConfig(cfg.th_hm, cfg.th_kp, cfg.smooth_sigma, loaded.input_size, cfg.batch_size)
-    unc = score_pool(loaded.net, data, ucfg, device=device, cache=cache, num_workers=0)
-    preds = predict_coco(
-        loaded.net, data, decoder, input_size=loaded.input_size, device=device, num_workers=0
-    )
+    decoder = decoder or Decoder(data.skeleton, DecoderConfig())
+    unc = score_pool(net, data, cfg, device=device, cache=cache, num_workers=0)
+    preds = predict_coco(net, data, decoder, input_size=cfg.input_size, device=device, num_workers=0)
     pck = per_image_pck(data, preds)
     out = informativeness(unc.score, pck)
     out["pass_rate"] = float(unc.uncertain.mean())

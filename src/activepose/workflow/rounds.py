@@ -75,9 +75,10 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
         latest = project.latest_model()
         if model_path is None and latest is not None:
             model_path = project.checkpoint_path(latest)
-        strategy, net, cfg = opts.strategy, None, opts.selection
+        strategy, net, cfg, holdout = opts.strategy, None, opts.selection, None
         if model_path is not None:
             loaded = load(model_path, opts.device)
+            holdout = _validation_ids(model_path)
             same_keypoints(str(model_path), loaded.skeleton, project.skeleton, "the project's")
             net = loaded.net
             cfg = dataclasses.replace(
@@ -93,7 +94,9 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
             faults.point("select")
             reporter.progress(stage, done, total)
 
-        ctx = SelectionContext(pool, labelled, net, cfg, device=device, progress=progress)
+        ctx = SelectionContext(
+            pool, labelled, net, cfg, device=device, progress=progress, holdout_ids=holdout
+        )
         result = select_batch(strategy, ctx, opts.budget)
         unc = cfg.uncertainty
         params = {
@@ -111,6 +114,17 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
         else []
     )
     return RoundSelection(round_id, strategy, result.ids, result.scores, result.stats, montages)
+
+
+def _validation_ids(model_path: Path) -> list[int] | None:
+    """The image ids the model held out for validation in its last session (its checkpoint's training state)."""
+    from ..pose.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        ids = (load_checkpoint(model_path).get("train") or {}).get("val_ids")
+    except CheckpointError:  # the model loaded already; unusable here means no held-out images to use
+        return None
+    return [int(i) for i in ids] if ids else None
 
 
 def write_montages(pool, ctx, result, cfg, folder: Path) -> list[Path]:
