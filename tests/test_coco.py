@@ -322,3 +322,29 @@ def test_frames_of_footage_keep_video_and_frame_and_bad_ones_are_named(tmp_path)
 def test_real_youtube_pose_frames_carry_their_video():
     pool = load_coco(shared_file("youtube_pose", "pool.json"), check_images=False)
     assert len({f.video for f in pool}) == 32 and all(f.frame is not None for f in pool)
+
+
+def test_a_skewed_subset_of_footage_gives_a_few_videos_most_frames(tmp_path):
+    from collections import Counter
+
+    from activepose.errors import ConfigError
+    from activepose.workflow.common import skewed_video_subset
+
+    data = _make(tmp_path, n_images=200, write_images=False)
+    for k, im in enumerate(data["images"]):
+        im["video"] = f"v{k % 10}"  # 10 videos of 20 frames
+    ds = load_coco(_write(tmp_path, data), check_images=False)
+    even = Counter(ds.frame(i).video for i in skewed_video_subset(ds, 50, 0.0, seed=1).image_ids)
+    assert sorted(even.values()) == [5] * 10
+    sub = skewed_video_subset(ds, 50, 1.5, seed=1)
+    per = sorted(Counter(ds.frame(i).video for i in sub.image_ids).values(), reverse=True)
+    assert (
+        sum(per) == 50 and len(per) == 10 and per[0] == 20 and per[-1] == 1
+    )  # capped at a video's 20 frames
+    assert sum(per[:3]) >= 35  # three videos give most frames
+    assert sub.image_ids == skewed_video_subset(ds, 50, 1.5, seed=1).image_ids  # seeded
+    assert sub.image_ids != skewed_video_subset(ds, 50, 1.5, seed=2).image_ids
+    with pytest.raises(ConfigError, match="needs every image's video"):
+        skewed_video_subset(
+            load_coco(_write(tmp_path, _make(tmp_path, 3, write_images=False)), check_images=False), 2, 1.0
+        )

@@ -50,17 +50,29 @@ def subset(
         Path | None,
         typer.Option(help="Also write the images not drawn (a disjoint split) here.", metavar="FILE"),
     ] = None,
+    skew: Annotated[
+        float | None,
+        typer.Option(
+            help="Footage: draw per video, the k-th video (seeded order) giving a share ~ k^-X of the frames "
+            "(0: equal; 1: Zipf, a few videos give most frames). Needs images[].video.",
+            metavar="X",
+        ),
+    ] = None,
     seed: o.Seed = 0,
 ) -> None:
     """Write a seeded random subset of a COCO file (ids and labels kept), e.g. a pool sample or an initial set.
 
     Image file names are rewritten relative to the output file's folder, so the subset works from anywhere.
+    With --skew, an imbalanced pool of footage: a few videos give most frames, the rest a handful.
     """
 
     coco = common.load_data(data, check_images=False)
     if not 0 < size <= len(coco):
         raise ConfigError(f"{data}: --size must be between 1 and its {len(coco)} images, got {size}")
-    chosen = common.seeded_subset(coco, size, seed)
+    if skew is not None:
+        chosen = common.skewed_video_subset(coco, size, skew, seed)
+    else:
+        chosen = common.seeded_subset(coco, size, seed)
     drawn = set(chosen.image_ids)
     others = coco.subset([i for i in coco.image_ids if i not in drawn])
     written = []
@@ -73,6 +85,9 @@ def subset(
         written.append(f"{len(frames)} images ({sum(f.num_people for f in frames)} people) -> {path}")
         save_coco(dataclasses.replace(part, frames=frames, root=folder, path=path), path)
     console.print("wrote " + "; ".join(written))
+    if skew is not None:
+        per = sorted((sum(1 for f in chosen if f.video == v) for v in {f.video for f in coco}), reverse=True)
+        console.print(f"frames per video (most first): {', '.join(map(str, per))}")
     next_step(f"activepose init PROJECT --pool {out}   (or: activepose check {out})")
 
 

@@ -56,6 +56,54 @@ def seeded_subset(data, max_images: int | None, seed: int = 0):
     return data.subset(ids)
 
 
+def skewed_video_subset(data, size: int, skew: float, seed: int = 0):
+    """Return `size` frames of footage whose videos give very unequal shares, as real recordings do: the videos
+    are ranked in a seeded order and the k-th (1-based) gets a share proportional to k ** -skew of the frames
+    (skew 0: equal shares; 1: Zipf, a few long or busy recordings give most frames, the rest a handful), at
+    least one frame each while `size` allows, never more than it has (the excess goes to the next ones); the
+    frames of a video are a seeded random draw. Ids sorted. ConfigError when an image has no `video`.
+    """
+    import numpy as np
+
+    if skew < 0:
+        raise ConfigError(f"--skew must be >= 0, got {skew}")
+    if not 0 < size <= len(data):
+        raise ConfigError(f"--size must be between 1 and the {len(data)} images, got {size}")
+    missing = [f.image_id for f in data if f.video is None]
+    if missing:
+        raise ConfigError(
+            f"{data.path or 'the data set'}: --skew needs every image's video (COCO images[].video); "
+            f"{len(missing)} image(s) have none, e.g. id {missing[0]}"
+        )
+    rng = np.random.default_rng(seed)
+    by_video: dict[str, list[int]] = {}
+    for f in data:
+        by_video.setdefault(f.video, []).append(f.image_id)
+    names = sorted(by_video)
+    order = [names[i] for i in rng.permutation(len(names))]
+    avail = np.array([len(by_video[v]) for v in order])
+    weight = np.arange(1, len(order) + 1, dtype=np.float64) ** -float(skew)
+    take = np.minimum(avail, 1 if size >= len(order) else 0)
+    if size < len(order):  # fewer frames than videos: one frame from each of the top-weighted videos
+        take[:size] = 1
+    left = size - int(take.sum())
+    while left > 0:  # water-filling: shares by weight among the videos with frames to spare
+        room = avail - take
+        open_ = room > 0
+        share = np.floor(left * weight * open_ / (weight * open_).sum()).astype(np.int64)
+        share = np.minimum(share, room)
+        if share.sum() == 0:  # the remainder: one more frame each, heaviest first
+            for k in np.flatnonzero(open_)[:left]:
+                share[k] = 1
+        take += share
+        left = size - int(take.sum())
+    ids = []
+    for v, n in zip(order, take, strict=True):
+        if n:
+            ids += rng.choice(by_video[v], size=int(n), replace=False).tolist()
+    return data.subset(sorted(int(i) for i in ids))
+
+
 def parallel_map(
     fn: Callable[[T], R], items: Sequence[T], stage: str, reporter: Reporter = SILENT
 ) -> list[R]:
