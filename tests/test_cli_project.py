@@ -403,3 +403,4 @@ def test_footage_pool_select_spreads_over_videos_and_status_counts_frames_per_vi
     assert code == 0, out
     assert "videos" in out and "videos: 3 (10 frames); labelled frames in 3 of them" in out
     assert "(per video: min 1, median 1, max 1)" in out
+    assert "selection per round" in out  # the round's candidates (random: no filter, no coverage)

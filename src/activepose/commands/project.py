@@ -109,6 +109,40 @@ def _metrics_text(metrics: dict) -> str:
     return ", ".join(shown) if shown else ("not evaluated" if not flat else "-")
 
 
+def _selection_table(project: Path, rounds) -> Table | None:
+    """Per round, what the selection saw: candidates, the uncertainty filter's pass rate, the batch's coverage,
+    the mode `adaptive` took, and (where `simulate` measured it) the AUROC of the selector's uncertainty on the
+    batch once labelled. None when no round recorded any of it."""
+    import json
+
+    rows = []
+    for r in rounds:
+        stats = r.params.get("stats") or {}
+        cand, unc = stats.get("candidates"), stats.get("uncertain")
+        cov = (stats.get("coverage") or {}).get("mean")
+        mode = (stats.get("adaptive") or {}).get("mode", "")
+        diag = project / "exports" / f"diagnostics_round_{r.id}.json"
+        auroc = None
+        if diag.is_file():
+            try:
+                auroc = json.loads(diag.read_text()).get("auroc")
+            except (OSError, ValueError):
+                auroc = None
+        if cand is None and cov is None and not mode and auroc is None:
+            continue
+        rows.append([str(r.id), r.strategy + (f" -> {mode}" if mode else ""), "-" if cand is None else str(cand),
+                     "-" if not cand or unc is None else f"{100 * unc / cand:.0f} %",
+                     "-" if cov is None else f"{cov:.3f}", "-" if auroc is None else f"{auroc:.2f}"])  # fmt: skip
+    if not rows:
+        return None
+    table = Table(title="selection per round")
+    for col in ("round", "strategy", "candidates", "uncertain", "coverage", "batch AUROC"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _videos_line(pool: dict[str, int], labelled: dict[str, int]) -> str:
     """One line on footage: videos, frames, and how the labelled frames spread over the videos."""
     per = sorted(labelled.get(v, 0) for v in pool)
@@ -182,6 +216,9 @@ def status(project: o.ProjectArg) -> None:
     console.print(table)
     if pool_videos:
         console.print(_videos_line(pool_videos, labelled_videos))
+    selection = _selection_table(project, all_rounds)
+    if selection is not None:
+        console.print(selection)
     console.print(
         "images: "
         + ", ".join(f"{n} {state}" for state, n in counts.items())
