@@ -402,3 +402,26 @@ def test_rows_carry_the_per_round_diagnostics(grid):
             assert row["batch_auroc"] == row["pass_rate"] == ""
     page = (out / "report.html").read_text()
     assert "Why: per-round diagnostics" in page and 'class="verdict"' in page
+
+
+def test_an_older_results_csv_gets_the_diagnostics_on_resume(grid, data, tmp_path):
+    """A grid finished before the diagnostic columns existed: running it again adds them to its finished cells
+    from the stored projects (no training), the same values as a grid that had them from the start."""
+    import shutil
+
+    from activepose.experiment.diagnostics import COLUMNS as DIAG
+
+    out, _ = grid
+    copy = tmp_path / "grid"
+    shutil.copytree(out, copy)
+    header, rows = _rows(copy)
+    old = [c for c in header if c not in DIAG]
+    with (copy / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=old, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    result = simulate(_config(data), copy)
+    assert result.cells_run == 0
+    header2, rows2 = _rows(copy)
+    assert set(DIAG) <= set(header2)
+    assert _without_timing(rows2) == _without_timing(rows)

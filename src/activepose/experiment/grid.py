@@ -505,6 +505,39 @@ def _session_values(session: dict[str, Any]) -> dict[str, Any]:
             "model_kept": session.get("kept")}  # fmt: skip
 
 
+def _add_diagnostics(cfg: SimulationConfig, out_dir: Path, rows: list[dict[str, str]],
+                     reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
+    """Complete finished cells whose rows predate the diagnostic columns (a results.csv written before they
+    existed): their rows are made again from the stored projects, the diagnostics computed once."""
+    path = out_dir / RESULTS_FILE
+    if not rows or not path.is_file() or "test_auroc" in load_results(path).columns:
+        return rows
+    stale = sorted({(r["strategy"], int(r["seed"]), int(r["round"])) for r in rows if r["strategy"] != STATIC_ARM},
+                   key=lambda c: (c[1], c[2], c[0]))  # fmt: skip
+    if not stale:
+        return rows
+    reporter.note(
+        f"adding the per-round diagnostics to {len(stale)} finished cell(s) of an older results.csv"
+    )
+    for strategy, seed, r in stale:
+        folder = out_dir / PROJECTS / project_name(strategy, seed)
+        new = _cell_rows(
+            cfg,
+            folder,
+            strategy,
+            seed,
+            r,
+            _CellReporter(reporter, f"{project_name(strategy, seed)} round {r}"),
+        )
+        rows = [
+            row
+            for row in rows
+            if (row["strategy"], int(row["seed"]), int(row["round"])) != (strategy, seed, r)
+        ] + new
+        write_results(out_dir / RESULTS_FILE, rows, cfg.strategies, [t.stem for t in cfg.tests], cfg.ttas)
+    return rows
+
+
 # --- per seed: the compute control ---------------------------------------------------------------------------
 STATIC_RUN = "static_run"
 
@@ -658,6 +691,7 @@ def simulate(
             reporter.note(
                 f"{len(plan.skipped)} unreadable pool image(s) left out: " + "; ".join(plan.skipped[:5])
             )
+        rows = _add_diagnostics(cfg, out_dir, rows, reporter)
         reporter.progress("overall", before, len(cells), f"{before} of {len(cells)} cells already done")
         n_done, ran = before, 0
         for seed in cfg.seeds:

@@ -218,8 +218,11 @@ def load_results(path: str | Path) -> Results:
 
 def check_rewritable(results: Results, path: str | Path) -> None:
     """Raise ConfigError unless the grid can write `results` back to `path` losing nothing: the header is
-    exactly `COLUMNS` and no line was skipped."""
-    if results.columns not in (COLUMNS, tuple(c for c in COLUMNS if c not in LATER_COLUMNS)):
+    `COLUMNS`, or `COLUMNS` without some of the columns added since (`LATER_COLUMNS`: a file an older version
+    wrote), and no line was skipped."""
+    header = results.columns
+    in_order = header == tuple(c for c in COLUMNS if c in header)
+    if not (in_order and set(COLUMNS) - set(header) <= set(LATER_COLUMNS)):
         raise ConfigError(
             f"{path}: unexpected columns {list(results.columns)}; expected {', '.join(COLUMNS)}"
         )
