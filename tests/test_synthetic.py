@@ -141,3 +141,25 @@ def test_invalid_config_is_rejected():
         SyntheticConfig(min_people=3, max_people=2)
     with pytest.raises(SyntheticError):
         SyntheticConfig(image_format="bmp")
+
+
+def test_footage_frames_of_a_video_share_their_scene_and_people_move_a_little(tmp_path):
+    """frames_per_video > 1: videos of one scene each (same background and people), people drifting and swaying
+    between frames; video and frame are in the COCO file."""
+    import cv2
+
+    cfg = SyntheticConfig(num_images=12, image_size=(96, 96), min_people=1, max_people=2, occlusion_prob=0.0,
+                          frames_per_video=6)  # fmt: skip
+    coco = load_coco(make_synthetic_coco(tmp_path / "f", "lsp14", cfg, seed=3))
+    assert [(f.video, f.frame) for f in coco][:7] == [*[("video001", k) for k in range(6)], ("video002", 0)]
+    img = [cv2.imread(str(coco.image_path(f))).astype(np.float64) for f in coco]
+    same_video = np.abs(img[0] - img[1]).mean()
+    other_video = np.abs(img[0] - img[6]).mean()
+    assert 0 < same_video < other_video / 3  # one scene, people moved
+    a, b = coco.frames[0].keypoints, coco.frames[1].keypoints
+    assert a.shape == b.shape
+    both = (a[..., 2] > 0) & (b[..., 2] > 0)
+    step = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)[both]
+    assert 0 < np.median(step) < 0.1 * 96  # a small move per frame
+    with pytest.raises(SyntheticError, match="frames_per_video"):
+        SyntheticConfig(frames_per_video=0)

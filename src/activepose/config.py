@@ -630,6 +630,8 @@ class SyntheticConfig:
     noise: float = 6.0  # at most this pixel noise std (0..255 scale)
     grayscale: bool = False
     image_format: str = "png"  # "png" (lossless, byte-stable) or "jpg"
+    # > 1: footage, videos of this many frames of one scene whose people move a little (1: independent stills)
+    frames_per_video: int = 1
 
     def __post_init__(self) -> None:
         w, h = self.image_size
@@ -648,6 +650,8 @@ class SyntheticConfig:
             problems.append(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
         if self.num_images < 0:
             problems.append("num_images must be >= 0")
+        if self.frames_per_video < 1:
+            problems.append(f"frames_per_video must be >= 1, got {self.frames_per_video}")
         if problems:
             raise SyntheticError("; ".join(problems))
 

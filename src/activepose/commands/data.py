@@ -102,11 +102,18 @@ def synth(
     skeleton: Annotated[str, typer.Option(help="coco17, coco18 or lsp14.", metavar="NAME")] = "lsp14",
     size: Annotated[int, typer.Option(help="Image side in pixels.", metavar="PX")] = 256,
     max_people: Annotated[int, typer.Option(help="Most people per scene.", metavar="N")] = 4,
+    frames_per_video: Annotated[
+        int,
+        typer.Option(
+            help="Footage: videos of N frames of one scene, people moving a little (1: stills).", metavar="N"
+        ),
+    ] = 1,
     seed: o.Seed = 0,
 ) -> None:
     """Generate a synthetic multi-person COCO keypoint data set (deterministic per seed)."""
 
-    path = make_synthetic_coco(out, skeleton, SyntheticConfig(num_images=num_images, image_size=(size, size),
-                                                              max_people=max_people), seed=seed)  # fmt: skip
+    cfg = SyntheticConfig(num_images=num_images, image_size=(size, size), max_people=max_people,
+                          frames_per_video=frames_per_video)  # fmt: skip
+    path = make_synthetic_coco(out, skeleton, cfg, seed=seed)
     console.print(f"wrote {num_images} images -> {path}")
     next_step(f"activepose check {path}")

@@ -267,9 +267,17 @@ def _draw_person(
 
 
 def render_scene(
-    rng: np.random.Generator, skeleton: str | Skeleton = "lsp14", cfg: SyntheticConfig = SyntheticConfig()
+    rng: np.random.Generator,
+    skeleton: str | Skeleton = "lsp14",
+    cfg: SyntheticConfig = SyntheticConfig(),
+    t: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (RGB uint8 image (H, W, 3), people (N, K, 3) float32 COCO keypoints) for one random scene."""
+    """Return (RGB uint8 image (H, W, 3), people (N, K, 3) float32 COCO keypoints) for one random scene.
+
+    `t` in [0, 1] makes the scene a frame of footage: rendered again with the same `rng` seed, every frame shows
+    the same background and people, each person drifting along its own straight path (up to a quarter of the
+    width over the video) with its limbs swaying a little (4 % of its height) — a fixed camera. None: a still.
+    """
     import cv2
 
     skeleton = get_skeleton(skeleton)
@@ -290,6 +298,14 @@ def render_scene(
             body = {k: v * [-1.0, 1.0] for k, v in body.items()}  # seen from behind: mirrored
         lo, hi = 0.4 * hpx, h - 0.35 * hpx  # pelvis height keeping most of the body in frame
         pelvis = np.array([rng.uniform(0.05, 0.95) * w, rng.uniform(lo, hi) if lo < hi else h / 2])
+        if (
+            t is not None
+        ):  # footage: drift and sway with the frame's time (the draws are the same every frame)
+            velocity = rng.uniform(-0.25, 0.25, 2) * np.array([w, 0.2 * h])
+            phases = rng.uniform(0.0, 2 * math.pi, (len(body), 2))
+            pelvis = pelvis + velocity * (t - 0.5)
+            sway = 0.04 * np.sin(2 * math.pi * t + phases)
+            body = {k: v + sway[n] for n, (k, v) in enumerate(body.items())}
         pts = {k: pelvis + hpx * v for k, v in body.items()}
         _draw_person(cv, rng, pts, hpx, front, label=i + 1)
         people.append(np.array([[*pts[nm], 2.0] for nm in names], np.float32))
@@ -364,7 +380,8 @@ def make_synthetic_coco(
 
     Images go to `out_dir/images/000001.png` ...; image ids are 1..n in that order and `file_name` is
     relative to the JSON's folder. Image i depends only on (seed, i), so a longer run extends a shorter
-    one. Existing files of the same names are overwritten; other files in `out_dir` are left alone.
+    one. With `cfg.frames_per_video` > 1 the images are footage: consecutive runs of that many frames of one
+    scene (`render_scene(t=...)`), with `video` ("video001", ...) and `frame` in the COCO file. Existing files of the same names are overwritten; other files in `out_dir` are left alone.
     """
     import cv2
 
@@ -379,9 +396,15 @@ def make_synthetic_coco(
         else [cv2.IMWRITE_JPEG_QUALITY, 92]
     )
     frames, next_ann = [], 1
+    per = cfg.frames_per_video
     for i in range(cfg.num_images):
         image_id = i + 1
-        image, people = render_scene(np.random.default_rng([seed, i]), skeleton, cfg)
+        if per > 1:  # footage: video i // per, its frame i % per (the same scene, people moving)
+            video, frame = divmod(i, per)
+            rng = np.random.default_rng([seed, 1_000_003, video])
+            image, people = render_scene(rng, skeleton, cfg, t=frame / (per - 1))
+        else:
+            image, people = render_scene(np.random.default_rng([seed, i]), skeleton, cfg)
         rel = f"images/{image_id:06d}.{ext}"
         data = image[:, :, 0] if cfg.grayscale else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         ok, buf = cv2.imencode(f".{ext}", data, params)
@@ -390,7 +413,8 @@ def make_synthetic_coco(
         buf.tofile(out_dir / rel)
         ann_ids = list(range(next_ann, next_ann + len(people)))
         next_ann += len(people)
-        frames.append(Frame(image_id, rel, image.shape[1], image.shape[0], people, ann_ids))
+        footage = {"video": f"video{i // per + 1:03d}", "frame": i % per} if per > 1 else {}
+        frames.append(Frame(image_id, rel, image.shape[1], image.shape[0], people, ann_ids, **footage))
     info = {"description": "activepose synthetic scenes", "seed": seed, "config": asdict(cfg)}
     ds = CocoKeypoints(frames=frames, skeleton=skeleton, root=out_dir, info=info)
     path = save_coco(ds, out_dir / "annotations.json")
