@@ -319,8 +319,26 @@ def evaluate_round(project, opts: EvalOptions, reporter: Reporter = SILENT) -> E
     stored = {**tta_metrics(report), SCALE_KEY: describe_scale(report[SCALE_KEY])}
     project.record_evaluation(latest.id, stored, round=current.id if closing else None)
     if closing:
+        _round_diagnostics(project, current.id, opts.device, reporter)
         close_round(project, current.id)
     return EvalOutcome(latest.id, report, out, current.id if closing else None, test)
+
+
+def _round_diagnostics(project, r: int, device: str, reporter: Reporter) -> None:
+    """Measure once how informative the uncertainty of the model that chose round `r` was on its batch
+    (`workflow.diagnostics`); a failure is a note, never a reason not to close the round."""
+    from .diagnostics import batch_diagnostics
+
+    try:
+        found = batch_diagnostics(project, r, device)
+    except (OSError, ValueError, RuntimeError) as exc:
+        reporter.note(f"round {r}: the uncertainty diagnostics could not be measured ({exc})")
+        return
+    if found and found.get("auroc") is not None:
+        reporter.note(
+            f"round {r}: the selecting model's uncertainty on its batch: AUROC {found['auroc']:.2f} for its worse "
+            f"half, Spearman {found['spearman']:.2f} with its error ({found['n']} images)"
+        )
 
 
 def close_round(project, round_id: int) -> Path | None:
