@@ -48,6 +48,13 @@ def kmeans_labels(emb: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, n
     return labels.astype(np.int64), km.cluster_centers_.astype(np.float32)
 
 
+def _budget_ok(budget: int, n: int) -> bool:
+    """False for an empty budget; ValueError for one larger than the `n` candidates."""
+    if budget > n:
+        raise ValueError(f"budget {budget} is larger than the {n} candidates")
+    return budget > 0
+
+
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return the (len(a), len(b)) squared Euclidean distances (clipped at 0)."""
     d = (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
@@ -61,10 +68,8 @@ def kmeans_select(emb: np.ndarray, budget: int, seed: int = 0) -> tuple[np.ndarr
     candidate nearest its centre, so exactly `budget` distinct rows come back.
     """
     n = len(emb)
-    if budget <= 0:
+    if not _budget_ok(budget, n):
         return np.zeros(0, np.int64), np.zeros(0)
-    if budget > n:
-        raise ValueError(f"budget {budget} is larger than the {n} candidates")
     x = np.asarray(emb, dtype=np.float32)
     labels, centres = kmeans_labels(x, budget, seed)
     sizes = np.bincount(labels, minlength=budget)
@@ -114,10 +119,8 @@ def typiclust_select(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (rows, typicality): `budget` candidates by TypiClust (module doc), away from `labelled` clusters."""
     n = len(emb)
-    if budget <= 0:
+    if not _budget_ok(budget, n):
         return np.zeros(0, np.int64), np.zeros(0)
-    if budget > n:
-        raise ValueError(f"budget {budget} is larger than the {n} candidates")
     x = np.asarray(emb, dtype=np.float32)
     lab = np.zeros((0, x.shape[1]), np.float32) if labelled is None else np.asarray(labelled, np.float32)
     both = np.concatenate([x, lab])
