@@ -305,11 +305,13 @@ def test_frames_of_footage_keep_video_and_frame_and_bad_ones_are_named(tmp_path)
     data = _make(tmp_path, n_images=3)
     data["images"][0].update(video="cam-1", frame=12)
     data["images"][1].update(video="cam-1")  # a frame index is optional
+    data["images"][2].update(video=42)  # a numeric video id: kept as its text
     ds = load_coco(_write(tmp_path, data))
-    assert [(f.video, f.frame) for f in ds] == [("cam-1", 12), ("cam-1", None), (None, None)]
+    assert [(f.video, f.frame) for f in ds] == [("cam-1", 12), ("cam-1", None), ("42", None)]
     back = load_coco(save_coco(ds, tmp_path / "copy.json"))
-    assert [(f.video, f.frame) for f in back] == [("cam-1", 12), ("cam-1", None), (None, None)]
-    data["images"][0].update(video=7)
+    assert [(f.video, f.frame) for f in back] == [("cam-1", 12), ("cam-1", None), ("42", None)]
+    data["images"][2].pop("video")
+    data["images"][0].update(video="")
     data["images"][1].update(frame=-3)
     data["images"][2].update(frame=1.5)
     with pytest.raises(CocoError) as err:

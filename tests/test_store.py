@@ -861,5 +861,8 @@ def test_frames_of_footage_keep_their_video_and_frame_through_the_store_and_coco
     by_id = {im["id"]: im for im in data["images"]}
     assert (by_id[1]["video"], by_id[1]["frame"], by_id[3]["video"]) == ("cam-1", 30, "cam-2")
     assert "video" not in by_id[4] and "frame" not in by_id[4]
+    mixed = [("a.jpg", W, H, "h1", None, "cam-1", 7), ("b.jpg", W, H, "h2", 8, "cam-1", 1)]  # ids, not frames
+    with Project.create(tmp_path / "r", SK, mixed) as p:
+        assert p.image_ids() == [8, 9] and p.image(9).frame == 7
     with pytest.raises(store.StoreError, match="negative frame index"):
         Project.create(tmp_path / "q", SK, [("a.jpg", W, H, "h1", 1, "cam-1", -1)])

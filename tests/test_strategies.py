@@ -237,34 +237,23 @@ def test_ranked_hybrid_chooses_diversely_among_the_most_uncertain(pool, model):
         SelectionConfig(ranked_pool=0.5)
 
 
-def test_adaptive_stays_typical_without_evidence_and_turns_to_uncertainty_when_it_is_informative(
-    pool, model, monkeypatch
-):
-    """The switch of `adaptive`: without held-out labelled images it is typiclust; with uncertainty that tells
-    the worse half apart (AUROC >= ADAPTIVE_AUROC on enough images) it is ranked-hybrid; it says which and why."""
-    from activepose.sampling import strategies as st
-
+def test_adaptive_stays_typical_without_evidence_and_turns_to_uncertainty_when_it_is_informative(pool, model):
+    """The switch of `adaptive`: without a labelled batch chosen by a model it is typiclust; when the uncertainty
+    told that batch's worse half apart (AUROC >= ADAPTIVE_AUROC on enough images) it is ranked-hybrid; it says
+    which and why."""
     labelled = pool.image_ids[:10]
     plain = select_batch("adaptive", _ctx(pool, model, labelled), 5)
-    assert plain.stats["adaptive"]["mode"] == "typiclust"
+    assert (
+        plain.stats["adaptive"]["mode"] == "typiclust"
+        and "no labelled batch" in plain.stats["adaptive"]["why"]
+    )
     assert plain.ids == select_batch("typiclust", _ctx(pool, model, labelled), 5).ids
-    for auroc, mode in ((0.9, "ranked-hybrid"), (0.55, "typiclust")):
-        evidence = {"n": 40, "auroc": auroc, "spearman": 0.5, "pass_rate": 0.3, "mean_pck": 0.4}
-        monkeypatch.setattr(st.SelectionContext, "uncertainty_evidence", lambda self, e=evidence: e)
-        result = select_batch("adaptive", _ctx(pool, model, labelled), 5)
+    for auroc, n, mode in ((0.9, 40, "ranked-hybrid"), (0.55, 40, "typiclust"), (0.9, 5, "typiclust")):
+        ctx = _ctx(pool, model, labelled)
+        ctx.evidence = {"n": n, "auroc": auroc, "spearman": 0.5, "pass_rate": 0.3, "mean_pck": 0.4}
+        result = select_batch("adaptive", ctx, 5)
+        why = result.stats["adaptive"]["why"]
         assert (
-            result.stats["adaptive"]["mode"] == mode
-            and f"AUROC {auroc:.2f} on 40" in result.stats["adaptive"]["why"]
+            result.stats["adaptive"]["mode"] == mode and f"AUROC {auroc:.2f} on the last batch's {n}" in why
         )
         assert result.ids == select_batch(mode, _ctx(pool, model, labelled), 5).ids
-
-
-def test_uncertainty_evidence_is_measured_on_the_held_out_labelled_images_only(pool, model):
-    labelled = pool.image_ids[:12]
-    ctx = _ctx(pool, model, labelled)
-    assert ctx.uncertainty_evidence() is None  # no held-out images known
-    ctx = SelectionContext(
-        pool, pool.subset(labelled), model, ctx.cfg, device="cpu", holdout_ids=[*labelled[:6], 999]
-    )
-    evidence = ctx.uncertainty_evidence()
-    assert evidence["n"] <= 6 and 0.0 <= evidence["pass_rate"] <= 1.0

@@ -36,7 +36,7 @@ def cell_diagnostics(
     out["test_spearman"], out["test_auroc"] = t.get("spearman"), t.get("auroc")
     if r < 1:
         return out
-    with Project.open(folder) as project:
+    with Project.open(folder, readonly=True) as project:
         info = project.round(r)
         videos = project.frames_per_video([i for i, _, _ in info.items])
         b = batch_diagnostics(project, r, device, cache / "uncertainty") or {}

@@ -507,12 +507,11 @@ def _session_values(session: dict[str, Any]) -> dict[str, Any]:
 
 def _add_diagnostics(cfg: SimulationConfig, out_dir: Path, rows: list[dict[str, str]],
                      reporter: Reporter) -> list[dict[str, str]]:  # fmt: skip
-    """Complete finished cells whose rows predate the diagnostic columns (a results.csv written before they
-    existed): their rows are made again from the stored projects, the diagnostics computed once."""
-    path = out_dir / RESULTS_FILE
-    if not rows or not path.is_file() or "test_auroc" in load_results(path).columns:
-        return rows
-    stale = sorted({(r["strategy"], int(r["seed"]), int(r["round"])) for r in rows if r["strategy"] != STATIC_ARM},
+    """Complete finished cells whose rows lack the diagnostics (a results.csv written before they existed, or
+    figures undefined there): their rows are made again from the stored projects; each figure is computed once
+    and kept, so a later run only reads it again."""
+    stale = sorted({(r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
+                    if r["strategy"] != STATIC_ARM and not r.get("test_auroc") and not r.get("test_spearman")},
                    key=lambda c: (c[1], c[2], c[0]))  # fmt: skip
     if not stale:
         return rows

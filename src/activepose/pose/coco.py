@@ -343,6 +343,8 @@ def parse_coco(
                 except ImageReadError as exc:
                     problems.append(f"{where}: unreadable image: {exc}")
         video, frame = img.get("video"), img.get("frame")
+        if is_int(video):  # a numeric video id, as some footage data sets have
+            video = str(video)
         if video is not None and not (isinstance(video, str) and video.strip() and len(video) <= 512):
             problems.append(
                 f"{where}: 'video' must be a non-empty name (at most 512 characters), got {shown(video)}"

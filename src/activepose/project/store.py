@@ -209,7 +209,9 @@ class Project(LabellingStore):
         if db.exists():
             raise StoreError(f"{folder}: a project already exists here ({db})")
         rows, problems = [], []
-        given = [int(i) for *_, i in images if i is not None]
+        given = [
+            int(t[4]) for t in images if t[4] is not None
+        ]  # (path, w, h, hash, id[, video, frame, time])
         seen: set[int] = set()
         next_id = max(given, default=0) + 1
         for n, (path, width, height, chash, image_id, *footage) in enumerate(images):

@@ -20,8 +20,8 @@
 - `mpe`: the highest multi-peak entropy of the heatmaps first (Liu & Ferrari 2017; `signals`).
 - `tta-consistency`: the images whose keypoints move most when the image is mirrored first (`signals`);
   `tta-hybrid`: ANN diversity among the `ranked_pool` x budget least consistent, as `ranked-hybrid` does.
-- `adaptive`: `typiclust` until the model's uncertainty tells the images it gets wrong from the others on its
-  held-out labelled images (AUROC >= 0.65), then `ranked-hybrid`; the switch is reported in the stats.
+- `adaptive`: `typiclust` until the uncertainty told the images its model then got wrong from the others on the
+  last labelled batch (AUROC >= 0.65), then `ranked-hybrid`; the switch is reported in the stats.
 - `typiclust`: TypiClust (Hacohen et al. 2022): the most typical image of each of the largest clusters that no
   labelled image covers yet (`typical`). At small budgets typical images pay more than uncertain ones.
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +89,13 @@ class SelectionContext:
         cfg: SelectionConfig | None = None,
         device=None,
         progress: Callable[[str, int, int], None] | None = None,
-        holdout_ids: Sequence[int] | None = None,
+        evidence: dict[str, Any] | None = None,
     ):
         self.pool = pool
-        # Labelled images the model did not train on (its validation split): where `adaptive` checks whether
-        # the uncertainty is informative.
-        self.holdout_ids = [int(i) for i in holdout_ids] if holdout_ids is not None else None
+        # How informative the uncertainty proved on the last labelled batch: the model that chose it, scored on
+        # it before training on it, against its error there once labelled (`workflow.diagnostics`). `adaptive`
+        # switches on it; None: no such batch yet (or no project: the file-based `select`).
+        self.evidence = evidence
         self.labelled = labelled
         self.model = model
         self.cfg = cfg or SelectionConfig()
@@ -170,25 +171,6 @@ class SelectionContext:
                 ),
             )  # fmt: skip
         return self._signals[name]
-
-    def uncertainty_evidence(self) -> dict[str, Any] | None:
-        """Return `diagnostics.informativeness` (+ pass rate, mean PCK) of the model's uncertainty on the labelled
-        images it did not train on (`holdout_ids`); None without a model or such images."""
-        from .diagnostics import uncertainty_diagnostics
-
-        if self.model is None or self.labelled is None or not self.holdout_ids:
-            return None
-        known = set(self.labelled.image_ids)
-        ids = [i for i in self.holdout_ids if i in known]
-        if not ids:
-            return None
-        cache = self.cfg.cache_dir / "uncertainty" if self.cfg.cache_dir else None
-        return self._timed(
-            "evidence",
-            lambda: uncertainty_diagnostics(
-                self.model, self.labelled.subset(ids), self.cfg.uncertainty, device=self.device, cache=cache
-            ),
-        )
 
     def extractor(self):
         """Return the feature extractor (created once; missing weights fail here, naming the file)."""
@@ -429,16 +411,17 @@ def _spread(strategy: str, ctx: SelectionContext, budget: int, rng: np.random.Ge
     return rows, np.array([by_row.get(int(r), floor) for r in rows])
 
 
-ADAPTIVE_AUROC = 0.65  # the uncertainty must tell the worse half of held-out images from the rest this well
-ADAPTIVE_MIN_IMAGES = 20  # ... on at least this many held-out labelled images
+ADAPTIVE_AUROC = 0.65  # the uncertainty must tell the worse half of the last batch from the rest this well
+ADAPTIVE_MIN_IMAGES = 20  # ... on at least this many of its images
 
 
 @register_strategy("adaptive")
 def adaptive_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generator):
-    """Typical images (`typiclust`) until the model's uncertainty proves informative on held-out labelled
-    images (AUROC >= ADAPTIVE_AUROC on >= ADAPTIVE_MIN_IMAGES), then uncertainty -> diversity (`ranked-hybrid`).
-    The evidence and the mode are reported in the selection's stats ("adaptive")."""
-    evidence = ctx.uncertainty_evidence()
+    """Typical images (`typiclust`) until the uncertainty proves informative on the last labelled batch (the
+    model that chose it told the images it then got wrong from the others: AUROC >= ADAPTIVE_AUROC on >=
+    ADAPTIVE_MIN_IMAGES of them, `ctx.evidence`), then uncertainty -> diversity (`ranked-hybrid`). The evidence
+    and the mode are reported in the selection's stats ("adaptive")."""
+    evidence = ctx.evidence
     auroc = (evidence or {}).get("auroc")
     informative = (
         evidence is not None
@@ -451,9 +434,9 @@ def adaptive_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generat
     ctx.stats["adaptive"] = {
         "mode": mode,
         "why": (
-            "no model or no held-out labelled images"
+            "no labelled batch chosen by a model yet"
             if evidence is None
-            else f"uncertainty AUROC {auroc:.2f} on {evidence['n']} held-out labelled images "
+            else f"uncertainty AUROC {auroc:.2f} on the last batch's {evidence['n']} images "
             f"({'>=' if informative else 'below'} {ADAPTIVE_AUROC} or too few)"
         ),
         **({} if evidence is None else {k: evidence[k] for k in ("n", "auroc", "spearman")}),

@@ -5,7 +5,7 @@
   round is evaluated (`rounds.evaluate_round`), kept as `exports/diagnostics_round_<r>.json`; `status` and the
   simulation report read it.
 - `model_diagnostics`: the same for a model on (at most `DIAGNOSTIC_IMAGES` of) a labelled test file, kept as
-  `exports/diagnostics_model_<id>_<test stem>.json`.
+  `exports/diagnostics_model_<id>_<test stem>_n<images>_s<seed>_t<thHM>-<thKP>.json`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def model_diagnostics(
     def compute() -> dict[str, Any]:
         return _measure(model_path, seeded_subset(load_data(test), n, seed), ucfg, device, cache)
 
-    return cached(exports / f"diagnostics_model_{model_id}_{test.stem}.json", compute)
+    key = f"{model_id}_{test.stem}_n{n}_s{seed}_t{ucfg.th_hm:g}-{ucfg.th_kp}"  # what the figures depend on
+    return cached(exports / f"diagnostics_model_{key}.json", compute)
 
 
 def selection_figures(params: dict[str, Any]) -> dict[str, Any]:

@@ -75,10 +75,9 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
         latest = project.latest_model()
         if model_path is None and latest is not None:
             model_path = project.checkpoint_path(latest)
-        strategy, net, cfg, holdout = opts.strategy, None, opts.selection, None
+        strategy, net, cfg = opts.strategy, None, opts.selection
         if model_path is not None:
             loaded = load(model_path, opts.device)
-            holdout = _validation_ids(model_path)
             same_keypoints(str(model_path), loaded.skeleton, project.skeleton, "the project's")
             net = loaded.net
             cfg = dataclasses.replace(
@@ -95,7 +94,13 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
             reporter.progress(stage, done, total)
 
         ctx = SelectionContext(
-            pool, labelled, net, cfg, device=device, progress=progress, holdout_ids=holdout
+            pool,
+            labelled,
+            net,
+            cfg,
+            device=device,
+            progress=progress,
+            evidence=_last_batch_evidence(project, opts.device) if strategy == "adaptive" else None,
         )
         result = select_batch(strategy, ctx, opts.budget)
         unc = cfg.uncertainty
@@ -116,15 +121,13 @@ def select_round(project, opts: SelectOptions, reporter: Reporter = SILENT) -> R
     return RoundSelection(round_id, strategy, result.ids, result.scores, result.stats, montages)
 
 
-def _validation_ids(model_path: Path) -> list[int] | None:
-    """The image ids the model held out for validation in its last session (its checkpoint's training state)."""
-    from ..pose.checkpoint import CheckpointError, load_checkpoint
+def _last_batch_evidence(project, device: str) -> dict | None:
+    """How informative the uncertainty was on the newest closed round's batch (`workflow.diagnostics`,
+    measured when that round was evaluated); None before any such round."""
+    from .diagnostics import batch_diagnostics
 
-    try:
-        ids = (load_checkpoint(model_path).get("train") or {}).get("val_ids")
-    except CheckpointError:  # the model loaded already; unusable here means no held-out images to use
-        return None
-    return [int(i) for i in ids] if ids else None
+    closed = [r.id for r in project.rounds() if r.state == "closed"]
+    return batch_diagnostics(project, closed[-1], device) if closed else None
 
 
 def write_montages(pool, ctx, result, cfg, folder: Path) -> list[Path]:
