@@ -81,11 +81,18 @@ def spread_over_videos(
     left = {v: len(rows) for v, rows in by_video.items()}
     chosen: list[int] = []
 
+    duplicate = np.zeros(n, bool)  # once a near-duplicate, always one (frames are only ever added)
+    checked = np.zeros(n, np.int64)  # how many of its video's seen frames row r was compared with
+
     def near_duplicate(r: int) -> bool:
-        if not dedupe or not seen_emb.get(videos[r]):
-            return False
-        d = np.linalg.norm(np.stack(seen_emb[videos[r]]) - emb[r], axis=1)
-        return bool(d.min() < min_distance)
+        if not dedupe or duplicate[r]:
+            return bool(duplicate[r])
+        seen = seen_emb.get(videos[r], [])
+        if checked[r] < len(seen):  # only the frames seen since the last look
+            d = np.linalg.norm(np.stack(seen[checked[r] :]) - emb[r], axis=1)
+            duplicate[r] = bool(d.min() < min_distance)
+            checked[r] = len(seen)
+        return bool(duplicate[r])
 
     def take(r: int) -> None:
         v = videos[r]
