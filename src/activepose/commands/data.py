@@ -54,7 +54,7 @@ def subset(
         float | None,
         typer.Option(
             help="Footage: draw per video, the k-th video (seeded order) giving a share ~ k^-X of the frames "
-            "(0: equal; 1: Zipf, a few videos give most frames). Needs images[].video.",
+            "(0: equal; 1: Zipf, a few videos give most frames). Needs each image's COCO video.",
             metavar="X",
         ),
     ] = None,

@@ -241,7 +241,7 @@ VideoPattern = Annotated[
     str | None,
     typer.Option(
         help="Images without a COCO 'video': their video is the first group of this regex in the file name, "
-        "e.g. 'frames/([^/]+)/'.",
+        "e.g. 'frames/(.+?)/' (see docs/selection.md).",
         metavar="REGEX",
         rich_help_panel="Selection",
     ),  # fmt: skip
