@@ -20,6 +20,14 @@ def test_a_score_that_orders_the_errors_is_perfect_and_its_reverse_is_misleading
     assert abs(noise["spearman"]) < 0.06 and abs(noise["auroc"] - 0.5) < 0.04
 
 
+def test_a_weak_model_that_finds_nobody_in_most_images_still_gets_an_auroc():
+    """More than half the images at the largest error (PCK 0): they are the worse half, ties included."""
+    pck = [0, 0, 0, 0, 0.3, 0.6]
+    result = informativeness([0.9, 0.8, 0.95, 0.7, 0.2, 0.1], pck)
+    assert result["auroc"] == 1.0
+    assert informativeness([0.1, 0.2, 0.15, 0.3, 0.9, 0.8], pck)["auroc"] == 0.0
+
+
 def test_undefined_where_it_cannot_be_measured():
     assert math.isnan(informativeness([1, 1, 1, 1], [0.1, 0.5, 0.2, 0.9])["spearman"])  # constant score
     assert math.isnan(informativeness([1, 2, 3], [0.5, 0.5, 0.5])["auroc"])  # constant error

@@ -397,7 +397,7 @@ def test_rows_carry_the_per_round_diagnostics(grid):
             if strategy == "hybrid":
                 assert 0.0 <= float(row["pass_rate"]) <= 1.0
             folder = out / "projects" / f"{strategy}-seed{row['seed']}" / "exports"
-            assert (folder / f"diagnostics_round_{r}.json").is_file()
+            assert (folder / f"diagnostics_v2_round_{r}.json").is_file()
         else:
             assert row["batch_auroc"] == row["pass_rate"] == ""
     page = (out / "report.html").read_text()

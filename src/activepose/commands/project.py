@@ -121,7 +121,7 @@ def _selection_table(project: Path, rounds) -> Table | None:
         cand, unc = stats.get("candidates"), stats.get("uncertain")
         cov = (stats.get("coverage") or {}).get("mean")
         mode = (stats.get("adaptive") or {}).get("mode", "")
-        diag = project / "exports" / f"diagnostics_round_{r.id}.json"
+        diag = project / "exports" / f"diagnostics_v2_round_{r.id}.json"
         auroc = None
         if diag.is_file():
             try:

@@ -511,7 +511,7 @@ def _add_diagnostics(cfg: SimulationConfig, out_dir: Path, rows: list[dict[str, 
     figures undefined there): their rows are made again from the stored projects; each figure is computed once
     and kept, so a later run only reads it again."""
     stale = sorted({(r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
-                    if r["strategy"] != STATIC_ARM and not r.get("test_auroc") and not r.get("test_spearman")},
+                    if r["strategy"] != STATIC_ARM and not r.get("test_auroc")},
                    key=lambda c: (c[1], c[2], c[0]))  # fmt: skip
     if not stale:
         return rows

@@ -4,7 +4,8 @@ known: the test set, and a round's batch once it is labelled.
 A strategy built on uncertainty can only beat random where the score predicts which images the model gets
 wrong. `informativeness` measures that on images with labels: Spearman's rank correlation between the score
 (higher = more uncertain) and the per-image error (1 - PCK@0.2), and the ROC AUC of the score for telling the
-worse half of the images (error above the median) from the rest — 0.5 is no information, 1 is perfect, below
+worse half of the images (error above the median; at the median too when half or more share the largest
+error, as with a weak model that finds nobody in most images) from the rest — 0.5 is no information, 1 is perfect, below
 0.5 is misleading. `uncertainty_diagnostics` runs the model on labelled images and returns both, with the
 paper's filter's pass rate (the share of images it calls uncertain) and the mean per-image PCK.
 """
@@ -37,6 +38,8 @@ def informativeness(score: Sequence[float], pck: Sequence[float]) -> dict[str, A
         return out
     out["spearman"] = float(spearmanr(s, err).statistic)
     worse = err > np.median(err)
+    if not worse.any():  # half or more share the largest error (a weak model finds nobody there): they are it
+        worse = err >= np.median(err)
     if 0 < worse.sum() < len(worse):
         out["auroc"] = float(roc_auc_score(worse, s))
     return out

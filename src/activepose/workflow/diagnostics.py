@@ -2,10 +2,11 @@
 
 - `batch_diagnostics`: the model that chose round r's batch, on that batch once labelled: the AUROC / Spearman
   of its uncertainty score against its per-image error there, and the filter's pass rate. Computed when the
-  round is evaluated (`rounds.evaluate_round`), kept as `exports/diagnostics_round_<r>.json`; `status` and the
+  round is evaluated (`rounds.evaluate_round`), kept as `exports/diagnostics_v2_round_<r>.json`; `status` and the
   simulation report read it.
 - `model_diagnostics`: the same for a model on (at most `DIAGNOSTIC_IMAGES` of) a labelled test file, kept as
-  `exports/diagnostics_model_<id>_<test stem>_n<images>_s<seed>_t<thHM>-<thKP>.json`.
+  `exports/diagnostics_v2_model_<id>_<test stem>_n<images>_s<seed>_t<thHM>-<thKP>.json` (v2: the AUROC's worse
+  half includes ties at the largest error).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def batch_diagnostics(
     ucfg = UncertaintyConfig(
         th_hm=info.params.get("th_hm", UncertaintyConfig.th_hm), th_kp=info.params.get("th_kp")
     )
-    path = project.folder / "exports" / f"diagnostics_round_{r}.json"
+    path = project.folder / "exports" / f"diagnostics_v2_round_{r}.json"
     cache = cache if cache is not None else project.folder / "caches" / "uncertainty"
     return cached(path, lambda: _measure(Path(selector), project.to_coco(labelled), ucfg, device, cache))
 
@@ -82,7 +83,7 @@ def model_diagnostics(
         return _measure(model_path, seeded_subset(load_data(test), n, seed), ucfg, device, cache)
 
     key = f"{model_id}_{test.stem}_n{n}_s{seed}_t{ucfg.th_hm:g}-{ucfg.th_kp}"  # what the figures depend on
-    return cached(exports / f"diagnostics_model_{key}.json", compute)
+    return cached(exports / f"diagnostics_v2_model_{key}.json", compute)
 
 
 def selection_figures(params: dict[str, Any]) -> dict[str, Any]:
