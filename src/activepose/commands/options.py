@@ -52,12 +52,38 @@ AcceptPredictions = Annotated[
     ),
 ]
 
+# --- video input (init --videos, add-videos) ----------------------------------------------------------------------
+Videos = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--videos",
+        help="A video file or a folder of them (mp4, mkv, avi, mov, webm, ...); repeat for more. Frames are "
+        "decoded once into the project, each with its video, frame index and time.",
+        metavar="FILE|DIR",
+    ),
+]
+Every = Annotated[
+    int | None, typer.Option(help="Keep every N-th frame of each video (default: every frame).", metavar="N")
+]
+Fps = Annotated[
+    float | None,
+    typer.Option(help="Keep at most F frames per second of video time (by timestamp).", metavar="F"),
+]
+MaxFrames = Annotated[int | None, typer.Option(help="Keep at most M frames per video.", metavar="M")]
+KeepNearDuplicates = Annotated[
+    bool,
+    typer.Option(
+        "--keep-near-duplicates",
+        help="Keep frames nearly identical to the last kept frame of their video (left out by default).",
+    ),
+]
+
 # --- training (None = not given) -----------------------------------------------------------------------------------
 Preset = Annotated[
     str | None,
     typer.Option(
         help=f"Named training settings: {', '.join(PRESETS)} (cpu: frozen ImageNet MobileNetV2 trunk, 256 px, bf16; "
-        "paper: VGG-tiny, 368 px, batch 4).",
+        "footage: cpu with sessions for small budgets on video frames; paper: VGG-tiny, 368 px, batch 4).",
         metavar="NAME",
         rich_help_panel="Training",
     ),  # fmt: skip

@@ -79,16 +79,30 @@ def init(
         ),  # fmt: skip
     ] = None,
     accept_predictions: o.AcceptPredictions = False,
+    videos: o.Videos = None,
+    every: o.Every = None,
+    fps: o.Fps = None,
+    max_frames: o.MaxFrames = None,
+    keep_near_duplicates: o.KeepNearDuplicates = False,
 ) -> None:
     """Create an active-learning project: a folder with project.db (SQLite) and checkpoints/, caches/, exports/.
 
     Every image is checked (readable, size as declared, EXIF orientation applied); those that fail are listed and
-    left out. The project is built in a temporary sibling folder and renamed into place at the end.
+    left out. With --videos, frames are decoded once into the project's frames/ folder, each with its video,
+    frame index and time; near-identical frames are left out (counted per video). The project is built in a
+    temporary sibling folder and renamed into place at the end.
     """
-    source = create.ProjectSource(pool=pool, images=images, labels=labels, skeleton=skeleton, test=test,
-                                  accept_predictions=accept_predictions)  # fmt: skip
+    from ..workflow.footage import VideoOptions
+
+    source = create.ProjectSource(
+        pool=pool, images=images, labels=labels, skeleton=skeleton, test=test,
+        accept_predictions=accept_predictions, videos=tuple(videos or ()),
+        video_options=VideoOptions.from_options(every, fps, max_frames, keep_near_duplicates),
+    )  # fmt: skip
     with RichReporter() as rep:
         made = create.create_project(project, source, rep)
+    if made.footage is not None:
+        console.print(footage_table(made.footage))
     c = made.counts
     console.print(f"created project {project} ({made.skeleton}, {made.num_keypoints} keypoints): {made.images} images, "
                   f"{c['labelled']} labelled, {c['test']} test, {c['unlabelled']} unlabelled, {len(made.skipped)} file(s) skipped")  # fmt: skip
@@ -99,6 +113,41 @@ def init(
         next_step(f"activepose train {project} --preset cpu   (then: activepose evaluate {project})")
     else:
         next_step(f"activepose select {project} --budget N   (no labels yet: round 1 is chosen by diversity)")
+
+
+@command("add-videos")
+def add_videos(
+    project: o.ProjectArg,
+    videos: o.Videos = None,
+    every: o.Every = None,
+    fps: o.Fps = None,
+    max_frames: o.MaxFrames = None,
+    keep_near_duplicates: o.KeepNearDuplicates = False,
+) -> None:
+    """Add the frames of more videos to a project's pool (as init --videos does; new video names only)."""
+    from ..workflow.footage import VideoOptions
+    from ..workflow.footage import add_videos as add
+
+    if not videos:
+        raise ConfigError("give --videos FILE|DIR (repeat for more)")
+    opts = VideoOptions.from_options(every, fps, max_frames, keep_near_duplicates)
+    with RichReporter() as rep:
+        report, ids = add(project, videos, opts, rep)
+    console.print(footage_table(report))
+    console.print(f"added {len(ids)} frame(s) of {len(report.videos)} video(s) to {project}; "
+                  f"{report.near_duplicates} near-identical frame(s) left out")  # fmt: skip
+    next_step(f"activepose status {project}")
+
+
+def footage_table(report) -> Table:
+    """Per video: frames decoded, sampled, near-identical (signature, embedding) and kept in the pool."""
+    table = Table(title="frames from videos")
+    for col in ("video", "decoded", "sampled", "near-identical (signature)", "near-identical (embedding)",
+                "kept"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "video" else "right")
+    for name, *numbers in report.rows():
+        table.add_row(_printable(name, 60), *map(str, numbers))
+    return table
 
 
 def _metrics_text(metrics: dict) -> str:
@@ -161,7 +210,7 @@ def status(project: o.ProjectArg) -> None:
         all_rounds, all_models = proj.rounds(), proj.models()
         summary, counts, current = proj.round_summary(), proj.counts(), proj.current_round()
         annotators = proj.annotator_summary()
-        pool_videos = proj.frames_per_video()
+        pool_videos = proj.frames_per_video(sorted(set(proj.image_ids()) - set(proj.test_ids())))
         labelled_videos = proj.frames_per_video(proj.labelled_ids()) if pool_videos else {}
         round_videos = (
             {r.id: proj.frames_per_video([i for i, _, _ in r.items]) for r in all_rounds}

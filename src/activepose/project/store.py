@@ -174,6 +174,31 @@ def _relative(path: str | Path, folder: Path) -> str:
     return str(path)
 
 
+def _image_rows(images: Sequence[tuple], folder: Path, taken: set[int]) -> tuple[list[tuple], list[str]]:
+    """Return (rows of the images table, problems) for (path, w, h, hash, id | None[, video, frame, time])."""
+    rows, problems = [], []
+    given = [int(t[4]) for t in images if t[4] is not None]
+    seen: set[int] = set(taken)
+    next_id = max([*given, *taken], default=0) + 1
+    for n, (path, width, height, chash, image_id, *footage) in enumerate(images):
+        video, frame, stamp = (list(footage) + [None, None, None])[:3]
+        if image_id is None:
+            image_id, next_id = next_id, next_id + 1
+        image_id = int(image_id)
+        if image_id in seen:
+            problems.append(f"image id {image_id} ({path}): duplicate id")
+        seen.add(image_id)
+        if not str(path):
+            problems.append(f"images[{n}] (id {image_id}): empty path")
+        if int(width) <= 0 or int(height) <= 0:
+            problems.append(f"image id {image_id} ({path}): non-positive size {width}x{height}")
+        if frame is not None and int(frame) < 0:
+            problems.append(f"image id {image_id} ({path}): negative frame index {frame}")
+        rows.append((image_id, _relative(path, folder), chash, int(width), int(height), video,
+                     None if frame is None else int(frame), None if stamp is None else float(stamp)))  # fmt: skip
+    return rows, problems
+
+
 class Project(LabellingStore):
     """An active-learning project folder: `project.db` plus checkpoints/, caches/ and exports/."""
 
@@ -208,28 +233,7 @@ class Project(LabellingStore):
         db = folder / DB_NAME
         if db.exists():
             raise StoreError(f"{folder}: a project already exists here ({db})")
-        rows, problems = [], []
-        given = [
-            int(t[4]) for t in images if t[4] is not None
-        ]  # (path, w, h, hash, id[, video, frame, time])
-        seen: set[int] = set()
-        next_id = max(given, default=0) + 1
-        for n, (path, width, height, chash, image_id, *footage) in enumerate(images):
-            video, frame, stamp = (list(footage) + [None, None, None])[:3]
-            if image_id is None:
-                image_id, next_id = next_id, next_id + 1
-            image_id = int(image_id)
-            if image_id in seen:
-                problems.append(f"image id {image_id} ({path}): duplicate id")
-            seen.add(image_id)
-            if not str(path):
-                problems.append(f"images[{n}] (id {image_id}): empty path")
-            if int(width) <= 0 or int(height) <= 0:
-                problems.append(f"image id {image_id} ({path}): non-positive size {width}x{height}")
-            if frame is not None and int(frame) < 0:
-                problems.append(f"image id {image_id} ({path}): negative frame index {frame}")
-            rows.append((image_id, _relative(path, folder), chash, int(width), int(height), video,
-                         None if frame is None else int(frame), None if stamp is None else float(stamp)))  # fmt: skip
+        rows, problems = _image_rows(images, folder, set())
         if problems:
             raise StoreError(f"{folder}: cannot create the project", problems)
         folder.mkdir(parents=True, exist_ok=True)
@@ -410,6 +414,10 @@ class Project(LabellingStore):
     def unlabelled_ids(self) -> list[int]:
         return self._ids("unlabelled")
 
+    def test_ids(self) -> list[int]:
+        """Return the ids of test-only images (never selected or labelled for training)."""
+        return self._ids("test")
+
     def queued_ids(self) -> list[int]:
         """Return the ids of images chosen in the open round and not labelled yet."""
         return self._ids("queued")
@@ -431,6 +439,32 @@ class Project(LabellingStore):
         out = dict.fromkeys(IMAGE_STATES, 0)
         out.update(self._conn.execute("SELECT state, COUNT(*) FROM images GROUP BY state"))
         return out
+
+    def add_images(self, images: Sequence[tuple]) -> list[int]:
+        """Add unlabelled pool images, as `create` takes them (ids None: after the largest id); return their ids.
+
+        All-or-nothing: a duplicate id, an empty path or a bad size raises StoreError and adds nothing.
+        """
+        with self._write() as c:
+            taken = {int(i) for (i,) in c.execute("SELECT id FROM images")}
+            rows, problems = _image_rows(images, self.folder, taken)
+            if problems:
+                raise StoreError(f"{self.folder}: no images added", problems)
+            c.executemany(
+                "INSERT INTO images (id, path, content_hash, width, height, video, frame, timestamp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return [r[0] for r in rows]
+
+    def videos(self) -> list[str]:
+        """Names of the videos the project's images come from."""
+        return [
+            v
+            for (v,) in self._conn.execute(
+                "SELECT DISTINCT video FROM images WHERE video IS NOT NULL ORDER BY video"
+            )
+        ]
 
     def set_image_state(self, image_ids: Sequence[int], state: str) -> None:
         """Mark images 'skipped' / 'test' / 'unlabelled' (labelled and queued come from labels and rounds)."""

@@ -8,6 +8,7 @@ so an error or a crash never leaves a half-made project.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from ..pose.skeleton import get_skeleton, same_keypoints
 from ..project.schema import DB_NAME
 from ..project.store import Project
 from .common import IMAGE_EXTS, load_data, parallel_map, stored_path
+from .footage import FootageReport, VideoOptions, footage_entries, frames_from_videos
 from .reporting import SILENT, Reporter
 
 
@@ -29,16 +31,19 @@ class ProjectSource:
 
     pool: Path | None = None  # COCO JSON: its image ids are kept, its labels ignored
     images: Path | None = None  # an image folder: ids 1..n by relative path
+    videos: tuple[Path, ...] = ()  # video files or folders of them: frames written into the project
+    video_options: VideoOptions = field(default_factory=VideoOptions)
     labels: Path | None = None  # COCO JSON of initial labels (pool images only)
     skeleton: str | None = None  # preset name or COCO JSON; required with `images`
     test: Path | None = None  # COCO JSON of test-only images
     accept_predictions: bool = False  # initial labels may be model output (annotations with a score)
 
     def __post_init__(self) -> None:
-        if (self.pool is None) == (self.images is None):
-            raise ConfigError("give exactly one of --pool POOL.json or --images DIR")
-        if self.images is not None and self.skeleton is None:
-            raise ConfigError("--skeleton is required with --images (coco17, coco18, lsp14 or a COCO JSON)")
+        if (self.pool is not None) + (self.images is not None) + bool(self.videos) != 1:
+            raise ConfigError("give exactly one of --pool POOL.json, --images DIR or --videos FILE|DIR")
+        if self.pool is None and self.skeleton is None:
+            what = "--images" if self.images is not None else "--videos"
+            raise ConfigError(f"--skeleton is required with {what} (coco17, coco18, lsp14 or a COCO JSON)")
 
 
 @dataclass
@@ -49,6 +54,7 @@ class CreatedProject:
     counts: dict[str, int]
     skipped: list[str] = field(default_factory=list)  # files left out, each with the reason
     import_message: str | None = None
+    footage: FootageReport | None = None  # with --videos: frames decoded and kept per video
 
     @property
     def images(self) -> int:
@@ -76,11 +82,28 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
 
     folder = Path(folder)
     target = _check_target(folder)
-    # (stored path, width, height, sha1, id[, video, frame])
+    # (stored path, width, height, sha1, id[, video, frame, seconds])
     entries: list[tuple] = []
     skipped: list[str] = []
     meta: dict[str, str] = {}
-    if source.pool is not None:
+    tmp = target.parent / f".{target.name}.init-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _create(folder, target, tmp, source, entries, skipped, meta, reporter)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _create(folder, target, tmp, source: ProjectSource, entries, skipped, meta, reporter) -> CreatedProject:
+    footage = None
+    if source.videos:
+        skel = get_skeleton(source.skeleton)
+        footage = frames_from_videos(source.videos, tmp, source.video_options, reporter=reporter)
+        entries += footage_entries(footage, tmp, first_id=1)
+        if not entries:
+            raise ConfigError(f"{', '.join(map(str, source.videos))}: no frames kept")
+        meta["videos"] = json.dumps([str(Path(v).resolve()) for v in source.videos])
+    elif source.pool is not None:
         pool = load_data(source.pool, source.skeleton, check_images=False)
         skel = pool.skeleton
         paths = [pool.image_path(f) for f in pool]
@@ -132,8 +155,6 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
         entries += extra
         meta["test"] = str(source.test.resolve())
 
-    tmp = target.parent / f".{target.name}.init-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     imported = None
     try:
         with Project.create(tmp, skel, entries, meta=meta) as proj:
@@ -147,11 +168,9 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
         os.rename(tmp, target)
     except OSError as exc:
         raise EnvironmentProblem(f"{folder}: cannot create the project ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return CreatedProject(
         folder=folder, skeleton=skel.name, num_keypoints=skel.num_keypoints, counts=counts, skipped=skipped,
-        import_message=imported.message if imported is not None else None,
+        import_message=imported.message if imported is not None else None, footage=footage,
     )  # fmt: skip
 
 

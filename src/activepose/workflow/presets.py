@@ -40,6 +40,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": "mobilenet_v2", "head_channels": 64, "input_size": 128, "batch_size": 8, "lr": 5e-4,
         "max_epochs": 8, "lr_step_epochs": 6, "patience": 8, "num_workers": 0,
     },
+    # `footage`: the `cpu` learner with sessions sized for small budgets on video frames (youtube_pose: 32
+    # initial + 4 x 32): epochs of 32 batches, at least 10 (320 batches, ~75 s on 2 cores however few the labels:
+    # cold start from 32 frames needs them), the rate x0.2 after 2 epochs without a better validation PCK, the
+    # second plateau ends the session, at most 2 batches per labelled image beyond the minimum.
+    "footage": {},  # filled below from `cpu`
     # `gpu`: full fine-tuning of the ImageNet MobileNetV2 trunk with the paper's augmentation, bf16 autocast,
     # channels_last (PoseNet's default layout), 8 loader workers, batches of 64, and the `cpu` preset's rule for
     # converged rounds (plateau schedule on validation PCK, best checkpoint, a cap growing with the labels).
@@ -50,6 +55,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_patience": 4, "lr_drops": 2, "lr_gamma": 0.2, "max_val_images": 300, "num_workers": 8,
     },
 }  # fmt: skip
+PRESETS["footage"] = {
+    **PRESETS["cpu"], "steps_per_epoch": 32, "warmup_steps": 50, "min_epochs": 10, "lr_patience": 2, "lr_drops": 1,
+    "steps_per_image": 2.0,
+}  # fmt: skip
 # What `activepose simulate --preset NAME` uses for the grid options a user does not give (see
 # `simulation_settings`); `paper` is the paper's schedule (2,000 initial images, 1,000 per round).
 SIMULATION_PRESETS: dict[str, dict[str, Any]] = {
@@ -58,6 +67,9 @@ SIMULATION_PRESETS: dict[str, dict[str, Any]] = {
             "max_candidates": 2000},
     "gpu": {"initial": 1000, "budget": 300, "rounds": 4, "tta": "clean,blur", "eval_max_images": None,
             "max_candidates": None},
+    # small budgets on video frames (issue 20's youtube_pose grid): 32 initial + 4 x 32, clean + blur + dark
+    "footage": {"initial": 32, "budget": 32, "rounds": 4, "tta": "clean,blur,dark", "eval_max_images": 300,
+                "max_candidates": None},
 }  # fmt: skip
 _SIMULATION_FALLBACK = {"tta": "all", "eval_max_images": None, "max_candidates": None}
 # Settings of the machine, not of the run: never inherited from an existing run.
