@@ -53,6 +53,24 @@ def synthetic_project_data(root: Path, num_images: int, n_initial: int, n_test: 
     return root, gt
 
 
+def footage_project(tmp_path: Path):
+    """Six synthetic images as frames of two videos ("a": frames 0, 10, 20, 30; "b": 0, 5), frame 10 of "a"
+    labelled with its true people, round 1 open on frames 0 and 20 of "a" and frame 0 of "b"."""
+    from activepose.pose.coco import load_coco
+    from activepose.project.store import Project
+
+    root, gt_path = synthetic_project_data(tmp_path / "data", num_images=6, n_initial=0, n_test=0)
+    gt = load_coco(gt_path)
+    where = {1: ("a", 0), 2: ("a", 10), 3: ("a", 20), 4: ("a", 30), 5: ("b", 0), 6: ("b", 5)}
+    entries = [(gt.image_path(f).resolve(), f.width, f.height, None, f.image_id, *where[f.image_id],
+                where[f.image_id][1] / 25) for f in gt]  # fmt: skip
+    folder = tmp_path / "proj"
+    with Project.create(folder, gt.skeleton, entries) as p:
+        p.add_labels({2: gt.frame(2).keypoints}, "test")
+        p.open_round("random", {}, [(3, None), (1, None), (5, None)])
+    return folder, gt
+
+
 def project_with_round(folder: Path, gt, round_ids):
     """Return an open `Project` of the COCO data set `gt`'s images with round 1 open on `round_ids`."""
     from activepose.project.store import Project

@@ -22,7 +22,7 @@ from activepose.web.labeller import WebLabeller
 from activepose.web.server import MAX_BODY, check_host, create_app, serve
 from activepose.workflow.desk import LabellingDesk, _people, sides
 
-from .conftest import synthetic_project_data
+from .conftest import footage_project, synthetic_project_data
 
 TINY = ("--input-size", 64, "--width", 0.25, "--head-channels", 32, "--workers", 0, "--no-pretrained",
         "--device", "cpu")  # fmt: skip
@@ -402,3 +402,58 @@ def test_status_lists_annotators_with_their_cost_per_person(proj):
     assert "annotators (current labels)" in out
     row = next(line for line in out.splitlines() if "│ ann" in line)
     assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["ann", "1", "1", "6.0", "5"]
+
+
+def test_footage_frames_show_video_frame_time_and_offer_the_nearest_labelled_frame(tmp_path):
+    folder, gt = footage_project(tmp_path)
+    client, desk = client_for(folder)
+    try:
+        three = client.get("/api/images/3", headers={"x-annotator": "ann"}).json()
+        assert (three["video"], three["frame"], three["time"]) == ("a", 20, pytest.approx(0.8))
+        nb = three["neighbour"]
+        assert (nb["id"], nb["frame"]) == (
+            2,
+            10,
+        )  # frame 30 is not labelled, frame 10 is the nearest labelled
+        want = gt.frame(2).keypoints.copy()
+        want[want[..., 2] <= 0] = 0
+        np.testing.assert_allclose(np.asarray(nb["people"]), want, atol=1e-6)  # same size: not rescaled
+        assert client.get("/api/images/1").json()["neighbour"]["id"] == 2
+        five = client.get("/api/images/5").json()
+        assert five["video"] == "b" and five["neighbour"] is None  # nothing labelled in video b
+        # the copy, saved as it is ("copied"), stores those people
+        body = {"revision": three["revision"], "people": [
+            {"keypoints": p, "origin": "copied", "clicks": 0, "seconds": 1.0} for p in nb["people"]]}  # fmt: skip
+        r = client.post("/api/images/3/labels", json=body, headers={**JSON, "x-annotator": "ann"})
+        assert r.status_code == 200, r.text
+        with Project.open(folder) as p:
+            np.testing.assert_allclose(p.keypoints_of(3), want, atol=0.01)
+        # frame 0 of video a: frame 10 is still the nearest; a test image or a still has no neighbour
+        assert client.get("/api/images/1").json()["neighbour"]["frame"] == 10
+    finally:
+        desk.close()
+
+
+def test_coco_export_and_import_carry_video_and_frame(tmp_path):
+    from activepose.interop.coco import import_coco
+    from activepose.interop.export import export_round
+
+    folder, gt = footage_project(tmp_path)
+    with Project.open(folder) as p:
+        out = export_round(p, 1, tmp_path / "round1.json", fmt="coco", paths="absolute")
+        raw = json.loads(out.read_text())
+        assert {(im["id"], im["video"], im["frame"]) for im in raw["images"]} == {(1, "a", 0), (3, "a", 20),
+                                                                                 (5, "b", 0)}  # fmt: skip
+        # frames of different videos share file names: a file that gives video + frame (and other ids)
+        # still lands on the right image
+        for im in raw["images"]:
+            im["id"] += 100
+            im["file_name"] = "frame.jpg"
+        kps = gt.frame(3).keypoints.tolist()
+        raw["annotations"] = [{"id": 1, "image_id": 103, "category_id": 1,
+                               "keypoints": [round(v, 2) if j % 3 < 2 else int(v) for k in kps[0] for j, v in enumerate(k)],
+                               "num_keypoints": 1}]  # fmt: skip
+        (tmp_path / "back.json").write_text(json.dumps(raw))
+        import_coco(p, tmp_path / "back.json")
+        assert p.image(3).state == "labelled" and p.image(1).state == "queued"
+        np.testing.assert_allclose(p.keypoints_of(3)[0][:, :2], np.asarray(kps[0])[:, :2], atol=0.01)

@@ -7,6 +7,7 @@ Playwright's own browser download is not used: the system Chromium is launched b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -16,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import shared_file
+from .conftest import footage_project, shared_file
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -64,9 +65,7 @@ def served(tmp_path, monkeypatch):
     """
     _chromium()
     pytest.importorskip("uvicorn")
-    from activepose.config import AnnotateOptions
     from activepose.project.store import Project
-    from activepose.web.server import create_app
     from activepose.workflow import desk as annotation
     from activepose.workflow.create import ProjectSource, create_project
 
@@ -93,7 +92,18 @@ def served(tmp_path, monkeypatch):
         return {"model": "fake.pt", "people": predicted}
 
     monkeypatch.setattr(annotation, "preannotate", fake_preannotate)
+    with _serving(folder) as url:
+        yield {"url": url, "folder": folder, "images": picked, "gt": gt, "predicted": predicted}
+
+
+@contextlib.contextmanager
+def _serving(folder):
+    """The real server on a free port for the project `folder`; yields its URL."""
     import uvicorn
+
+    from activepose.config import AnnotateOptions
+    from activepose.web.server import create_app
+    from activepose.workflow import desk as annotation
 
     desk = annotation.LabellingDesk(folder, AnnotateOptions())
     port = _free_port()
@@ -107,8 +117,7 @@ def served(tmp_path, monkeypatch):
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "folder": folder, "images": picked, "gt": gt,
-               "predicted": predicted}  # fmt: skip
+        yield f"http://127.0.0.1:{port}/"
     finally:
         server.should_exit = True
         thread.join(10)
@@ -328,3 +337,67 @@ def test_lease_held_by_someone_else(served, page):
     assert "leased to bob" in page.locator("#message-text").text_content()
     with Project.open(served["folder"], readonly=True) as p:
         assert p.image(image_id).state == "queued" and p.labels_of(image_id) == []
+
+
+@pytest.fixture
+def served_footage(tmp_path):
+    """A footage project (two videos, frame 10 of video "a" labelled, round 1 on frames 0 and 20 of "a" and
+    frame 0 of "b"), no model: the page starts each image empty."""
+    _chromium()
+    pytest.importorskip("uvicorn")
+    folder, gt = footage_project(tmp_path)
+    with _serving(folder) as url:
+        yield {"url": url, "folder": folder, "gt": gt}
+
+
+def test_footage_shows_the_frame_and_copies_the_nearest_labelled_frame(served_footage):
+    from playwright.sync_api import sync_playwright
+
+    from activepose.project.store import Project
+
+    s = served_footage
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_default_timeout(15000)
+            page.goto(s["url"] + "#image=3")
+            page.fill("#name-input", "tester")
+            page.press("#name-input", "Enter")
+            _wait_ready(page, 3)
+            text = page.locator("#status-image").text_content()
+            assert "video a · frame 20 · 0.80 s" in text, text
+            assert page.locator("#copy-button").is_visible()
+            assert page.locator("#copy-frame").text_content() == "10"
+            assert page.evaluate("activepose.people()") == []
+            page.keyboard.press("c")
+            people = page.evaluate("activepose.people()")
+            truth = s["gt"].frame(2).keypoints
+            assert len(people) == len(truth) and all(p["origin"] == "copied" for p in people)
+            for p, want in zip(people, truth, strict=True):
+                got = np.array([[k["x"], k["y"], k["v"]] for k in p["kps"]])
+                seen = want[:, 2] > 0
+                np.testing.assert_allclose(got[seen, :2], want[seen, :2], atol=1e-6)
+                assert (got[~seen, 2] == 0).all()
+            page.keyboard.press("Control+z")  # undo brings back the empty image
+            assert page.evaluate("activepose.people()") == []
+            page.keyboard.press("c")
+            page.keyboard.press("Control+s")
+            _until(page, "() => !activepose.saving() && !activepose.dirty() && activepose.revision() === 1")
+            with Project.open(s["folder"], readonly=True) as p:
+                stored = p.keypoints_of(3)
+            assert stored.shape == truth.shape
+            np.testing.assert_allclose(
+                stored[..., :2][truth[..., 2] > 0], truth[..., :2][truth[..., 2] > 0], atol=0.01
+            )
+            # frame 0 of video "b": nothing labelled there, no copy offered
+            page.goto(s["url"] + "#image=5")
+            page.reload()
+            _wait_ready(page, 5)
+            assert not page.locator("#copy-button").is_visible()
+            assert "video b · frame 0" in page.locator("#status-image").text_content()
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -88,7 +88,10 @@ def export_round(
         for image_id in ids:
             img = project.image(image_id)
             ref = image_ref(project, image_id, path, paths)
-            images.append({"id": image_id, "file_name": ref, "width": img.width, "height": img.height})
+            entry = {"id": image_id, "file_name": ref, "width": img.width, "height": img.height}
+            if img.video is not None:  # footage: the fields of youtube_pose's images
+                entry.update(video=img.video, frame=img.frame)
+            images.append(entry)
             kps, scores = preds.get(image_id, (np.zeros((0, 1, 3)), np.zeros(0)))
             for person, score in zip(kps, scores, strict=True):
                 # A prediction's third value is the keypoint's peak score, not a COCO visibility flag (written

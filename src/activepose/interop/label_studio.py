@@ -192,6 +192,8 @@ def _task(
 ) -> dict[str, Any]:
     img = project.image(image_id)
     task: dict[str, Any] = {"data": {"image": url, "activepose_image_id": image_id}}
+    if img.video is not None:  # footage: carried in the task data, matched on import
+        task["data"].update(video=img.video, frame=img.frame)
     if image_id not in preds:
         return task
     kps, scores = preds[image_id]
@@ -509,7 +511,7 @@ def import_label_studio(
     project.check_not_own_database(path)
     raw, tasks = _read_tasks(path)
     source = source or f"label-studio:{path.name}"
-    matcher = ImageMatcher((i, project.image(i).path) for i in project.image_ids())
+    matcher = ImageMatcher((i, (r := project.image(i)).path, r.video, r.frame) for i in project.image_ids())
     in_round = None if round_id is None else {i for i, _, _ in project.round(round_id).items}
     labels: dict[int, np.ndarray] = {}
     seconds: dict[int, float] = {}
@@ -623,7 +625,9 @@ def _map_task(matcher: ImageMatcher, data: dict[str, Any]) -> tuple[int | None, 
     given = data.get("activepose_image_id")
     if given is not None and not is_int(given):
         return None, f"activepose_image_id must be a 64-bit integer, got {shown(given)}"
-    found = matcher.match(given, [name, _UPLOAD_PREFIX.sub("", name, count=1)])
+    video, frame = data.get("video"), data.get("frame")
+    footage = (str(video), int(frame)) if video is not None and is_int(frame) else None
+    found = matcher.match(given, [name, _UPLOAD_PREFIX.sub("", name, count=1)], footage=footage)
     if found.image_id is not None:
         return found.image_id, ""
     if found.ambiguous:

@@ -1,7 +1,9 @@
 """The one rule that finds the project image a labelled file means, for every importer (COCO, Label Studio).
 
 In order: the image id the file gives, when the project's image of that id has the same file name (ids are
-stable, names guard against a file for another pool); else the one project image with that file name (tried
+stable, names guard against a file for another pool); else, for a frame of footage whose file gives its video
+and frame index (COCO `images[].video` / `.frame`), the one project image of that video and frame (frame files
+of different videos share names like `0000120.jpg`); else the one project image with that file name (tried
 for each of the names the format allows, e.g. Label Studio's upload name without its hash prefix); else, when
 the importer can hash the file's bytes, the one project image with that content. Anything else is no match,
 with why.
@@ -26,23 +28,33 @@ class Match:
 class ImageMatcher:
     """Matches files to a project's images by the rule above; built once per import from (id, path) rows."""
 
-    def __init__(self, rows: Iterable[tuple[int, str]]):
+    def __init__(self, rows: Iterable[tuple]):
+        """`rows`: (id, path[, video, frame]) of the project's images."""
         self.name_of: dict[int, str] = {}
         self.by_name: dict[str, list[int]] = {}
-        for image_id, path in rows:
+        self.by_frame: dict[tuple[str, int], list[int]] = {}
+        for image_id, path, *footage in rows:
             name = Path(path).name
             self.name_of[int(image_id)] = name
             self.by_name.setdefault(name, []).append(int(image_id))
+            if len(footage) == 2 and footage[0] is not None and footage[1] is not None:
+                self.by_frame.setdefault((str(footage[0]), int(footage[1])), []).append(int(image_id))
 
     def match(
         self,
         image_id: int | None,
         names: Sequence[str],
         by_content: Callable[[], list[int]] | None = None,
+        footage: tuple[str | None, int | None] | None = None,
     ) -> Match:
-        """Return the project image for a file that gives `image_id` (or None) and `names` (its file name first)."""
+        """Return the project image for a file that gives `image_id` (or None), `names` (its file name first)
+        and, for a frame of footage, `footage` = (video, frame index)."""
         if image_id is not None and self.name_of.get(image_id) == names[0]:
             return Match(image_id, names[0])
+        if footage is not None and footage[0] is not None and footage[1] is not None:
+            hits = self.by_frame.get((str(footage[0]), int(footage[1])), [])
+            if len(hits) == 1:
+                return Match(hits[0], names[0])
         for name in names:
             hits = self.by_name.get(name, [])
             if len(hits) == 1:

@@ -422,6 +422,20 @@ class Project(LabellingStore):
         """Return the ids of images chosen in the open round and not labelled yet."""
         return self._ids("queued")
 
+    def nearest_labelled_frame(self, image_id: int) -> int | None:
+        """Return the labelled frame of the same video nearest to image `image_id` (by frame index) that has
+        people in it, or None (a still photo, or no such frame)."""
+        row = self.image(image_id)
+        if row.video is None or row.frame is None:
+            return None
+        found = self._conn.execute(
+            "SELECT id FROM images WHERE video = ? AND state = 'labelled' AND id != ? AND frame IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM labels l WHERE l.image_id = images.id AND l.superseded_at IS NULL) "
+            "ORDER BY ABS(frame - ?), frame, id LIMIT 1",
+            (row.video, int(image_id), int(row.frame)),
+        ).fetchone()
+        return None if found is None else int(found[0])
+
     def frames_per_video(self, image_ids: Sequence[int] | None = None) -> dict[str, int]:
         """Return {video: images} over `image_ids` (default: every image), most first; stills are not counted."""
         rows = self._conn.execute(
@@ -850,7 +864,7 @@ class Project(LabellingStore):
 
     def _map_frames(self, c: sqlite3.Connection, data: CocoKeypoints) -> tuple[dict[int, int], list[str]]:
         """Map a COCO file's image ids to the project's by `ImageMatcher`'s rule (id, name, then content)."""
-        matcher = ImageMatcher(c.execute("SELECT id, path FROM images"))
+        matcher = ImageMatcher(c.execute("SELECT id, path, video, frame FROM images"))
         mapping, problems = {}, []
         for f in data.frames:
             fp = data.image_path(f)
@@ -862,7 +876,7 @@ class Project(LabellingStore):
                     r[0] for r in c.execute("SELECT id FROM images WHERE content_hash = ?", (file_sha1(fp),))
                 ]
 
-            found = matcher.match(f.image_id, [Path(f.file_name).name], by_content)
+            found = matcher.match(f.image_id, [Path(f.file_name).name], by_content, (f.video, f.frame))
             if found.image_id is not None:
                 mapping[f.image_id] = found.image_id
                 continue

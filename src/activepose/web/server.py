@@ -76,7 +76,7 @@ class PersonIn(BaseModel):
     keypoints: list[tuple[float, float, int]] = Field(max_length=1000)
     seconds: float | None = Field(default=None, ge=0, le=86400)
     clicks: int | None = Field(default=None, ge=0, le=1_000_000)
-    origin: Literal["predicted", "manual"] = "manual"
+    origin: Literal["predicted", "manual", "copied"] = "manual"
 
 
 class SaveIn(BaseModel):

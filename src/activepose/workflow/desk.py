@@ -34,7 +34,9 @@ from ..project.store import Project
 from .reporting import SILENT, Reporter
 from .rounds import image_states, round_progress
 
-ORIGINS = ("predicted", "manual")
+# How a saved person started: the model's pre-annotation, the annotator's clicks, or a copy of the people of the
+# nearest labelled frame of the same video.
+ORIGINS = ("predicted", "manual", "copied")
 
 
 class UnknownImage(ActiveposeError, LookupError):
@@ -268,7 +270,23 @@ class LabellingDesk:
             "state": img.state, "revision": img.revision, "rank": self._items[image_id],
             "lease": self._lease_view(lease, annotator),
             "predictions": self.pre["people"].get(image_id, []), "labels": labels,
+            "video": img.video, "frame": img.frame, "time": img.timestamp,
+            "neighbour": self._neighbour(project, img),
         }  # fmt: skip
+
+    @staticmethod
+    def _neighbour(project, img) -> dict[str, Any] | None:
+        """The nearest labelled frame of the image's video with people: its frame, time and people (scaled to
+        this image's size), the starting point the page's Copy button offers. None for a still photo."""
+        other = project.nearest_labelled_frame(img.id)
+        if other is None:
+            return None
+        src = project.image(other)
+        kps = project.keypoints_of(other).copy()
+        kps[..., 0] *= img.width / src.width
+        kps[..., 1] *= img.height / src.height
+        kps[kps[..., 2] <= 0] = 0
+        return {"id": other, "frame": src.frame, "time": src.timestamp, "people": kps.tolist()}
 
     def image_file(self, image_id: int) -> Path:
         return self._project().image_path(self._check(int(image_id)))

@@ -179,7 +179,9 @@
     return S.stats.get(uid);
   }
   function labelled(kp) { return kp.v > 0; }
-  function isWeak(p, kp) { return p.origin === "predicted" && kp.v > 0 && !kp.edited && kp.conf < WEAK; }
+  // A point nobody has checked yet: the model's (below WEAK confidence), or copied from another frame.
+  function unchecked(p, kp) { return (p.origin === "predicted" || p.origin === "copied") && kp.v > 0 && !kp.edited; }
+  function isWeak(p, kp) { return unchecked(p, kp) && (p.origin === "copied" || kp.conf < WEAK); }
   function side(k) { return (S.skel.sides && S.skel.sides[k]) || "center"; }
   function kpName(k) { return S.skel.keypoints[k].replace(/_/g, " "); }
   function freeColor() {
@@ -597,6 +599,28 @@
     edited(p.uid);
   }
 
+  // Footage: start from the people of the nearest labelled frame of the same video (the server scales them to
+  // this image); they replace the people shown (Undo brings those back) and every point stays unchecked (Tab
+  // visits them) until it is moved or confirmed.
+  function copyNeighbour() {
+    const nb = S.image && S.image.neighbour;
+    if (!nb) return showMessage("no labelled frame of this video with people to copy from", "info", 2500);
+    if (!S.canSave) return showMessage("this round is read-only: nothing can be changed");
+    if (S.add) finishAdd();
+    pushUndo();
+    S.people = [];
+    for (const pts of nb.people) {
+      const p = personFrom(pts, "copied", null, false);
+      p.from = nb.frame;
+      p.kps.forEach((k) => { k.edited = false; k.conf = 0; });
+      if (p.kps.some(labelled)) { p.color = freeColor(); S.people.push(p); }
+    }
+    S.sel = { uid: null, k: -1 };
+    markDirty();
+    refresh();
+    showMessage(`copied ${S.people.length} person(s) from frame ${nb.frame}: move the points that changed (Tab: next)`, "info", 3000);
+  }
+
   function deleteSelected() {
     const i = personIndex(S.sel.uid);
     if (i < 0) return showMessage("select a person first (click one of its points)", "info", 2500);
@@ -835,6 +859,7 @@
       case "Enter": e.preventDefault(); return save({ next: true });
       case "0": e.preventDefault(); return save({ nobody: true, next: true });
       case "x": case "X": e.preventDefault(); return skipImage();
+      case "c": case "C": e.preventDefault(); return copyNeighbour();
       case "+": case "=": e.preventDefault(); return zoomCenter(1.25);
       case "-": case "_": e.preventDefault(); return zoomCenter(0.8);
       case "f": case "F": e.preventDefault(); return fitView();
@@ -860,7 +885,7 @@
     const actions = {
       prev: () => goRelative(-1), next: () => goRelative(1), add: startAdd, delete: deleteSelected,
       visibility: cycleVisibility, tab: () => tabNext(false), undo, fit: fitView,
-      none: () => save({ nobody: true, next: true }), skip: skipImage, save: () => save(),
+      none: () => save({ nobody: true, next: true }), skip: skipImage, save: () => save(), copy: copyNeighbour,
     };
     const f = actions[b.dataset.action];
     if (f) f();
@@ -1017,7 +1042,8 @@
     if (kp.v === 0) return;
     const q = toScreen(kp.x, kp.y);
     const vis = kp.v === 2 ? "visible" : "occluded";
-    const conf = p.origin === "predicted" && !kp.edited ? `confidence ${kp.conf.toFixed(2)}` : "checked";
+    const conf = p.origin === "predicted" && !kp.edited ? `confidence ${kp.conf.toFixed(2)}`
+      : unchecked(p, kp) ? `copied from frame ${p.from}` : "checked";
     label(`${kpName(h.k)} (${side(h.k)}) · ${conf} · ${vis}`, q.x + 12, q.y - 12);
   }
 
@@ -1072,7 +1098,13 @@
       : "Nobody labelled in this image.";
     if (S.image) {
       const st = S.image.state;
-      $("status-image").textContent = `${S.image.file} · ${S.image.width}×${S.image.height} · ${st} · revision ${S.image.revision}`;
+      const im = S.image;
+      const where = im.video != null
+        ? ` · video ${im.video} · frame ${im.frame}${im.time != null ? ` · ${Number(im.time).toFixed(2)} s` : ""}` : "";
+      $("status-image").textContent = `${im.file}${where} · ${im.width}×${im.height} · ${st} · revision ${im.revision}`;
+      const copy = $("copy-button");
+      copy.hidden = !im.neighbour;
+      if (im.neighbour) $("copy-frame").textContent = String(im.neighbour.frame);
     }
   }
 
@@ -1091,7 +1123,8 @@
       const sw = el("span", "swatch");
       sw.style.background = COLORS[p.color % COLORS.length];
       const st = stats(p.uid);
-      const origin = p.origin === "predicted" ? `predicted${p.score != null ? " " + Number(p.score).toFixed(2) : ""}` : "manual";
+      const origin = p.origin === "predicted" ? `predicted${p.score != null ? " " + Number(p.score).toFixed(2) : ""}`
+        : p.origin === "copied" ? `copied from frame ${p.from}` : "manual";
       head.append(sw, el("span", "title", `Person ${i + 1}`), el("span", "muted", origin),
         el("span", "stats", `${st.clicks} clicks · ${st.seconds.toFixed(1)} s`));
       head.addEventListener("click", () => {
@@ -1119,7 +1152,7 @@
         fill.style.width = predicted ? `${Math.round(kp.conf * 100)}%` : "0%";
         bar.append(fill);
         bar.title = predicted ? `model confidence ${kp.conf.toFixed(2)}` : "";
-        const num = el("span", "num", predicted ? kp.conf.toFixed(2) : kp.v > 0 ? "✓" : "");
+        const num = el("span", "num", predicted ? kp.conf.toFixed(2) : unchecked(p, kp) ? "copy" : kp.v > 0 ? "✓" : "");
         row.append(mark, el("span", "kp-name", kpName(k) + vis), bar, num);
         row.addEventListener("click", () => focusKp(p.uid, k));
         rows.append(row);
