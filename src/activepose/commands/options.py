@@ -442,6 +442,26 @@ training_options = _option_group(
 )
 
 
+Engine = Annotated[
+    str,
+    typer.Option(
+        help="Where the pool is scored (uncertainty, signals, embeddings): local, or ray (Ray Data; the same "
+        "caches and selection).",
+        metavar="NAME",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="--engine ray: the cluster, e.g. ray://head:10001 or auto (default: a local Ray on 127.0.0.1, "
+        "started and stopped per scoring).",
+        metavar="ADDR",
+        rich_help_panel="Selection",
+    ),  # fmt: skip
+]
+
+
 # --- the selection options as one group: added to select / run / simulate -----------------------------------------
 _SELECTION = {  # CLI name -> (annotation, default)
     "extractor": (Extractor, DEFAULTS["extractor"]),
@@ -455,6 +475,8 @@ _SELECTION = {  # CLI name -> (annotation, default)
     "spread_videos": (SpreadVideos, False),
     "video_pattern": (VideoPattern, None),
     "min_frame_distance": (MinFrameDistance, 0.0),
+    "engine": (Engine, "local"),
+    "ray_address": (RayAddress, None),
 }
 
 
@@ -470,7 +492,8 @@ class SelectionOptions:
                                extractor=v["extractor"], weights=v["weights"], ann_backend=v["ann"], fill=v["fill"],
                                cache_dir=cache_dir, seed=seed, max_candidates=v["max_candidates"],
                                ranked_pool=v["ranked_pool"], spread_videos=v["spread_videos"],
-                               video_pattern=v["video_pattern"], min_frame_distance=v["min_frame_distance"])  # fmt: skip
+                               video_pattern=v["video_pattern"], min_frame_distance=v["min_frame_distance"],
+                               engine=v["engine"], ray_address=v["ray_address"])  # fmt: skip
 
 
 selection_options = _option_group("selection", _SELECTION, SelectionOptions)

@@ -227,6 +227,32 @@ def create_extractor(
     return EXTRACTORS[name](weights=weights, model=model, device=device)
 
 
+class _EmbedWorker:
+    """A remote engine's worker: reads a batch of images and embeds them (on the worker's GPU when it has one)."""
+
+    def __init__(self, extractor: FeatureExtractor) -> None:
+        self.extractor = _moved(extractor, torch.device("cpu"))  # shipped to workers from a CPU copy
+
+    def setup(self) -> None:
+        if torch.cuda.is_available():
+            self.extractor = _moved(self.extractor, torch.device("cuda"))
+
+    def __call__(self, paths: list[str]) -> np.ndarray:
+        return self.extractor.embed_uint8(np.stack([self.extractor.preprocess(read_image(p)) for p in paths]))
+
+
+def _moved(extractor: FeatureExtractor, device: torch.device) -> FeatureExtractor:
+    """`extractor` with its network on `device` (itself when already there; else a copy)."""
+    import copy
+
+    if extractor.device == device or not isinstance(extractor.net, nn.Module):
+        return extractor
+    out = copy.copy(extractor)
+    out.net = copy.deepcopy(extractor.net).to(device)
+    out.device, out.mean, out.std = device, extractor.mean.to(device), extractor.std.to(device)
+    return out
+
+
 def extract_features(
     extractor: FeatureExtractor,
     paths: Sequence[str | Path],
@@ -234,6 +260,7 @@ def extract_features(
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
     num_workers: int = 2,
+    engine=None,
 ) -> np.ndarray:
     """Return (N, dim) float32 embeddings of the image files `paths`, in order.
 
@@ -262,14 +289,28 @@ def extract_features(
         if progress is not None and found.any():
             progress(int(found.sum()))
     try:
-        samples = prefetch_map(
-            lambda i: extractor.preprocess(read_image(paths[i])),
-            todo.tolist(),
-            num_workers=num_workers,
-            prefetch=2 * batch_size,
-        )
-        for idx, batch in zip(batched(todo.tolist(), batch_size), batched(samples, batch_size), strict=True):
-            out[idx] = extractor.embed_uint8(np.stack(batch))
+        if engine is not None and engine.remote:  # the engine's workers read the images
+            chunks = [todo[i : i + batch_size].tolist() for i in range(0, len(todo), batch_size)]
+            worker = _EmbedWorker(extractor)
+            computed = (
+                (chunks[k], vecs)
+                for k, vecs in engine.map(worker, [[str(paths[i]) for i in c] for c in chunks])
+            )
+        else:
+            samples = prefetch_map(
+                lambda i: extractor.preprocess(read_image(paths[i])),
+                todo.tolist(),
+                num_workers=num_workers,
+                prefetch=2 * batch_size,
+            )
+            computed = (
+                (idx, extractor.embed_uint8(np.stack(batch)))
+                for idx, batch in zip(
+                    batched(todo.tolist(), batch_size), batched(samples, batch_size), strict=True
+                )
+            )
+        for idx, vecs in computed:
+            out[idx] = vecs
             pending.extend(idx)
             if store is not None and len(pending) >= _FLUSH_ROWS:
                 store.add([hashes[i] for i in pending], out[pending])

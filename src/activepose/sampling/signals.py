@@ -102,6 +102,7 @@ def score_signal(
     *,
     model_key: str | None = None,
     num_workers: int = 2,
+    engine=None,
 ) -> np.ndarray:
     """Return the `signal` score ("mpe" or "flip") of every image of `coco` (or of `image_ids`, in order):
     the mean over keypoints of its per-keypoint values, higher = more uncertain. Reading, batching and caching
@@ -124,6 +125,6 @@ def score_signal(
 
     values, _ = scan_pool(
         model, coco, ids, cfg, stat, k, lambda key: signal_cache_key(key, cfg, signal), device=device,
-        cache=cache, progress=progress, model_key=model_key, num_workers=num_workers,
+        cache=cache, progress=progress, model_key=model_key, num_workers=num_workers, engine=engine,
     )  # fmt: skip
     return values.astype(np.float64).mean(axis=1) if len(ids) else np.zeros(0)

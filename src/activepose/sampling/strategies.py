@@ -120,6 +120,7 @@ class SelectionContext:
         self._signals: dict[str, np.ndarray] = {}
         self._embeddings: dict[str, np.ndarray] = {}
         self._extractor = None
+        self._engine = None
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -139,6 +140,18 @@ class SelectionContext:
 
         return advance
 
+    def engine(self):
+        """Return where the pool is scored (`SelectionConfig.engine`), created once."""
+        from .engine import create_engine
+
+        if self._engine is None:
+            self._engine = create_engine(self.cfg.engine, self.cfg.ray_address)
+        return self._engine
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
     def uncertainty(self) -> PoolUncertainty:
         """Return the uncertainty of every candidate, in `candidate_ids` order."""
         if self._uncertainty is None:
@@ -150,6 +163,7 @@ class SelectionContext:
                 lambda: score_pool(
                     self.model, self.pool, self.cfg.uncertainty, image_ids=self.candidate_ids,
                     device=self.device, cache=cache, progress=self._report("uncertainty", len(self.candidate_ids)),
+                    engine=self.engine(),
                 ),
             )  # fmt: skip
             self.stats["uncertain"] = int(self._uncertainty.uncertain.sum())
@@ -168,6 +182,7 @@ class SelectionContext:
                 lambda: score_signal(
                     self.model, self.pool, name, self.cfg.uncertainty, image_ids=self.candidate_ids,
                     device=self.device, cache=cache, progress=self._report(name, len(self.candidate_ids)),
+                    engine=self.engine(),
                 ),
             )  # fmt: skip
         return self._signals[name]
@@ -195,7 +210,7 @@ class SelectionContext:
                 "features",
                 lambda: extract_features(
                     self._extractor, paths, cache_dir=cache, batch_size=self.cfg.batch_size,
-                    progress=self._report(f"features ({key})", len(paths)),
+                    progress=self._report(f"features ({key})", len(paths)), engine=self.engine(),
                 ),
             )  # fmt: skip
         return self._embeddings[key]
@@ -479,12 +494,15 @@ def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> Selection
             ctx.extractor()
     rng = np.random.default_rng(ctx.cfg.seed)
     t0 = time.perf_counter()
-    if budget and ctx.cfg.spread_videos:
-        positions, scores = _spread(strategy, ctx, budget, rng)
-    else:
-        positions, scores = (
-            STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
-        )
+    try:
+        if budget and ctx.cfg.spread_videos:
+            positions, scores = _spread(strategy, ctx, budget, rng)
+        else:
+            positions, scores = (
+                STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
+            )
+    finally:
+        ctx.close_engine()  # a local Ray started for this selection stops here
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) != budget or len(np.unique(positions)) != budget:
         raise AssertionError(f"strategy {strategy!r} returned {len(positions)} picks for budget {budget}")

@@ -148,6 +148,7 @@ def score_pool(
     *,
     model_key: str | None = None,
     num_workers: int = 2,
+    engine=None,
 ) -> PoolUncertainty:
     """Return the uncertainty of every image of `coco` (or of `image_ids`, in that order).
 
@@ -169,7 +170,7 @@ def score_pool(
 
     peaks, hits = scan_pool(
         model, coco, ids, cfg, peaks_of, k, lambda key: uncertainty_cache_key(key, cfg), device=device,
-        cache=cache, progress=progress, model_key=model_key, num_workers=num_workers,
+        cache=cache, progress=progress, model_key=model_key, num_workers=num_workers, engine=engine,
     )  # fmt: skip
     cfg_k = UncertaintyConfig(cfg.th_hm, th_kp, cfg.smooth_sigma, cfg.input_size, cfg.batch_size)
     confident, uncertain, score = score_peaks(peaks, cfg_k)
@@ -183,6 +184,46 @@ def score_pool(
         th_kp=th_kp,
         cache_hits=hits,
     )
+
+
+def _batch_stat(model, stat, samples: Sequence[tuple[np.ndarray, tuple[int, int]]], device) -> np.ndarray:
+    """`stat` of one batch of (letterboxed HWC uint8 image, valid cells): the computation both engines run."""
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack([img for img, _ in samples])).to(device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        valid = torch.tensor([v for _, v in samples], dtype=torch.long)
+        out = stat(model, x, valid)
+    return out.float().cpu().numpy()
+
+
+def _shippable(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy of `model` in eval mode, to send to remote workers."""
+    import copy
+
+    from ..pose.predict import model_device
+
+    if model_device(model).type == "cpu":
+        return model
+    return copy.deepcopy(model).to("cpu")
+
+
+class _StatWorker:
+    """A remote engine's worker: reads and letterboxes a batch of images, runs `stat` on the model (on the
+    worker's GPU when it has one)."""
+
+    def __init__(self, model: torch.nn.Module, stat, size: int, stride: int) -> None:
+        self.model, self.stat, self.size, self.stride = model, stat, size, stride
+        self.device = torch.device("cpu")
+
+    def setup(self) -> None:
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda")
+            self.model = self.model.to(self.device)
+        self.model.eval()
+
+    def __call__(self, paths: list[str]) -> np.ndarray:
+        samples = [_load_letterboxed(Path(p), self.size, self.stride) for p in paths]
+        return _batch_stat(self.model, self.stat, samples, self.device)
 
 
 def check_keypoints(model: torch.nn.Module, coco: CocoKeypoints) -> int:
@@ -209,6 +250,7 @@ def scan_pool(
     progress: Callable[[int], None] | None = None,
     model_key: str | None = None,
     num_workers: int = 2,
+    engine=None,
 ) -> tuple[np.ndarray, int]:
     """Return ((len(ids), width) float32 values of `stat` per image, cache hits): the batched, cached pass of
     a model over pool images that `score_pool` and the other per-image model signals share.
@@ -216,6 +258,8 @@ def scan_pool(
     `stat(model, x, valid_hw)` gets a batch of letterboxed inputs x (B, 3, S, S) in [0, 1] and the output cells
     showing content (B, 2), and returns (B, width). With `cache`, values are stored under
     `cache_key(model identity)` per image content hash; what was computed is kept even when a batch fails.
+    `engine` (`activepose.sampling.engine`): where the batches that miss the cache are computed (None or
+    local: here; ray: on a Ray cluster, the same batches, written here to the same cache).
     """
     from ..pose.predict import model_device
 
@@ -241,20 +285,29 @@ def scan_pool(
     model.eval()
     pending: list[int] = []
     try:
-        samples = prefetch_map(
-            lambda r: (r, *_load_letterboxed(paths[r], cfg.input_size, stride)),
-            rows.tolist(),
-            num_workers=num_workers,
-            prefetch=2 * cfg.batch_size,
-        )
-        for batch in batched(samples, cfg.batch_size):
-            idx = [r for r, _, _ in batch]
-            with torch.inference_mode():
-                x = torch.from_numpy(np.stack([img for _, img, _ in batch])).to(device, non_blocking=True)
-                x = x.permute(0, 3, 1, 2).float().div_(255.0)
-                valid = torch.tensor([v for _, _, v in batch], dtype=torch.long)
-                out = stat(model, x, valid)
-            values[idx] = out.float().cpu().numpy()
+        if engine is not None and engine.remote:  # the engine's workers read the images
+            chunks = [rows[i : i + cfg.batch_size].tolist() for i in range(0, len(rows), cfg.batch_size)]
+            worker = _StatWorker(_shippable(model), stat, cfg.input_size, stride)
+            computed = (
+                (chunks[k], out)
+                for k, out in engine.map(worker, [[str(paths[r]) for r in c] for c in chunks])
+            )
+        else:
+            samples = prefetch_map(
+                lambda r: (r, *_load_letterboxed(paths[r], cfg.input_size, stride)),
+                rows.tolist(),
+                num_workers=num_workers,
+                prefetch=2 * cfg.batch_size,
+            )
+            computed = (
+                (
+                    [r for r, _, _ in batch],
+                    _batch_stat(model, stat, [(img, v) for _, img, v in batch], device),
+                )
+                for batch in batched(samples, cfg.batch_size)
+            )
+        for idx, out in computed:
+            values[idx] = out
             pending.extend(idx)
             if store is not None and len(pending) >= _FLUSH_ROWS:
                 store.add([hashes[r] for r in pending], values[pending])
