@@ -168,7 +168,8 @@ def signature_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _frames(container, stream, path: Path):
-    """Yield (index, seconds, rgb) of every decoded frame; a corrupt or truncated stream is a VideoError."""
+    """Yield (index, seconds, frame) of every decoded frame (a PyAV VideoFrame: `.to_ndarray(format="rgb24")`
+    converts it, for the frames kept only); a corrupt or truncated stream is a VideoError."""
     import av
 
     start = stream.start_time or 0
@@ -181,7 +182,7 @@ def _frames(container, stream, path: Path):
                 seconds = float((frame.pts - start) * base)
             else:
                 seconds = index / float(rate) if rate else float(index)
-            yield index, seconds, frame.to_ndarray(format="rgb24")
+            yield index, seconds, frame
             index += 1
     except av.FFmpegError as exc:
         raise VideoError(f"{path}: corrupt or truncated video at frame {index} ({_why(exc)})") from None
@@ -217,7 +218,7 @@ def extract_frames(
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with container:
-            for index, seconds, rgb in _frames(container, stream, path):
+            for index, seconds, decoded in _frames(container, stream, path):
                 result.decoded = index + 1
                 if progress is not None and (index % 16 == 0):
                     progress(result.decoded, total)
@@ -228,6 +229,7 @@ def extract_frames(
                         continue
                     next_time = (math.floor(seconds * sampling.fps + 1e-6) + 1) / sampling.fps
                 result.sampled += 1
+                rgb = decoded.to_ndarray(format="rgb24")
                 sig = signature(rgb)
                 if (
                     last_sig is not None
