@@ -103,12 +103,12 @@ def cell_select(n: int, args) -> dict:
         emb = make_clustered(tmp / "emb.npy" if n * args.dim * 4 > 2**31 else None, n, args.dim)
         hashes = [f"{i:040x}" for i in range(n)]
 
-        def fill() -> None:
+        def fill(rows: np.ndarray) -> None:
             with VectorCache(tmp / "cache", "mobilenet_v2-sim", args.dim) as vc:
                 for s in range(0, n, 65536):
-                    vc.add(hashes[s : s + 65536], np.asarray(emb[s : s + 65536]))
+                    vc.add(hashes[s : s + 65536], np.asarray(rows[s : s + 65536]))
 
-        clock("cache write (not in total)", fill)
+        clock("cache write (not in total)", lambda: fill(emb))
         del emb
 
         def read():
