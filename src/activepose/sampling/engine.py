@@ -23,6 +23,7 @@ used and left running. Ray is an optional extra: `pip install activepose[ray]`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from ..errors import ConfigError, EnvironmentProblem
 ENGINES = ("local", "ray")
 
 
-def _RETRIES() -> dict[str, int]:  # noqa: N802 - a constant's role
+def _retries() -> dict[str, int]:
     """A dead actor is restarted, its batch retried, a few times (Ray Data's default is forever)."""
     return {"max_restarts": 3, "max_task_retries": 3}
 
@@ -130,11 +131,13 @@ class RayEngine:
             actors = max(1, min(actors, len(batches)))
             items = [{"k": k, "paths": [str(p) for p in b]} for k, b in enumerate(batches)]
             ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors))
-            mapped = ds.map_batches(
-                _RayActor, fn_constructor_kwargs={"worker": worker, "threads": threads}, batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, num_gpus=1 if gpus else 0,
-                batch_format="numpy", ray_remote_args_fn=_RETRIES,
-            )  # fmt: skip
+            with warnings.catch_warnings():  # Ray's notices on its own API's future, not the user's business
+                warnings.simplefilter("ignore")
+                mapped = ds.map_batches(
+                    _RayActor, fn_constructor_kwargs={"worker": worker, "threads": threads}, batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
+                    num_gpus=1 if gpus else 0, batch_format="numpy", ray_remote_args_fn=_retries,
+                )  # fmt: skip
             seen = set()
             try:
                 for row in mapped.iter_rows():
