@@ -150,6 +150,10 @@ def cell_video(frames: int, args) -> dict:
         path = clock(
             "encode (not measured)", lambda: write_video(tmp / "long.mp4", _scene(frames), fps=30, crf=23)
         )
+        from selection import PeakRss
+
+        rss = PeakRss()  # the encoder's memory is not the decoder's: the high-water mark restarts here
+        rss.start()
         base = _peak_gb()
 
         def decode() -> int:
@@ -177,7 +181,8 @@ def cell_video(frames: int, args) -> dict:
         "times": clock.times, "frames": frames, "decode_fps": round(frames / clock.times["decode every frame"], 1),
         "decode_rgb_fps": round(frames / clock.times["decode + RGB every frame"], 1),
         "extract_fps": round(frames / clock.times["extract every 30th"], 1), "kept": len(res.frames),
-        "rss_before_decode_gb": round(base, 3), "rss_after_decode_gb": round(peak, 3),
+        "rss_before_decode_gb": round(base, 3), "rss_peak_decoding_gb": round(peak, 3),
+        "per_phase_rss": rss.per_phase,
         "mb": mb,
     }  # fmt: skip
 

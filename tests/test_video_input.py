@@ -8,6 +8,7 @@ init --videos -> select -> label (simulated from the known keypoints) -> train -
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def _bad_videos(tmp_path: Path) -> dict[str, tuple[Path, str]]:
             out.mux(p)
     raw = fast.read_bytes()
     (tmp_path / "fastcut.mp4").write_bytes(raw[: len(raw) * 2 // 3])
-    cases["truncated, index first"] = (tmp_path / "fastcut.mp4", "truncated video: decoded")
+    cases["truncated, index first"] = (tmp_path / "fastcut.mp4", r"truncated video: \d+ of the 30 frames")
     zero = tmp_path / "zero.mp4"
     with av.open(str(zero), "w") as out:
         s = out.add_stream("libx264", rate=10)
@@ -135,7 +136,7 @@ def test_bad_videos_get_one_error_line_and_nothing_is_stored(tmp_path):
             what,
             out,
         )
-        assert message in " ".join(out.split()) and "Traceback" not in out, (what, out)
+        assert re.search(message, " ".join(out.split())) and "Traceback" not in out, (what, out)
         assert not proj.exists() and not list(tmp_path.glob(f".{proj.name}.init-*")), what
 
 
@@ -263,3 +264,23 @@ def test_add_videos_adds_new_frames_and_refuses_a_name_it_has(tmp_path):
     with Project.open(proj) as p:
         assert p.image_ids() == snapshot
     assert sorted(d.name for d in (proj / "frames").iterdir()) == ["door", "yard"]
+
+
+def test_phone_rotation_hidden_files_case_clashes_and_options_without_videos(tmp_path):
+    from activepose.interop.video import upright, video_files
+
+    img = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3)
+    # FFmpeg's display matrix: -90 (a phone held upright) means "turn clockwise by 90" to show it
+    assert upright(img, -90).shape == (4, 6, 3) and np.array_equal(upright(img, -90), np.rot90(img, -1))
+    assert np.array_equal(upright(img, 180), img[::-1, ::-1]) and upright(img, 0) is img
+    folder = tmp_path / "cams"
+    write_video(folder / "Door.mp4", _moving_block(2))
+    (folder / "._Door.mp4").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS metadata, not a video
+    assert [n for n, _ in video_files([folder])] == ["Door"]
+    write_video(tmp_path / "door.mkv", _moving_block(2))
+    with pytest.raises(VideoError, match="same name"):
+        video_files(
+            [folder, tmp_path / "door.mkv"]
+        )  # frames/Door and frames/door are one folder on some disks
+    code, out = _run("init", tmp_path / "p", "--images", folder, "--skeleton", "lsp14", "--fps", "2")
+    assert code == 2 and "are for --videos" in out and not (tmp_path / "p").exists()

@@ -428,7 +428,7 @@ def test_footage_frames_show_video_frame_time_and_offer_the_nearest_labelled_fra
         assert r.status_code == 200, r.text
         with Project.open(folder) as p:
             np.testing.assert_allclose(p.keypoints_of(3), want, atol=0.01)
-        # frame 0 of video a: frame 10 is still the nearest; a test image or a still has no neighbour
+        # frame 0 of video a: frame 10 is still the nearest labelled one, frame 20 now too (as far): the lower wins
         assert client.get("/api/images/1").json()["neighbour"]["frame"] == 10
     finally:
         desk.close()

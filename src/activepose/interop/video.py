@@ -88,15 +88,17 @@ def video_files(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
     """Return (video name, file) for `paths`: files as given, folders searched for video files (sorted).
 
     A file's name is its stem; a folder's videos are named by their path under it without the extension
-    (`cam1/monday`). Two videos with one name, a missing path, a folder without videos: VideoError.
+    (`cam1/monday`); hidden files are skipped. Two videos with one name (ignoring case), a missing path, a
+    folder without videos: VideoError.
     """
     out: list[tuple[str, Path]] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(
-                (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS),
+                (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS
+                 and not any(part.startswith(".") for part in f.relative_to(p).parts)),
                 key=lambda f: f.relative_to(p).as_posix(),
-            )
+            )  # fmt: skip  # hidden files (macOS's ._clip.mp4) are not videos
             if not found:
                 raise VideoError(f"{p}: no video files in this folder ({', '.join(VIDEO_EXTS)})")
             out += [(f.relative_to(p).with_suffix("").as_posix(), f) for f in found]
@@ -106,9 +108,10 @@ def video_files(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
             raise VideoError(f"{p}: no such file or folder")
     seen: dict[str, Path] = {}
     for name, f in out:
-        if name in seen:
-            raise VideoError(f"{f}: another video has the same name {name!r} ({seen[name]}); rename one")
-        seen[name] = f
+        key = name.casefold()  # frames/<name>/ must be distinct on case-insensitive disks too
+        if key in seen:
+            raise VideoError(f"{f}: another video has the same name {name!r} ({seen[key]}); rename one")
+        seen[key] = f
     return out
 
 
@@ -154,6 +157,13 @@ def probe_video(path: str | Path) -> dict:
         }  # fmt: skip
 
 
+def upright(rgb: np.ndarray, rotation: int | float | None) -> np.ndarray:
+    """The frame as it is meant to be seen: phone videos store the camera's pixels plus a display rotation
+    (`rotation`: degrees counterclockwise, FFmpeg's display matrix), which decoders do not apply."""
+    k = round((rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
 def signature(rgb: np.ndarray) -> np.ndarray:
     """A frame's content signature: its 32 x 32 greyscale thumbnail (float32, 0-255)."""
     import cv2
@@ -175,22 +185,27 @@ def _frames(container, stream, path: Path):
     start = stream.start_time or 0
     base = stream.time_base
     rate = stream.average_rate or stream.guessed_rate
-    index = 0
+    index = packets = 0
     try:
-        for frame in container.decode(stream):
-            if frame.pts is not None and base is not None:
-                seconds = float((frame.pts - start) * base)
-            else:
-                seconds = index / float(rate) if rate else float(index)
-            yield index, seconds, frame
-            index += 1
+        for packet in container.demux(stream):
+            if packet.dts is not None or packet.size:  # not the demuxer's final empty (flush) packet
+                packets += 1
+            for frame in packet.decode():
+                if frame.pts is not None and base is not None:
+                    seconds = float((frame.pts - start) * base)
+                else:
+                    seconds = index / float(rate) if rate else float(index)
+                yield index, seconds, frame
+                index += 1
     except av.FFmpegError as exc:
         raise VideoError(f"{path}: corrupt or truncated video at frame {index} ({_why(exc)})") from None
     if index == 0:
         raise VideoError(f"{path}: the video has no frames")
-    if stream.frames and index < stream.frames:
+    # The container's index lists more samples than the file holds: its end is missing. (Fewer decoded frames
+    # than samples is not enough: an edit list or AVI's dropped-frame chunks list samples never shown.)
+    if stream.frames and packets < stream.frames:
         raise VideoError(
-            f"{path}: truncated video: decoded {index} of the {stream.frames} frames its index lists"
+            f"{path}: truncated video: {packets} of the {stream.frames} frames its index lists are in the file"
         )
 
 
@@ -215,7 +230,13 @@ def extract_frames(
     result = VideoFrames(name=name, source=path)
     last_sig: np.ndarray | None = None
     next_time = 0.0
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        container.close()
+        raise VideoError(
+            f"{path}: {folder} already exists (a video of this name was decoded there)"
+        ) from None
     try:
         with container:
             for index, seconds, decoded in _frames(container, stream, path):
@@ -229,7 +250,7 @@ def extract_frames(
                         continue
                     next_time = (math.floor(seconds * sampling.fps + 1e-6) + 1) / sampling.fps
                 result.sampled += 1
-                rgb = decoded.to_ndarray(format="rgb24")
+                rgb = upright(decoded.to_ndarray(format="rgb24"), getattr(decoded, "rotation", 0))
                 sig = signature(rgb)
                 if (
                     last_sig is not None

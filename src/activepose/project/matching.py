@@ -1,12 +1,12 @@
 """The one rule that finds the project image a labelled file means, for every importer (COCO, Label Studio).
 
 In order: the image id the file gives, when the project's image of that id has the same file name (ids are
-stable, names guard against a file for another pool); else, for a frame of footage whose file gives its video
-and frame index (COCO `images[].video` / `.frame`), the one project image of that video and frame (frame files
-of different videos share names like `0000120.jpg`); else the one project image with that file name (tried
+stable, names guard against a file for another pool); else the one project image with that file name (tried
 for each of the names the format allows, e.g. Label Studio's upload name without its hash prefix); else, when
-the importer can hash the file's bytes, the one project image with that content. Anything else is no match,
-with why.
+the importer can hash the file's bytes, the one project image with that content. A frame of footage whose file
+gives its video and frame index (COCO `images[].video` / `.frame`) and whose name is not unique (frame files of
+different videos share names like `0000120.jpg`) matches the one project image of that video and frame before
+the content is tried. Anything else is no match, with why.
 """
 
 from __future__ import annotations
@@ -51,18 +51,20 @@ class ImageMatcher:
         and, for a frame of footage, `footage` = (video, frame index)."""
         if image_id is not None and self.name_of.get(image_id) == names[0]:
             return Match(image_id, names[0])
-        if footage is not None and footage[0] is not None and footage[1] is not None:
-            hits = self.by_frame.get((str(footage[0]), int(footage[1])), [])
-            if len(hits) == 1:
-                return Match(hits[0], names[0])
+        ambiguous = None
         for name in names:
             hits = self.by_name.get(name, [])
             if len(hits) == 1:
                 return Match(hits[0], name)
             if len(hits) > 1:
-                if by_content is not None and len(hits := by_content()) == 1:
-                    return Match(hits[0], name)
-                return Match(None, name, len(self.by_name[name]))
+                ambiguous = name
+                break
+        if footage is not None and footage[0] is not None and footage[1] is not None:
+            hits = self.by_frame.get((str(footage[0]), int(footage[1])), [])
+            if len(hits) == 1:
+                return Match(hits[0], ambiguous or names[0])
         if by_content is not None and len(hits := by_content()) == 1:
-            return Match(hits[0], names[0])
+            return Match(hits[0], ambiguous or names[0])
+        if ambiguous is not None:
+            return Match(None, ambiguous, len(self.by_name[ambiguous]))
         return Match(None, names[0])

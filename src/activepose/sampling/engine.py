@@ -40,6 +40,17 @@ def _retries() -> dict[str, int]:
     return {"max_restarts": 3, "max_task_retries": 3}
 
 
+class _WorkerFailed(Exception):
+    """A worker's own error (not a lost worker): reported as it is, never retried."""
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class LocalEngine:
     """Scoring in this process (the callers' own loops)."""
 
@@ -62,13 +73,18 @@ class _RayActor:
             worker.setup()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        keys, blobs, shapes = [], [], []
+        keys, blobs, shapes, errors = [], [], [], []
         for k, paths in zip(batch["k"], batch["paths"], strict=True):
-            out = np.ascontiguousarray(self.worker([str(p) for p in paths]), dtype=np.float32)
+            try:
+                out = np.ascontiguousarray(self.worker([str(p) for p in paths]), dtype=np.float32)
+                error = ""
+            except Exception as exc:  # e.g. an unreadable image: its message names the file
+                out, error = np.zeros((0,), np.float32), f"{type(exc).__name__}: {exc}"
             keys.append(int(k))
             blobs.append(out.tobytes())
             shapes.append(list(out.shape))
-        return {"k": np.asarray(keys, np.int64), "values": blobs, "shape": shapes}
+            errors.append(error)
+        return {"k": np.asarray(keys, np.int64), "values": blobs, "shape": shapes, "error": errors}
 
 
 @dataclass
@@ -102,7 +118,7 @@ class RayEngine:
                 ray.init(address=self.address, **kwargs)
             else:
                 ray.init(
-                    address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count() or 1,
+                    address="local", _node_ip_address="127.0.0.1", num_cpus=_usable_cpus(),
                     **kwargs,
                 )  # fmt: skip
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
@@ -126,7 +142,10 @@ class RayEngine:
             ctx.verbose_progress = False
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
-            threads = max(1, min(self.threads or torch.get_num_threads(), int(resources.get("CPU", 1))))
+            # an actor runs on one node: no more threads than the smallest node has CPUs
+            node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+            per_node = min((c for c in node_cpus if c > 0), default=1)
+            threads = max(1, min(self.threads or torch.get_num_threads(), per_node))
             actors = self.actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // threads))
             actors = max(1, min(actors, len(batches)))
             items = [{"k": k, "paths": [str(p) for p in b]} for k, b in enumerate(batches)]
@@ -142,11 +161,17 @@ class RayEngine:
             try:
                 for row in mapped.iter_rows():
                     k = int(row["k"])
+                    if row["error"]:
+                        raise _WorkerFailed(f"--engine ray: batch {k} failed on a worker: {row['error']}")
                     if k in seen:
                         continue
                     seen.add(k)
                     shape = tuple(int(s) for s in row["shape"])
                     yield k, np.frombuffer(row["values"], np.float32).reshape(shape).copy()
+            except _WorkerFailed as exc:
+                raise EnvironmentProblem(
+                    f"{exc}; {len(seen)} of {len(batches)} batches were scored and cached"
+                ) from None
             except Exception as exc:
                 raise EnvironmentProblem(
                     f"--engine ray: scoring failed after retries ({type(exc).__name__}: {str(exc)[:300]}); "

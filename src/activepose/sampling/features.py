@@ -231,6 +231,13 @@ class _EmbedWorker:
     """A remote engine's worker: reads a batch of images and embeds them (on the worker's GPU when it has one)."""
 
     def __init__(self, extractor: FeatureExtractor) -> None:
+        if not isinstance(extractor.net, nn.Module) and extractor.device.type != "cpu":
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"--engine ray cannot ship the {extractor.name} extractor from {extractor.device}: "
+                "use --device cpu for the selection, or another --extractor"
+            )
         self.extractor = _moved(extractor, torch.device("cpu"))  # shipped to workers from a CPU copy
 
     def setup(self) -> None:

@@ -151,6 +151,7 @@ class SelectionContext:
     def close_engine(self) -> None:
         if self._engine is not None:
             self._engine.close()
+            self._engine = None
 
     def uncertainty(self) -> PoolUncertainty:
         """Return the uncertainty of every candidate, in `candidate_ids` order."""
@@ -495,14 +496,18 @@ def select_batch(strategy: str, ctx: SelectionContext, budget: int) -> Selection
     rng = np.random.default_rng(ctx.cfg.seed)
     t0 = time.perf_counter()
     try:
-        if budget and ctx.cfg.spread_videos:
-            positions, scores = _spread(strategy, ctx, budget, rng)
-        else:
-            positions, scores = (
-                STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
-            )
+        return _select(strategy, ctx, budget, rng, t0)
     finally:
-        ctx.close_engine()  # a local Ray started for this selection stops here
+        ctx.close_engine()  # a local Ray started for this selection stops here (the coverage may use it too)
+
+
+def _select(strategy: str, ctx: SelectionContext, budget: int, rng, t0: float) -> SelectionResult:
+    if budget and ctx.cfg.spread_videos:
+        positions, scores = _spread(strategy, ctx, budget, rng)
+    else:
+        positions, scores = (
+            STRATEGIES[strategy](ctx, budget, rng) if budget else (np.zeros(0, int), np.zeros(0))
+        )
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) != budget or len(np.unique(positions)) != budget:
         raise AssertionError(f"strategy {strategy!r} returned {len(positions)} picks for budget {budget}")

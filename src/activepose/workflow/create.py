@@ -41,6 +41,8 @@ class ProjectSource:
     def __post_init__(self) -> None:
         if (self.pool is not None) + (self.images is not None) + bool(self.videos) != 1:
             raise ConfigError("give exactly one of --pool POOL.json, --images DIR or --videos FILE|DIR")
+        if not self.videos and self.video_options != VideoOptions():
+            raise ConfigError("--every, --fps, --max-frames and --keep-near-duplicates are for --videos")
         if self.pool is None and self.skeleton is None:
             what = "--images" if self.images is not None else "--videos"
             raise ConfigError(f"--skeleton is required with {what} (coco17, coco18, lsp14 or a COCO JSON)")

@@ -133,7 +133,8 @@ def frames_from_videos(
     every frame written by this call is removed.
     """
     named = video_files(sources)
-    clash = sorted({name for name, _ in named} & set(taken))
+    have = {t.casefold() for t in taken}
+    clash = sorted(name for name, _ in named if name.casefold() in have)
     if clash:
         raise ConfigError(f"the project already has video(s) named {', '.join(clash)}: rename the file(s)")
     out = Path(project_folder) / FRAMES_DIR

@@ -1099,8 +1099,8 @@
     if (S.image) {
       const st = S.image.state;
       const im = S.image;
-      const where = im.video != null
-        ? ` · video ${im.video} · frame ${im.frame}${im.time != null ? ` · ${Number(im.time).toFixed(2)} s` : ""}` : "";
+      const where = (im.video != null ? ` · video ${im.video}` : "") + (im.frame != null ? ` · frame ${im.frame}` : "") +
+        (im.time != null ? ` · ${Number(im.time).toFixed(2)} s` : "");
       $("status-image").textContent = `${im.file}${where} · ${im.width}×${im.height} · ${st} · revision ${im.revision}`;
       const copy = $("copy-button");
       copy.hidden = !im.neighbour;
