@@ -145,7 +145,7 @@ def test_a_worker_killed_mid_scoring_is_retried_or_fails_clearly_and_caches_noth
     want, _ = scan_pool(model, coco, ids, cfg, _peaks, k, lambda key: "peaks", num_workers=0)
     cache = tmp_path / "cache"
     stat = _Dying(tmp_path / "killed", always)
-    engine = RayEngine()
+    engine = RayEngine(retries=1)  # one restart: enough to show the retry, and a quick failure
     if always:
         with pytest.raises(EnvironmentProblem, match="--engine ray: scoring failed"):
             scan_pool(model, coco, ids, cfg, stat, k, lambda key: "peaks", cache=cache, engine=engine)

@@ -35,11 +35,6 @@ from ..errors import ConfigError, EnvironmentProblem
 ENGINES = ("local", "ray")
 
 
-def _retries() -> dict[str, int]:
-    """A dead actor is restarted, its batch retried, a few times (Ray Data's default is forever)."""
-    return {"max_restarts": 3, "max_task_retries": 3}
-
-
 class _WorkerFailed(Exception):
     """A worker's own error (not a lost worker): reported as it is, never retried."""
 
@@ -94,6 +89,8 @@ class RayEngine:
     address: str | None = None  # None: start a local Ray on 127.0.0.1 for the call
     actors: int | None = None  # None: one per GPU, else cluster CPUs // threads
     threads: int | None = None  # CPU threads per actor (None: this process's torch threads)
+    # a dead actor is restarted and its batch retried this often (Ray Data's default: forever)
+    retries: int = 3
     name: str = "ray"
     remote: bool = True
     started: bool = False  # this engine started the Ray it uses (close() shuts it down)
@@ -155,7 +152,8 @@ class RayEngine:
                 mapped = ds.map_batches(
                     _RayActor, fn_constructor_kwargs={"worker": worker, "threads": threads}, batch_size=1,
                     compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-                    num_gpus=1 if gpus else 0, batch_format="numpy", ray_remote_args_fn=_retries,
+                    num_gpus=1 if gpus else 0, batch_format="numpy",
+                    ray_remote_args_fn=lambda: {"max_restarts": self.retries, "max_task_retries": self.retries},
                 )  # fmt: skip
             seen = set()
             try:
