@@ -124,8 +124,9 @@ def _serving(folder):
         desk.close()
 
 
-@pytest.fixture
-def page(served):
+@contextlib.contextmanager
+def _browser_page():
+    """A page in headless Chromium; page errors and Content Security Policy violations fail the test."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -140,6 +141,12 @@ def page(served):
             assert not errors, errors
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(served):
+    with _browser_page() as pg:
+        yield pg
 
 
 def _client(page, x, y):
@@ -351,53 +358,42 @@ def served_footage(tmp_path):
 
 
 def test_footage_shows_the_frame_and_copies_the_nearest_labelled_frame(served_footage):
-    from playwright.sync_api import sync_playwright
-
     from activepose.project.store import Project
 
     s = served_footage
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_default_timeout(15000)
-            page.goto(s["url"] + "#image=3")
-            page.fill("#name-input", "tester")
-            page.press("#name-input", "Enter")
-            _wait_ready(page, 3)
-            text = page.locator("#status-image").text_content()
-            assert "video a · frame 20 · 0.80 s" in text, text
-            assert page.locator("#copy-button").is_visible()
-            assert page.locator("#copy-frame").text_content() == "10"
-            assert page.evaluate("activepose.people()") == []
-            page.keyboard.press("c")
-            people = page.evaluate("activepose.people()")
-            truth = s["gt"].frame(2).keypoints
-            assert len(people) == len(truth) and all(p["origin"] == "copied" for p in people)
-            for p, want in zip(people, truth, strict=True):
-                got = np.array([[k["x"], k["y"], k["v"]] for k in p["kps"]])
-                seen = want[:, 2] > 0
-                np.testing.assert_allclose(got[seen, :2], want[seen, :2], atol=1e-6)
-                assert (got[~seen, 2] == 0).all()
-            page.keyboard.press("Control+z")  # undo brings back the empty image
-            assert page.evaluate("activepose.people()") == []
-            page.keyboard.press("c")
-            page.keyboard.press("Control+s")
-            _until(page, "() => !activepose.saving() && !activepose.dirty() && activepose.revision() === 1")
-            with Project.open(s["folder"], readonly=True) as p:
-                stored = p.keypoints_of(3)
-            assert stored.shape == truth.shape
-            np.testing.assert_allclose(
-                stored[..., :2][truth[..., 2] > 0], truth[..., :2][truth[..., 2] > 0], atol=0.01
-            )
-            # frame 0 of video "b": nothing labelled there, no copy offered
-            page.goto(s["url"] + "#image=5")
-            page.reload()
-            _wait_ready(page, 5)
-            assert not page.locator("#copy-button").is_visible()
-            assert "video b · frame 0" in page.locator("#status-image").text_content()
-            assert not errors, errors
-        finally:
-            browser.close()
+    with _browser_page() as page:
+        page.goto(s["url"] + "#image=3")
+        page.fill("#name-input", "tester")
+        page.press("#name-input", "Enter")
+        _wait_ready(page, 3)
+        text = page.locator("#status-image").text_content()
+        assert "video a · frame 20 · 0.80 s" in text, text
+        assert page.locator("#copy-button").is_visible()
+        assert page.locator("#copy-frame").text_content() == "10"
+        assert page.evaluate("activepose.people()") == []
+        page.keyboard.press("c")
+        people = page.evaluate("activepose.people()")
+        truth = s["gt"].frame(2).keypoints
+        assert len(people) == len(truth) and all(p["origin"] == "copied" for p in people)
+        for p, want in zip(people, truth, strict=True):
+            got = np.array([[k["x"], k["y"], k["v"]] for k in p["kps"]])
+            seen = want[:, 2] > 0
+            np.testing.assert_allclose(got[seen, :2], want[seen, :2], atol=1e-6)
+            assert (got[~seen, 2] == 0).all()
+        page.keyboard.press("Control+z")  # undo brings back the empty image
+        assert page.evaluate("activepose.people()") == []
+        page.keyboard.press("c")
+        page.keyboard.press("Control+s")
+        _until(page, "() => !activepose.saving() && !activepose.dirty() && activepose.revision() === 1")
+        with Project.open(s["folder"], readonly=True) as p:
+            stored = p.keypoints_of(3)
+        assert stored.shape == truth.shape
+        np.testing.assert_allclose(
+            stored[..., :2][truth[..., 2] > 0], truth[..., :2][truth[..., 2] > 0], atol=0.01
+        )
+        # frame 0 of video "b": nothing labelled there, no copy offered
+        page.goto(s["url"] + "#image=5")
+        page.reload()
+        _wait_ready(page, 5)
+        assert not page.locator("#copy-button").is_visible()
+        assert "video b · frame 0" in page.locator("#status-image").text_content()

@@ -78,6 +78,32 @@ KeepNearDuplicates = Annotated[
     ),
 ]
 
+_VIDEO = {  # CLI name -> (annotation, default)
+    "videos": (Videos, None),
+    "every": (Every, None),
+    "fps": (Fps, None),
+    "max_frames": (MaxFrames, None),
+    "keep_near_duplicates": (KeepNearDuplicates, False),
+}
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """The video options of `init` / `add-videos`: the files or folders, and how frames are taken from them."""
+
+    values: dict
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return tuple(self.values["videos"] or ())
+
+    def options(self):
+        from ..workflow.footage import VideoOptions
+
+        v = self.values
+        return VideoOptions.from_options(v["every"], v["fps"], v["max_frames"], v["keep_near_duplicates"])
+
+
 # --- training (None = not given) -----------------------------------------------------------------------------------
 Preset = Annotated[
     str | None,
@@ -437,6 +463,7 @@ def _option_group(keyword: str, table: dict, make):
     return decorator
 
 
+video_options = _option_group("video", _VIDEO, VideoInput)
 training_options = _option_group(
     "training", {k: (a, None) for k, (a, _) in _TRAINING.items()}, TrainingOptions
 )

@@ -35,6 +35,7 @@ def _printable(text: str, limit: int) -> str:
 
 
 @command()
+@o.video_options
 def init(
     project: Annotated[
         Path,
@@ -79,11 +80,7 @@ def init(
         ),  # fmt: skip
     ] = None,
     accept_predictions: o.AcceptPredictions = False,
-    videos: o.Videos = None,
-    every: o.Every = None,
-    fps: o.Fps = None,
-    max_frames: o.MaxFrames = None,
-    keep_near_duplicates: o.KeepNearDuplicates = False,
+    video: o.VideoInput = None,
 ) -> None:
     """Create an active-learning project: a folder with project.db (SQLite) and checkpoints/, caches/, exports/.
 
@@ -92,12 +89,9 @@ def init(
     frame index and time; near-identical frames are left out (counted per video). The project is built in a
     temporary sibling folder and renamed into place at the end.
     """
-    from ..workflow.footage import VideoOptions
-
     source = create.ProjectSource(
         pool=pool, images=images, labels=labels, skeleton=skeleton, test=test,
-        accept_predictions=accept_predictions, videos=tuple(videos or ()),
-        video_options=VideoOptions.from_options(every, fps, max_frames, keep_near_duplicates),
+        accept_predictions=accept_predictions, videos=video.sources, video_options=video.options(),
     )  # fmt: skip
     with RichReporter() as rep:
         made = create.create_project(project, source, rep)
@@ -116,23 +110,15 @@ def init(
 
 
 @command("add-videos")
-def add_videos(
-    project: o.ProjectArg,
-    videos: o.Videos = None,
-    every: o.Every = None,
-    fps: o.Fps = None,
-    max_frames: o.MaxFrames = None,
-    keep_near_duplicates: o.KeepNearDuplicates = False,
-) -> None:
+@o.video_options
+def add_videos(project: o.ProjectArg, video: o.VideoInput = None) -> None:
     """Add the frames of more videos to a project's pool (as init --videos does; new video names only)."""
-    from ..workflow.footage import VideoOptions
     from ..workflow.footage import add_videos as add
 
-    if not videos:
+    if not video.sources:
         raise ConfigError("give --videos FILE|DIR (repeat for more)")
-    opts = VideoOptions.from_options(every, fps, max_frames, keep_near_duplicates)
     with RichReporter() as rep:
-        report, ids = add(project, videos, opts, rep)
+        report, ids = add(project, video.sources, video.options(), rep)
     console.print(footage_table(report))
     console.print(f"added {len(ids)} frame(s) of {len(report.videos)} video(s) to {project}; "
                   f"{report.near_duplicates} near-identical frame(s) left out")  # fmt: skip
