@@ -70,8 +70,15 @@ from .results import METRIC_COLUMNS, Results, check_rewritable, load_results, ro
 
 # Settings that change no result: a resumed grid may change them (another device, more workers, montages).
 UNCOMPARED_KEYS = frozenset(
-    {"device", "train.device", "train.num_workers", "train.feature_cache", "montages", "selection.engine",
-     "selection.ray_address"}  # where scoring runs does not change what a grid measures
+    {
+        "device",
+        "train.device",
+        "train.num_workers",
+        "train.feature_cache",
+        "montages",
+        "selection.engine",
+        "selection.ray_address",
+    }  # where scoring runs does not change what a grid measures
 )
 
 
