@@ -91,15 +91,18 @@ def cell_store(n: int, args) -> dict:
 
 
 def cell_select(n: int, args) -> dict:
-    from selection import make_clustered
+    from selection import PeakRss, make_clustered
 
     from activepose.pose.cache import VectorCache
     from activepose.sampling.diversity import select_diverse
 
     clock = _Clock()
+    rss = PeakRss()  # per phase: the generator's memory map is not the selection's
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
+        rss.start()
         _store(n, args.budget, tmp, clock)  # the same pool's bookkeeping
+        store_gb = rss.gb()
         emb = make_clustered(tmp / "emb.npy" if n * args.dim * 4 > 2**31 else None, n, args.dim)
         hashes = [f"{i:040x}" for i in range(n)]
 
@@ -119,11 +122,14 @@ def cell_select(n: int, args) -> dict:
             assert found.all()
             return vecs
 
+        rss.start()
         vecs = clock("cache read", read)
         picks = clock("ANN selection", lambda: select_diverse(vecs, args.budget, backend="annoy", seed=0))
+        select_gb = rss.gb()
         assert len(np.unique(picks)) == args.budget
     total = sum(v for k, v in clock.times.items() if "not in total" not in k)
-    return {"times": clock.times, "total": round(total, 3)}
+    return {"times": clock.times, "total": round(total, 3), "rss_store_gb": round(store_gb, 3),
+            "rss_read_and_select_gb": round(select_gb, 3), "per_phase_rss": rss.per_phase}  # fmt: skip
 
 
 def _scene(n: int, w: int = 854, h: int = 480):

@@ -203,3 +203,25 @@ def test_missing_extractor_weights_are_an_environment_problem_naming_the_file(tm
         with pytest.raises(EnvironmentProblem) as info:
             create_extractor(name, weights=missing)
         assert str(missing) in str(info.value) and isinstance(info.value, FileNotFoundError)
+
+
+def test_vector_cache_lookup_reads_scattered_repeated_and_missing_rows_in_chunks(tmp_path):
+    from activepose.pose.cache import VectorCache
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((50, 3)).astype(np.float32)
+    hashes = [f"h{i}" for i in range(50)]
+    with VectorCache(tmp_path, "k", 3) as vc:
+        for part in np.array_split(rng.permutation(50), 4):  # rows land in the file in another order
+            vc.add([hashes[i] for i in part], vecs[part])
+        asked = [hashes[i] for i in rng.permutation(50)] + ["h7", "missing", "h7"]
+        found, out = vc.lookup(asked)
+        want = np.array([vecs[int(h[1:])] if h != "missing" else np.zeros(3) for h in asked], np.float32)
+        assert found.tolist() == [True] * 51 + [False, True]
+        assert np.array_equal(out, want)
+        rows = np.array([3, 4, 5, 9, 1, 2], np.int64)  # runs of consecutive rows, read 2 rows at a time
+        small = np.zeros((6, 3), np.float32)
+        vc._read_rows(rows, np.arange(6), small, chunk=2)
+        n = vc._indexed_rows()
+        file_rows = np.fromfile(vc.dir / "vectors.f32", np.float32).reshape(-1, 3)[:n]
+        assert np.array_equal(small, file_rows[rows])
