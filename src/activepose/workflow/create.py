@@ -84,19 +84,20 @@ def create_project(folder: str | Path, source: ProjectSource, reporter: Reporter
 
     folder = Path(folder)
     target = _check_target(folder)
-    # (stored path, width, height, sha1, id[, video, frame, seconds])
-    entries: list[tuple] = []
-    skipped: list[str] = []
-    meta: dict[str, str] = {}
-    tmp = target.parent / f".{target.name}.init-{os.getpid()}"
+    tmp = target.parent / f".{target.name}.init-{os.getpid()}"  # built here (frames too), renamed at the end
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        return _create(folder, target, tmp, source, entries, skipped, meta, reporter)
+        return _create(folder, target, tmp, source, reporter)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _create(folder, target, tmp, source: ProjectSource, entries, skipped, meta, reporter) -> CreatedProject:
+def _create(
+    folder: Path, target: Path, tmp: Path, source: ProjectSource, reporter: Reporter
+) -> CreatedProject:
+    entries: list[tuple] = []  # (stored path, width, height, sha1, id[, video, frame, seconds])
+    skipped: list[str] = []
+    meta: dict[str, str] = {}
     footage = None
     if source.videos:
         skel = get_skeleton(source.skeleton)
