@@ -421,6 +421,21 @@ def test_the_verdict_recommends_only_a_significant_win_and_names_a_significant_l
     assert "hybrid loses to random: -6.0 pp [" in line
 
 
+def test_a_final_round_win_after_a_significant_loss_is_not_recommended(tmp_path):
+    # hybrid behind random by its offset at round 1 (significantly), ahead by it at rounds 2 and 3
+    rows = [
+        {**r, "PCK": r["PCK"] - 2 * HYBRID_OFFSET[r["seed"]]}
+        if r["strategy"] == "hybrid" and r["round"] == 1
+        else r
+        for r in paired_grid()
+    ]
+    line = _verdict_of(rows, tmp_path)
+    assert line.startswith(
+        "Use random: no strategy beats it significantly on PCK at every round (hybrid is ahead"
+    )
+    assert "+6.0 pp [" in line and "but behind at -6.0 pp [" in line
+
+
 def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
     rows = [
         {

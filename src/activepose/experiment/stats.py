@@ -434,8 +434,9 @@ def diagnostics_table(
 def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
     """One line: which strategy to use on this data (by `metric` on the test set `t`), and what it saves or
     costs against `reference` in labels, with the paired interval at the final round. A strategy is only
-    recommended over the reference when its paired interval lies above 0; one whose interval lies below 0 is
-    named as a loss."""
+    recommended over the reference when its paired interval lies above 0 at the final round and below 0 at no
+    round (a final-round lead after a significant loss is named as such, not recommended); one whose final
+    interval lies below 0 is named as a loss."""
     rows = {r.strategy: r for r in t.efficiency.get(metric, []) if r.strategy != STATIC_ARM}
     paired = t.paired.get(metric, {})
     if reference not in rows:
@@ -444,10 +445,18 @@ def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
     def final(strategy: str) -> PairedRow | None:
         return paired.get(strategy, [None])[-1] if paired.get(strategy) else None
 
-    better, worse = [], []
+    def earlier_loss(strategy: str) -> PairedRow | None:
+        """The round, before the final one, where the strategy was significantly worse (the largest loss)."""
+        lost = [p for p in paired.get(strategy, [])[:-1] if p.excludes_zero and p.diff.mean < 0]
+        return min(lost, key=lambda p: p.diff.mean) if lost else None
+
+    better, worse, mixed = [], [], []
     for s, r in rows.items():
         p = final(s)
         if s == reference or p is None or not p.excludes_zero:
+            continue
+        if p.diff.mean > 0 and earlier_loss(s) is not None:
+            mixed.append((p.diff.mean, s, p, earlier_loss(s)))
             continue
         (better if p.diff.mean > 0 else worse).append((p.diff.mean, s, r, p))
     ref = rows[reference]
@@ -480,7 +489,12 @@ def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
         ahead = [(r.final.mean, s) for s, r in rows.items() if s != reference]
         best = max(ahead)[1] if ahead else None
         line = f"Use {reference}: no strategy beats it significantly on {metric}"
-        if best is not None and final(best) is not None:
+        if mixed:
+            _, s, p, lost = max(mixed)
+            line += (
+                f" at every round ({s} is ahead at the end, {interval(p)}, but behind at {interval(lost)})"
+            )
+        elif best is not None and final(best) is not None:
             line += f" (best: {best}, {interval(final(best))})"
         line += "."
     return line + (f" {losses}." if losses else "")
