@@ -26,7 +26,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -91,8 +91,8 @@ class RayEngine:
     threads: int | None = None  # CPU threads per actor (None: this process's torch threads)
     # a dead actor is restarted and its batch retried this often (Ray Data's default: forever)
     retries: int = 3
-    name: str = "ray"
-    remote: bool = True
+    name: ClassVar[str] = "ray"
+    remote: ClassVar[bool] = True
     started: bool = False  # this engine started the Ray it uses (close() shuts it down)
 
     def _connect(self) -> bool:

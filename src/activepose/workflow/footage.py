@@ -14,6 +14,7 @@ So 0.5 grey levels and 0.004 drop only near-identical frames.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +49,9 @@ class VideoOptions:
         max_frames: int | None = None,
         keep_near_duplicates: bool = False,
     ) -> VideoOptions:
-        off = -1.0 if keep_near_duplicates else None
-        sampling = FrameSampling(
-            every=every, fps=fps, max_frames=max_frames,
-            signature_threshold=SIGNATURE_THRESHOLD if off is None else off,
-        )  # fmt: skip
-        return cls(sampling=sampling, embedding_threshold=EMBEDDING_THRESHOLD if off is None else off)
+        keep = keep_near_duplicates  # both tests off (a negative threshold)
+        sampling = FrameSampling(every, fps, max_frames, -1.0 if keep else SIGNATURE_THRESHOLD)
+        return cls(sampling=sampling, embedding_threshold=-1.0 if keep else EMBEDDING_THRESHOLD)
 
 
 @dataclass
@@ -90,7 +88,7 @@ def _embedding_duplicates(
     extractor = create_extractor(opts.extractor, weights=opts.weights)
     emb = extract_features(
         extractor, paths, cache_dir=cache, num_workers=1,
-        progress=_counter(reporter, "near-duplicate frames (embeddings)", len(paths)),
+        progress=reporter.counter("near-duplicate frames (embeddings)", len(paths)),
     )  # fmt: skip
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     dropped: dict[str, int] = {}
@@ -108,16 +106,6 @@ def _embedding_duplicates(
             last = e
         v.frames = keep
     return dropped
-
-
-def _counter(reporter: Reporter, stage: str, total: int):
-    done = [0]
-
-    def step(n: int) -> None:
-        done[0] += n
-        reporter.progress(stage, done[0], total)
-
-    return step
 
 
 def frames_from_videos(
@@ -150,8 +138,6 @@ def frames_from_videos(
         cache = Path(project_folder) / "caches" / "features"
         dropped = _embedding_duplicates(done, opts, cache, reporter)
     except BaseException:
-        import shutil
-
         for v in done:
             shutil.rmtree(out / v.name, ignore_errors=True)
         raise
@@ -180,8 +166,6 @@ def add_videos(
 
     Frames are written first and stored in one transaction; if storing fails, the written frames are removed.
     """
-    import shutil
-
     from ..project.store import Project
 
     folder = Path(project_folder)

@@ -16,6 +16,16 @@ class Reporter:
     def note(self, text: str) -> None:
         """A line worth showing to the user (what was decided, what was written where)."""
 
+    def counter(self, stage: str, total: int):
+        """Return `advance(n)`: n more units of `stage` done, reported as a running total of `total`."""
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            self.progress(stage, done[0], total)
+
+        return advance
+
     # training callbacks (see activepose.pose.train.TrainCallbacks)
     def on_epoch_start(self, session: int, epoch: int, num_batches: int) -> None:
         pass

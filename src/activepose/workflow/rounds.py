@@ -276,12 +276,7 @@ def evaluate_model_on(loaded, data_path: Path, opts: EvalOptions, reporter: Repo
                      device=str(resolve_device(opts.device)))  # fmt: skip
     if note:
         reporter.note(note)
-    total, done = len(data) * len(opts.ttas), [0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        reporter.progress("evaluating", done[0], total)
-
+    progress = reporter.counter("evaluating", len(data) * len(opts.ttas))
     report: dict = evaluate_model(
         loaded.net, data, decoder_for(loaded.skeleton, opts.min_parts, opts.min_score), cfg, progress
     )
