@@ -193,14 +193,23 @@ def test_every_option_of_every_command_has_help_and_a_readable_metavar():
     assert "(default: 0.0001, or the preset's / the run's own)" in out and "<bool>  Use ImageNet" not in out
 
 
-def test_demo_is_a_small_hybrid_vs_random_simulation(tmp_path):
+def test_demo_is_the_recommended_strategy_vs_random_on_generated_footage(tmp_path):
+    from activepose.commands.loop import DEMO_FRAMES_PER_VIDEO, DEMO_POOL
+    from activepose.config import RECOMMENDED_STRATEGY
+    from activepose.pose.coco import load_coco
+
     out = tmp_path / "demo"
     code, text = _run("demo", "--out", str(out), "--seeds", "1", "--rounds", "1", "--initial", "6", "--budget", "6",
                       "--epochs", "1", "--eval-max-images", "10", "--device", "cpu")  # fmt: skip
     assert code == 0, text
+    # the generated pool is footage: whole videos of consecutive frames of one scene each
+    pool = load_coco(out / "data" / "pool" / "pool.json")
+    frames = [(f.video, f.frame) for f in pool.frames]
+    assert len(frames) == DEMO_POOL and len({v for v, _ in frames}) == DEMO_POOL // DEMO_FRAMES_PER_VIDEO
+    assert frames[:2] == [("video001", 0), ("video001", 1)]
     sim = out / "simulation"
     rows = list(csv.DictReader((sim / "results.csv").open()))
-    assert {r["strategy"] for r in rows} == {"hybrid", "random", "static"} and {
+    assert {r["strategy"] for r in rows} == {RECOMMENDED_STRATEGY, "random", "static"} and {
         r["test_set"] for r in rows
     } == {"test"}
     assert sorted({int(r["labelled_images"]) for r in rows}) == [6, 12]
@@ -211,4 +220,10 @@ def test_demo_is_a_small_hybrid_vs_random_simulation(tmp_path):
     }
     assert "gain from labels" in (sim / "report.html").read_text()
     assert "labelled images" in text and f"report: {sim / 'report.html'}" in text
+    # printed: the verdict, and the recommended strategy's paired differences to random and to the control
+    assert "verdict (test, clean PCK): " in text
+    assert f"{RECOMMENDED_STRATEGY}, final round (12 labels): vs random " in text and "vs static " in text
     assert (sim / "report.html").stat().st_size > 10_000
+    # random is the reference, not a strategy to compare with it
+    code, text = _run("demo", "--out", str(tmp_path / "d2"), "--strategy", "random")
+    assert code != 0 and "random is the demo's reference" in text and not (tmp_path / "d2").exists()

@@ -91,6 +91,7 @@ _NOT_OPTIONS = {
     "weight_decay": "Adam's",
     "min_delta": "internal",
     "max_val_images": "the preset's",
+    "keep_min_val": "internal",
 }
 
 

@@ -110,7 +110,7 @@ def test_a_capped_session_trains_step_for_step_like_that_many_labels(data, tmp_p
 
 @pytest.mark.parametrize("restart", ["warm", "initial"])
 def test_a_session_that_never_beats_the_last_model_keeps_it_and_says_so(data, tmp_path, monkeypatch, restart):
-    cfg = _cfg(max_epochs=2, restart=restart, lr_schedule="onecycle")
+    cfg = _cfg(max_epochs=2, restart=restart, lr_schedule="onecycle", keep_min_val=1)
     train(cfg, data.subset(data.image_ids[:20]), tmp_path)
     before = load_checkpoint(tmp_path / "best.pt")["model_state"]
     # the last model scores 0.1 on the new split; every epoch of the new session is worse (a collapse)
@@ -125,6 +125,24 @@ def test_a_session_that_never_beats_the_last_model_keeps_it_and_says_so(data, tm
     _scripted(monkeypatch, [0.1, 0.05])
     better = train(cfg, data.subset(data.image_ids[:25]), tmp_path, new_session=True)
     assert better.kept == "new" and not _same(load_checkpoint(tmp_path / "best.pt")["model_state"], before)
+
+
+def test_a_validation_split_too_small_to_judge_hands_on_the_sessions_best(data, tmp_path, monkeypatch):
+    """Fewer held-out images than keep_min_val: the last model is scored (recorded) but not kept, even though
+    every epoch scores worse; with the minimum met, the same scores keep it."""
+    for minimum, kept in ((10_000, "new"), (1, "previous")):
+        cfg = _cfg(max_epochs=2, lr_schedule="onecycle", keep_min_val=minimum)
+        run = tmp_path / str(minimum)
+        train(cfg, data.subset(data.image_ids[:20]), run)
+        before = load_checkpoint(run / "best.pt")["model_state"]
+        _scripted(monkeypatch, [0.1, 0.9, 0.8])
+        result = train(cfg, data, run)
+        assert (result.kept, result.start_val) == (kept, pytest.approx(0.1))
+        assert read_sessions(run)[-1]["kept"] == kept
+        assert _same(load_checkpoint(run / "best.pt")["model_state"], before) == (kept == "previous")
+        monkeypatch.undo()
+        if kept == "new":  # the session's own best epoch (0.8), though the last model scored 0.1
+            assert result.best_val_loss == pytest.approx(0.8)
 
 
 def test_restart_initial_starts_each_session_from_the_first_weights(data, tmp_path, monkeypatch):

@@ -244,3 +244,24 @@ def test_neighbour_drop_deterministic_and_spread(small_pool):
     assert not np.array_equal(a, select_neighbour_drop(x, 50, seed=4))
     assert len(np.unique(a)) == 50 and a.min() >= 0 and a.max() < len(x)
     assert set(lab[a]) == set(lab)  # every cluster gets a pick
+
+
+def test_footage_like_embeddings_of_low_rank_are_selected_without_a_singular_basis():
+    """Frames of a few scenes: 240 rows that span only 12 directions (+ float noise), sketched to 64 dimensions.
+    CholeskyQR's Gram matrix is singular there; the basis falls back to QR and the batch is still distinct rows,
+    one per scene before any scene gets a second."""
+    import torch
+
+    from activepose.sampling.diversity import _orth
+
+    rng = np.random.default_rng(0)
+    scenes = rng.standard_normal((12, 1280)).astype(np.float32)
+    x = np.repeat(scenes, 20, axis=0) + 1e-7 * rng.standard_normal((240, 1280)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    chosen = select_diverse(x, 12, seed=0, dim=64)
+    assert len(set(chosen.tolist())) == 12
+    assert sorted({int(i) // 20 for i in chosen}) == list(range(12))
+    # the basis itself: orthonormal columns even for dependent ones
+    y = torch.from_numpy(np.repeat(rng.standard_normal((50, 3)), [2, 2, 3], axis=1).astype(np.float32))
+    q = _orth(y)
+    assert torch.allclose(q.T @ q, torch.eye(7), atol=1e-4)

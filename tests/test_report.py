@@ -452,3 +452,26 @@ def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
     assert page.count('<span class="worse">yes: worse</span>') == 2 * 3  # 2 metrics x rounds 1-3
     assert '<span class="yes">yes: better</span>' not in page
     assert "hybrid loses to random" in page
+
+
+def test_simulate_prints_the_verdict_and_each_strategys_final_paired_differences(tmp_path):
+    from activepose.commands.simulate import comparison_lines
+
+    # a compute control 2 pp below random at every later round (on every seed)
+    rows = paired_grid()
+    rows += [{**r, "strategy": "static", "PCK": r["PCK"] - (0.02 if r["round"] else 0.0)}
+             for r in rows if r["strategy"] == "random"]  # fmt: skip
+    lines = comparison_lines(write_results(tmp_path, rows))
+    assert lines[0].startswith("verdict (test, clean PCK): Use hybrid on this data: +6.0 pp [")
+    by = {line.split(",")[0].strip(): line for line in lines[1:]}
+    assert set(by) == {"random", "hybrid", "uncertainty"}  # no line for the control itself
+    # hybrid: +6 pp over random (per-seed 4, 6, 8: half-width t * 2 / sqrt 3), +8 pp over the control
+    half = 100 * T2 * 0.02 / 3**0.5
+    assert f"vs random +6.0 pp [{6 - half:+.1f}, {6 + half:+.1f}]" in by["hybrid"]
+    assert "vs static +8.0 pp [+" in by["hybrid"] and "final round (400 labels)" in by["hybrid"]
+    # random is compared with the control only; equal per seed: an interval of zero width
+    assert "vs random" not in by["random"] and "vs static +2.0 pp [+2.0, +2.0]" in by["random"]
+    # without the reference strategy there is nothing to compare with
+    no_random = [r for r in rows if r["strategy"] != "random"]
+    assert comparison_lines(write_results(tmp_path / "b", no_random)) == []
+    assert comparison_lines(tmp_path / "missing" / "results.csv") == []

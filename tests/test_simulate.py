@@ -431,3 +431,34 @@ def test_an_older_results_csv_gets_the_diagnostics_on_resume(grid, data, tmp_pat
     header2, rows2 = _rows(copy)
     assert set(DIAG) <= set(header2)
     assert _without_timing(rows2) == _without_timing(rows)
+
+
+def test_a_grid_carried_without_its_projects_and_with_relative_paths_resumes(
+    grid, data, tmp_path, monkeypatch
+):
+    """Finished seeds kept elsewhere as results.csv + grid.json (data paths relative to where the grid runs, no
+    projects, no cache): running the command again there finds every cell done and changes nothing."""
+    import json
+
+    out, _ = grid
+    copy = tmp_path / "carried"
+    copy.mkdir()
+    (copy / "results.csv").write_bytes((out / "results.csv").read_bytes())
+    stored = json.loads((out / "grid.json").read_text())
+    here = Path(data[1]).parent.parent
+    cfg = stored["config"]
+    cfg["pool"] = os.path.relpath(cfg["pool"], here)
+    cfg["tests"] = [os.path.relpath(t, here) for t in cfg["tests"]]
+    assert not Path(cfg["pool"]).is_absolute()
+    (copy / "grid.json").write_text(json.dumps(stored))
+    before = (copy / "results.csv").read_bytes()
+    monkeypatch.chdir(here)
+    result = simulate(_config(data), copy)
+    assert result.cells_run == 0 and result.cells_before == result.cells_total
+    assert (copy / "results.csv").read_bytes() == before
+    assert not (copy / "projects").exists()
+    # a relative path that names other data is still another grid
+    cfg["pool"] = "elsewhere/pool.json"
+    (copy / "grid.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="holds another simulation grid"):
+        simulate(_config(data), copy)

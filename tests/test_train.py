@@ -140,12 +140,27 @@ def test_corrupt_checkpoint_is_named(tmp_path):
         load_checkpoint(p)
 
 
-def test_split_is_fresh_per_session_and_covers_ids():
-    ids = list(range(100))
-    tr1, va1 = split_ids(ids, 0.1, seed=1, max_val=500)
-    tr2, va2 = split_ids(ids, 0.1, seed=2, max_val=500)
-    assert len(va1) == 10 and sorted(tr1 + va1) == ids
-    assert va1 != va2
+def test_validation_split_is_stable_as_labels_grow_and_holds_out_whole_videos():
+    ids = list(range(1, 1001))
+    train1, val1 = split_ids(ids, 0.1, seed=1, max_val=500)
+    assert sorted(train1 + val1) == ids and 60 <= len(val1) <= 140  # ~10 % of the images, by hash
+    assert split_ids(ids, 0.1, seed=1, max_val=500) == (train1, val1)  # deterministic
+    assert split_ids(ids, 0.1, seed=2, max_val=500)[1] != val1  # the seed decides
+    # the set grows: every image held out before is held out again (none moves from validation to training)
+    train2, val2 = split_ids(ids + list(range(1001, 1301)), 0.1, seed=1, max_val=500)
+    assert set(val1) <= set(val2) and not set(val2) & set(train1)
+    # at most max_val images, the lowest hashes kept: a smaller cap gives a subset
+    assert set(split_ids(ids, 0.1, seed=1, max_val=50)[1]) <= set(val1)
+    assert len(split_ids(ids, 0.1, seed=1, max_val=50)[1]) == 50
+    # footage: a video is held out whole, never split between training and validation
+    videos = {i: f"v{i % 40}" for i in ids}
+    train, val = split_ids(ids, 0.1, seed=3, max_val=500, groups=videos)
+    held = {videos[i] for i in val}
+    assert held and not held & {videos[i] for i in train} and len(val) == 25 * len(held)
+    # one video only: held out by image; fewer than 5 images: no validation
+    train, val = split_ids(ids[:50], 0.1, seed=3, max_val=500, groups={i: "v" for i in ids})
+    assert 1 <= len(val) <= 10 and sorted(train + val) == ids[:50]
+    assert split_ids(ids[:4], 0.1, seed=3, max_val=500) == (ids[:4], [])
 
 
 def test_suggest_lr_finds_steepest_descent():

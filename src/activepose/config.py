@@ -154,6 +154,10 @@ class TrainConfig:
     min_delta: float = 0.0
     val_fraction: float = 0.1
     max_val_images: int = 500
+    # The previous model is kept (above) only when the validation split holds at least this many images: on fewer
+    # (footage's first rounds: 1-10 held-out frames) the comparison is noise, and the session's best epoch is
+    # handed on.
+    keep_min_val: int = 20
     steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole training split)
     max_minutes: float | None = None  # stop (resumably) after the epoch that crosses this wall time
     budget_ends_session: bool = False  # True: hitting max_minutes completes the session (projects, the loop)
@@ -265,6 +269,7 @@ def train_config_problems(cfg: TrainConfig) -> list[str]:
     need(0 <= cfg.min_delta < math.inf, "min_delta", "a finite number >= 0")
     need(0 <= cfg.val_fraction < 1, "val_fraction", "in [0, 1)")
     need(cfg.max_val_images >= 0, "max_val_images", ">= 0")
+    need(cfg.keep_min_val >= 0, "keep_min_val", ">= 0")
     need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "steps_per_epoch", ">= 1")
     # 0 is allowed: stop (resumably) after the first epoch.
     need(cfg.max_minutes is None or cfg.max_minutes >= 0, "max_minutes", ">= 0")
@@ -468,6 +473,9 @@ STRATEGIES: list[str] = [
     "random", "uncertainty", "diversity", "coreset", "hybrid", "ranked-hybrid", "kmeans", "typiclust", "mpe",
     "tta-consistency", "tta-hybrid", "adaptive",
 ]  # fmt: skip
+# What `select` and `run` use when no --strategy is named, and what `make demo` compares with random: to be chosen
+# from issue 20's simulation grids; the evidence so far is in docs/selection.md#the-default-strategy.
+RECOMMENDED_STRATEGY = "hybrid"
 
 
 def parse_ttas(text: str) -> tuple[str, ...]:
@@ -607,7 +615,7 @@ class SelectOptions:
     """What a selection needs besides the project: budget, strategy and the selection parameters."""
 
     budget: int
-    strategy: str = "hybrid"
+    strategy: str = RECOMMENDED_STRATEGY
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     model: Path | None = None  # default: the project's newest model
     device: str = "auto"

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import SyntheticConfig
+from ..config import RECOMMENDED_STRATEGY, STRATEGIES, SyntheticConfig
 from ..errors import ConfigError
 from ..experiment.grid import SimulationConfig
 from ..loop import RunOptions, run
@@ -110,6 +110,10 @@ def run_loop(
     )
 
 
+# The demo's generated footage: videos of this many frames; pool and test frames (whole videos).
+DEMO_FRAMES_PER_VIDEO, DEMO_POOL, DEMO_TEST = 20, 240, 80
+
+
 @command()
 def demo(
     pool: Annotated[
@@ -149,30 +153,50 @@ def demo(
         ),
     ] = 16,
     eval_max_images: o.EvalMaxImages = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="The strategy compared with random (default: the recommended one).",
+            metavar="NAME",
+        ),  # fmt: skip
+    ] = RECOMMENDED_STRATEGY,
     device: o.Device = "auto",
 ) -> None:
-    """Active learning, shown: hybrid vs random on built-in synthetic scenes (or --pool/--test), a learning-curve
-    table and a report.
+    """Active learning, shown: the recommended strategy vs random on built-in generated footage (or
+    --pool/--test), with the compute control, a learning-curve table, the paired differences and a report.
 
-    A small `activepose simulate`: per seed one initial labelled set and model shared by both strategies, then
+    A small `activepose simulate`: per seed one initial labelled set and model shared by the strategies, then
     rounds of select -> label (the true labels) -> train (to a validation plateau) -> evaluate (clean and
-    blurred), and the compute control `static` (the initial labels trained each round like the others). The same
-    command again reuses what is done.
+    blurred), and the compute control `static` (the initial labels trained each round like the others). The
+    generated data looks like footage: short "videos", each one scene whose people move a little from frame to
+    frame. The same command again reuses what is done.
     """
 
     if (pool is None) != (test is None):
         raise ConfigError("give both --pool and --test (real data), or neither (generated data)")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown --strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if strategy == "random":
+        raise ConfigError(
+            "--strategy random is the demo's reference; name another strategy to compare with it"
+        )
     size, generated = 96, pool is None
-    if generated:  # scenes of 96 px with 1-3 people, seeded: the same every time
+    if generated:  # footage of 96 px with 1-3 people, seeded: the same every time
         pool, test = out / "data" / "pool" / "pool.json", out / "data" / "test" / "test.json"
-        for path, n, seed in ((pool, 240, 0), (test, 80, 10_000)):
+        for path, n, seed in ((pool, DEMO_POOL, 0), (test, DEMO_TEST, 10_000)):
             if not path.exists():
-                cfg = SyntheticConfig(num_images=n, image_size=(size, size), max_people=3)
+                cfg = SyntheticConfig(num_images=n, image_size=(size, size), max_people=3,
+                                      frames_per_video=DEMO_FRAMES_PER_VIDEO)  # fmt: skip
                 written = make_synthetic_coco(path.parent, "lsp14", cfg, seed=seed)
                 shutil.copyfile(
                     written, path
                 )  # named for what it is: the test set's name appears in the report
-        console.print(f"generated data: 240 pool / 80 test scenes of {size} px in {out / 'data'}")
+        console.print(
+            f"generated footage: {DEMO_POOL // DEMO_FRAMES_PER_VIDEO} pool videos ({DEMO_POOL} frames) and "
+            f"{DEMO_TEST // DEMO_FRAMES_PER_VIDEO} test videos ({DEMO_TEST} frames) of {size} px in {out / 'data'}"
+        )
     # Rounds trained to convergence: a plateau schedule on validation loss (the rate halves at the first plateau,
     # the session ends at the second), the best epoch kept, epochs of 6 batches however few the labels (16
     # labels are 2 batches: one pass per epoch would leave the initial model nearly untrained), 4 to --epochs.
@@ -181,7 +205,8 @@ def demo(
                                  steps_per_epoch=6, min_epochs=4,
                                  **({"input_size": size} if generated else {}))  # fmt: skip
     cfg = SimulationConfig(
-        pool=pool, tests=(test,), initial=initial, budget=budget, rounds=rounds_, strategies=("hybrid", "random"),
-        seeds=seeds, train=train, ttas=("clean", "blur"), eval_max_images=eval_max_images, device=device,
+        pool=pool, tests=(test,), initial=initial, budget=budget, rounds=rounds_,
+        strategies=(strategy, "random"), seeds=seeds, train=train, ttas=("clean", "blur"),
+        eval_max_images=eval_max_images, device=device,
     )  # fmt: skip
     run_simulation(cfg, out / "simulation", command=["activepose", "demo", *map(str, sys.argv[2:])])

@@ -13,7 +13,15 @@ from typing import Annotated
 
 import typer
 
-from ..config import STRATEGIES, AugmentConfig, EvalOptions, SelectionConfig, TrainConfig, UncertaintyConfig
+from ..config import (
+    RECOMMENDED_STRATEGY,
+    STRATEGIES,
+    AugmentConfig,
+    EvalOptions,
+    SelectionConfig,
+    TrainConfig,
+    UncertaintyConfig,
+)
 from ..config import parse_ttas as parse_tta  # noqa: F401  (the --tta option's parser)
 from ..workflow.presets import PRESETS, resolve_train_config
 
@@ -327,7 +335,7 @@ Fill = Annotated[
         rich_help_panel="Selection",
     ),  # fmt: skip
 ]
-DEFAULTS = {"strategy": "hybrid", "extractor": S.extractor, "ann": S.ann_backend, "th_hm": UncertaintyConfig.th_hm,
+DEFAULTS = {"strategy": RECOMMENDED_STRATEGY, "extractor": S.extractor, "ann": S.ann_backend, "th_hm": UncertaintyConfig.th_hm,
             "fill": S.fill, "ranked_pool": S.ranked_pool}  # fmt: skip
 
 # --- evaluation -----------------------------------------------------------------------------------------------------

@@ -173,12 +173,48 @@ def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
     first = cfg.tests[0].stem
     tta_shown = "clean" if "clean" in cfg.ttas else cfg.ttas[0]
     console.print(_table(summarise(result.rows, first, tta_shown), cfg.strategies, first, tta_shown))
+    for line in comparison_lines(result.results):
+        console.print(line, markup=False, soft_wrap=True)
     console.print(f"results: {result.results}")
     if result.report is not None:
         console.print(f"report: {result.report}")
     next_step(
         f"open {result.report or result.results}; more seeds or rounds: the same command with another --out"
     )
+
+
+def comparison_lines(results_path: Path, reference: str = "random", metric: str = "PCK") -> list[str]:
+    """The grid's verdict (see `stats.verdict`) and, per strategy at its final round, the paired difference in
+    `metric` to `reference` and to the compute control, with their 95 % intervals over seeds (first test set,
+    clean). [] without results or without the reference strategy."""
+    from ..experiment.results import load_results
+    from ..experiment.stats import paired_differences, report_stats, verdict
+
+    if not results_path.exists():
+        return []
+    results = load_results(results_path)
+    strategies = results.strategies()
+    if reference not in strategies or not results.test_sets():
+        return []
+    stats = report_stats(results, {"strategies": strategies}, reference)
+    t = stats.test_sets[0]
+    lines = [f"verdict ({t.test_set}, {t.tta} {metric}): {verdict(t, reference, metric)}"]
+
+    def show(p) -> str:
+        d = p.diff
+        span = f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]" if math.isfinite(d.half_width) else " (one seed)"
+        return f"{100 * d.mean:+.1f} pp{span}"
+
+    for s in strategies:
+        if s == STATIC_ARM:
+            continue
+        finals = [paired_differences(results, s, other, t.test_set, t.tta, metric)[-1:]
+                  for other in (reference, STATIC_ARM) if other != s and other in strategies]  # fmt: skip
+        finals = [f[0] for f in finals if f]
+        if finals:
+            shown = ", ".join(f"vs {p.reference} {show(p)}" for p in finals)
+            lines.append(f"  {s}, final round ({finals[0].images:.0f} labels): {shown}")
+    return lines
 
 
 def _table(points: list[dict], strategies, test_set: str, tta: str) -> Table:

@@ -57,6 +57,7 @@ from ..loop import RunOptions, run
 from ..oracle.simulated import SimulatedLabeller
 from ..pose.coco import CocoKeypoints, save_coco
 from ..pose.skeleton import same_keypoints
+from ..project.schema import DB_NAME
 from ..project.store import Project
 from ..workflow.common import load_data, parallel_map
 from ..workflow.create import ProjectSource, create_project
@@ -259,6 +260,13 @@ def _check_out_dir(out_dir: Path, cfg: SimulationConfig) -> bool:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{grid}: unreadable grid file ({exc})") from exc
         asked = cfg.to_dict()
+        # Data paths stored relative (a grid folder carried to another machine) are relative to where it runs.
+        for key in ("pool", "tests"):
+            value = stored.get(key)
+            if isinstance(value, str):
+                stored[key] = str(Path(value).resolve())
+            elif isinstance(value, list):
+                stored[key] = [str(Path(v).resolve()) if isinstance(v, str) else v for v in value]
         # More strategies on the same grid are fine: per seed they start from the same initial set and model.
         if set(stored.get("strategies", ())) <= set(asked["strategies"]):
             stored = {**stored, "strategies": asked["strategies"]}
@@ -521,6 +529,9 @@ def _add_diagnostics(cfg: SimulationConfig, out_dir: Path, rows: list[dict[str, 
     stale = sorted({(r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
                     if r["strategy"] != STATIC_ARM and not r.get("test_auroc")},
                    key=lambda c: (c[1], c[2], c[0]))  # fmt: skip
+    # A results.csv carried without its projects (e.g. finished seeds kept from another machine): what cannot
+    # be computed again is left as it is.
+    stale = [c for c in stale if (out_dir / PROJECTS / project_name(c[0], c[1]) / DB_NAME).is_file()]
     if not stale:
         return rows
     reporter.note(

@@ -168,7 +168,8 @@ class TrainResult:
     steps: int = 0  # batches this session trained
     max_epochs: int = 0  # the session's epoch cap (see TrainConfig.steps_per_image)
     # "new": best.pt is this session's best; "previous": no epoch beat the model the session started from
-    # (scored on the same validation split first), so best.pt is still that model.
+    # (scored on the same validation split first, when it holds `keep_min_val` images), so best.pt is still that
+    # model.
     kept: str = "new"
     start_val: float | None = None  # the starting model's validation score (None in session 1)
 
@@ -196,15 +197,49 @@ def data_fingerprint(image_ids: list[int]) -> str:
     return hashlib.sha1(",".join(map(str, sorted(image_ids))).encode()).hexdigest()[:16]
 
 
+def _unit_hash(seed: int, name: str) -> float:
+    """A number in [0, 1) fixed by (seed, name): the same on every machine and in every session."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 def split_ids(
-    image_ids: list[int], val_fraction: float, seed: int, max_val: int
+    image_ids: list[int],
+    val_fraction: float,
+    seed: int,
+    max_val: int,
+    groups: dict[int, str] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Return (train ids, validation ids): a seeded shuffle, so each session's seed gives a fresh split."""
+    """Return (train ids, validation ids), held out by group and stable as the labelled set grows.
+
+    A group is an image's video (`groups`; frames of one video are near-copies of each other, so a validation
+    frame whose neighbours were trained on would score as if seen) or, without one, the image itself. Groups are
+    held out in the order of a seeded hash while it is below `val_fraction` (at least one group), skipping a group
+    that would take the split past 2 x `val_fraction` of the images or `max_val`. As the set grows, held-out
+    images stay held out (the cap may give one back to training), so a session's validation images were not
+    trained on by the model it starts from — the model it must beat to replace it — except a group the cap kept
+    in training while the set was small. Fewer than 5 images: no validation split. One group only (every image
+    one video): held out by image."""
     ids = sorted(image_ids)
-    rng = np.random.default_rng(seed)
-    rng.shuffle(ids)
-    n_val = 0 if len(ids) < 5 else min(max_val, max(1, round(val_fraction * len(ids))))
-    return sorted(ids[n_val:]), sorted(ids[:n_val])
+    n = len(ids)
+    if n < 5 or val_fraction <= 0 or max_val <= 0:
+        return ids, []
+    cap = min(max_val, max(1, round(2 * val_fraction * n)))
+    named = {i: (f"video:{groups[i]}" if groups and groups.get(i) is not None else f"image:{i}") for i in ids}
+    if len(set(named.values())) == 1:
+        named = {i: f"image:{i}" for i in ids}
+    members: dict[str, list[int]] = {}
+    for i in ids:
+        members.setdefault(named[i], []).append(i)
+    order = sorted(members, key=lambda g: (_unit_hash(seed, g), g))
+    val: list[int] = []
+    for g in order:
+        if val and _unit_hash(seed, g) >= val_fraction:
+            break
+        if len(val) + len(members[g]) <= cap:
+            val.extend(members[g])
+    held = set(val)
+    return [i for i in ids if i not in held], sorted(val)
 
 
 # The fields of numpy's legacy RNG state (`np.random.get_state()`), as `_rng_state` stores them.
@@ -433,12 +468,14 @@ class Trainer:
                 group["lr"] = lr
         if previous is not None and val_set is not None:
             # The last session's model is the one to beat (whether this session starts from it or not): scored on
-            # this session's validation split, it stays best.pt until an epoch scores better.
+            # this session's validation split, it stays best.pt until an epoch scores better — when the split is
+            # large enough to tell two models apart (`keep_min_val`); else its score is only recorded.
             t["start_val"] = self._score(*self._validate(self._model_of(state, previous), val_set))
-            t["best_val"], t["kept"] = t["start_val"], "previous"
-            save_checkpoint(
-                self.run_dir / BEST, {**previous, "train": dict(t), "optimizer": None, "scheduler": None}
-            )
+            if len(t["val_ids"]) >= cfg.keep_min_val:
+                t["best_val"], t["kept"] = t["start_val"], "previous"
+                save_checkpoint(
+                    self.run_dir / BEST, {**previous, "train": dict(t), "optimizer": None, "scheduler": None}
+                )
         start = time.monotonic()
         stopped = "max_epochs"
         if max_epochs == 0 and t["epoch"] == 0:  # `--epochs 0`: store the initialised (untrained) model
@@ -585,8 +622,9 @@ class Trainer:
         return self._scale
 
     def _new_session_state(self, session: int, cap_images: int | None = None) -> dict[str, Any]:
+        videos = {f.image_id: f.video for f in self.data.frames if f.video is not None}
         train_ids, val_ids = split_ids(
-            self.data.image_ids, self.cfg.val_fraction, self.cfg.seed + session, self.cfg.max_val_images
+            self.data.image_ids, self.cfg.val_fraction, self.cfg.seed, self.cfg.max_val_images, videos
         )
         return {
             "session": session,

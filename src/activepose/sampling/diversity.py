@@ -230,11 +230,16 @@ def coverage(
 
 def _orth(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of y's columns by CholeskyQR2 (two GEMMs + a tiny float64 Cholesky; LAPACK's
-    tall-skinny QR is much slower here and stalls under thread contention)."""
+    tall-skinny QR is much slower here and stalls under thread contention). Columns that are (numerically)
+    dependent — a sample of near-identical rows, e.g. frames of one scene — make the Gram matrix singular:
+    then Householder QR, which completes the basis whatever the rank."""
     for _ in range(2):
         g = (y.T @ y).double()
         g.diagonal().add_(1e-10 * max(float(g.trace()), 1e-30))
-        y = y @ torch.linalg.inv(torch.linalg.cholesky(g)).T.float()
+        factor, info = torch.linalg.cholesky_ex(g)
+        if int(info) != 0:
+            return torch.linalg.qr(y)[0]
+        y = y @ torch.linalg.inv(factor).T.float()
     return y
 
 

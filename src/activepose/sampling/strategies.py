@@ -452,8 +452,13 @@ def adaptive_strategy(ctx: SelectionContext, budget: int, rng: np.random.Generat
         "why": (
             "no labelled batch chosen by a model yet"
             if evidence is None
-            else f"uncertainty AUROC {auroc:.2f} on the last batch's {evidence['n']} images "
-            f"({'>=' if informative else 'below'} {ADAPTIVE_AUROC} or too few)"
+            else f"uncertainty AUROC {'undefined' if auroc is None else f'{auroc:.2f}'} on the last batch's "
+            f"{evidence['n']} images "
+            + (
+                f"(>= {ADAPTIVE_AUROC} on >= {ADAPTIVE_MIN_IMAGES} images)"
+                if informative
+                else f"(below {ADAPTIVE_AUROC}, or under {ADAPTIVE_MIN_IMAGES} images)"
+            )
         ),
         **({} if evidence is None else {k: evidence[k] for k in ("n", "auroc", "spearman")}),
     }

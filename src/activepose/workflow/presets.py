@@ -22,9 +22,9 @@ from ..errors import ConfigError
 # the neck and three 64-channel stages trained on those features, on 128-px windows of 256-px inputs (people at
 # full scale for the cost of 128 px); bf16 autocast where
 # the CPU has it; sessions trained to convergence: a plateau schedule on validation PCK (warm-up, x0.2 at each
-# plateau, the third ends it), the best epoch kept (never worse than the last round's model), at most
-# 4 batches per labelled image and at least 10 epochs of 64 batches; the model warm-starts from the last
-# round's; images read in the main process (worker processes compete with 2 cores' threads).
+# plateau, the third ends it), the best epoch kept (with 20+ validation images never worse than the last
+# round's model), at most 4 batches per labelled image and at least 10 epochs of 64 batches; the model
+# warm-starts from the last round's; images read in the main process (worker processes compete with 2 cores' threads).
 # `small`: a short full fine-tuning (MobileNetV2, 128 px, 8 epochs; the cpu preset before the frozen trunk):
 # first looks at a project, and `make demo` (at 96 px, lr 1e-3, on generated scenes).
 PRESETS: dict[str, dict[str, Any]] = {
