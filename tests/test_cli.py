@@ -227,3 +227,5 @@ def test_demo_is_the_recommended_strategy_vs_random_on_generated_footage(tmp_pat
     # random is the reference, not a strategy to compare with it
     code, text = _run("demo", "--out", str(tmp_path / "d2"), "--strategy", "random")
     assert code != 0 and "random is the demo's reference" in text and not (tmp_path / "d2").exists()
+    code, text = _run("demo", "--out", str(tmp_path / "d3"), "--strategy", "nope")
+    assert code != 0 and "unknown --strategy 'nope'" in text and not (tmp_path / "d3").exists()

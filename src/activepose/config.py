@@ -478,6 +478,13 @@ STRATEGIES: list[str] = [
 RECOMMENDED_STRATEGY = "hybrid"
 
 
+def check_strategy_name(name: str) -> str:
+    """Return `name` if it is a known strategy; ConfigError naming the choices otherwise (no heavy imports)."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown --strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return name
+
+
 def parse_ttas(text: str) -> tuple[str, ...]:
     """Return the TTA names of a `--tta` value: comma-separated names, 'all' (every TTA, paper order) or
     'none' (only `clean`, no augmentation). Spaces and repeats are ignored; the given order is kept.
@@ -624,8 +631,7 @@ class SelectOptions:
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ConfigError(f"--budget must be >= 1, got {self.budget}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown --strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        check_strategy_name(self.strategy)
 
 
 # --- synthetic data -----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import RECOMMENDED_STRATEGY, STRATEGIES, SyntheticConfig
+from ..config import RECOMMENDED_STRATEGY, SyntheticConfig, check_strategy_name
 from ..errors import ConfigError
 from ..experiment.grid import SimulationConfig
 from ..loop import RunOptions, run
@@ -176,8 +176,7 @@ def demo(
 
     if (pool is None) != (test is None):
         raise ConfigError("give both --pool and --test (real data), or neither (generated data)")
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown --strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    check_strategy_name(strategy)
     if strategy == "random":
         raise ConfigError(
             "--strategy random is the demo's reference; name another strategy to compare with it"

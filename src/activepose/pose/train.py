@@ -231,10 +231,10 @@ def split_ids(
     members: dict[str, list[int]] = {}
     for i in ids:
         members.setdefault(named[i], []).append(i)
-    order = sorted(members, key=lambda g: (_unit_hash(seed, g), g))
+    rank = {g: _unit_hash(seed, g) for g in members}
     val: list[int] = []
-    for g in order:
-        if val and _unit_hash(seed, g) >= val_fraction:
+    for g in sorted(members, key=lambda g: (rank[g], g)):
+        if val and rank[g] >= val_fraction:
             break
         if len(val) + len(members[g]) <= cap:
             val.extend(members[g])
