@@ -475,3 +475,61 @@ def test_simulate_prints_the_verdict_and_each_strategys_final_paired_differences
     no_random = [r for r in rows if r["strategy"] != "random"]
     assert comparison_lines(write_results(tmp_path / "b", no_random)) == []
     assert comparison_lines(tmp_path / "missing" / "results.csv") == []
+
+
+def test_markdown_tables_show_intervals_marked_differences_and_label_efficiency(tmp_path):
+    from activepose.experiment.markdown import markdown_tables
+
+    rows = paired_grid()
+    rows += [{**r, "strategy": "static", "PCK": r["PCK"] - (0.02 if r["round"] else 0.0)}
+             for r in rows if r["strategy"] == "random"]  # fmt: skip
+    text = markdown_tables(load_results(write_results(tmp_path, rows)), {}, "random")
+    assert text.startswith("## test: 3 seed(s) (0, 1, 2)")
+    lines = text.splitlines()
+
+    def table_after(title: str) -> dict[str, dict[str, str]]:
+        """The Markdown table under the heading `title`: {first cell: {column: cell}}."""
+        start = next(i for i, line in enumerate(lines) if line.startswith(title)) + 2
+        block = []
+        for line in lines[start:]:
+            if not line.startswith("|"):
+                break
+            block.append([c.strip() for c in line.strip("|").split("|")])
+        assert len(block) > 2 and block[1][0] == "---"
+        return {r[0]: dict(zip(block[0], r, strict=True)) for r in block[2:]}
+
+    # the curve: random's round-1 mean 47.0 % over seeds 0.45 / 0.47 / 0.49 (half-width t * 2 pp / sqrt 3)
+    pck = table_after("### PCK@0.2, clean")
+    half = 100 * T2 * 0.02 / 3**0.5
+    assert pck["1 (200)"]["random"] == f"47.0 ± {half:.1f}"
+    # paired to random: hybrid +6 pp, its interval above 0 (marked), uncertainty +1 pp, not marked
+    paired = table_after("### Paired difference to random")
+    assert paired["1"]["hybrid"] == f"+6.0 [{6 - half:+.1f}, {6 + half:+.1f}]*"
+    assert paired["1"]["uncertainty"].startswith("+1.0 [") and not paired["1"]["uncertainty"].endswith("*")
+    # the control is 2 pp below random on every seed: a zero-width interval that excludes 0
+    assert paired["3"]["static"] == "-2.0 [-2.0, -2.0]*"
+    # random's final mean is 0.57 at 400 labels; hybrid reaches it between rounds 1 and 2
+    eff = table_after("### Labels to reach random's final clean PCK@0.2 (57.0 %)")
+    assert eff["random"]["labels to reach"] == "400"
+    reach = float(eff["hybrid"]["labels to reach"])
+    assert 200 < reach < 300
+    assert eff["hybrid"]["of the labels random added"] == f"{100 * (reach - 100) / 300:.0f} %"
+    assert eff["static"]["labels to reach"] == "not reached"
+
+
+def test_report_command_rewrites_the_report_of_a_grid_and_refuses_what_it_cannot_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from activepose.cli import app
+
+    write_results(tmp_path / "grid", paired_grid())
+    md = tmp_path / "tables.md"
+    run = CliRunner().invoke(app, ["report", str(tmp_path / "grid"), "--markdown", str(md)])
+    assert run.exit_code == 0, run.output
+    assert "verdict (test, clean PCK): Use hybrid on this data" in run.output
+    assert (tmp_path / "grid" / "report.html").is_file() and (tmp_path / "grid" / "paired.csv").is_file()
+    assert "### Paired difference to random" in md.read_text()
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "results.csv: not found" in missing.output
+    other = CliRunner().invoke(app, ["report", str(tmp_path / "grid"), "--reference", "kmeans"])
+    assert other.exit_code == 2 and "--reference 'kmeans' is not in" in other.output

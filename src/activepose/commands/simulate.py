@@ -172,15 +172,86 @@ def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
         )
     first = cfg.tests[0].stem
     tta_shown = "clean" if "clean" in cfg.ttas else cfg.ttas[0]
-    console.print(_table(summarise(result.rows, first, tta_shown), cfg.strategies, first, tta_shown))
-    for line in comparison_lines(result.results):
-        console.print(line, markup=False, soft_wrap=True)
+    _print_summary(result.rows, result.results, cfg.strategies, first, tta_shown)
     console.print(f"results: {result.results}")
     if result.report is not None:
         console.print(f"report: {result.report}")
     next_step(
         f"open {result.report or result.results}; more seeds or rounds: the same command with another --out"
     )
+
+
+def _print_summary(rows, results_path: Path, strategies, test_set: str, tta: str, reference: str = "random"):
+    """Print the grid's mean table, its verdict and the final paired differences."""
+    console.print(_table(summarise(rows, test_set, tta), strategies, test_set, tta))
+    for line in comparison_lines(results_path, reference):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+@command("report")
+def report_cmd(
+    grid_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of a simulation grid (its results.csv; grid.json when there).", metavar="DIR"
+        ),
+    ],
+    markdown: Annotated[
+        Path | None,
+        typer.Option(
+            "--markdown",
+            help="Also write the tables (curves with intervals, paired differences, label efficiency, "
+            "diagnostics) as Markdown to FILE; - prints them.",
+            metavar="FILE",
+        ),  # fmt: skip
+    ] = None,
+    reference: Annotated[
+        str, typer.Option("--reference", help="The strategy the others are compared with.", metavar="NAME")
+    ] = "random",
+) -> None:
+    """Write a simulation grid's report again from its results.csv, and print its table and verdict.
+
+    For a grid still running, one carried from another machine without its projects, or another reference
+    strategy. Writes DIR/report.html, DIR/efficiency.csv, DIR/paired.csv and DIR/plots/; trains nothing.
+    """
+    import csv
+
+    from ..experiment.layout import GRID_FILE, RESULTS_FILE, load_grid
+    from ..experiment.markdown import markdown_tables
+    from ..experiment.outputs import write_report
+    from ..experiment.results import load_results
+    from ..experiment.stats import ordered_strategies
+    from ..fileio import atomic_write_bytes
+
+    results_path = grid_dir / RESULTS_FILE
+    if not results_path.is_file():
+        raise ConfigError(f"{results_path}: not found; give the folder of an `activepose simulate` grid")
+    results = load_results(results_path)
+    if not results.rows:
+        raise ConfigError(f"{results_path}: holds no result rows yet")
+    grid = load_grid(grid_dir / GRID_FILE)[0]
+    strategies = ordered_strategies(results, grid, reference)
+    if reference not in strategies:
+        raise ConfigError(
+            f"--reference {reference!r} is not in {results_path}; it holds {', '.join(strategies)}"
+        )
+    page = write_report(grid_dir, reference)
+    with results_path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    test_set = results.test_sets()[0]
+    ttas = results.ttas(test_set)
+    _print_summary(
+        rows, results_path, strategies, test_set, "clean" if "clean" in ttas else ttas[0], reference
+    )
+    if markdown is not None:
+        text = markdown_tables(results, grid, reference)
+        if str(markdown) == "-":
+            console.print(text, markup=False, soft_wrap=True, highlight=False)
+        else:
+            atomic_write_bytes(markdown, text.encode("utf-8"))
+            console.print(f"markdown: {markdown}")
+    console.print(f"report: {page}")
+    next_step(f"open {page}; more seeds or rounds: the grid's own `activepose simulate` command again")
 
 
 def comparison_lines(results_path: Path, reference: str = "random", metric: str = "PCK") -> list[str]:

@@ -479,7 +479,13 @@ def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
         )
 
     def interval(p: PairedRow) -> str:
-        return f"{100 * p.diff.mean:+.1f} pp [{100 * p.diff.low:+.1f}, {100 * p.diff.high:+.1f}] at {p.images:.0f} labels"
+        d = p.diff
+        span = (
+            f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+            if math.isfinite(d.half_width)
+            else "(one seed, no interval)"
+        )
+        return f"{100 * d.mean:+.1f} pp {span} at {p.images:.0f} labels"
 
     losses = "; ".join(f"{s} loses to {reference}: {interval(p)}" for _, s, _, p in sorted(worse))
     if better:
