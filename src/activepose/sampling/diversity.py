@@ -231,16 +231,22 @@ def coverage(
 def _orth(y: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of y's columns by CholeskyQR2 (two GEMMs + a tiny float64 Cholesky; LAPACK's
     tall-skinny QR is much slower here and stalls under thread contention). Columns that are (numerically)
-    dependent — a sample of near-identical rows, e.g. frames of one scene — make the Gram matrix singular:
-    then Householder QR, which completes the basis whatever the rank."""
+    dependent — a sample of near-identical rows, e.g. frames of one scene — make the Gram matrix singular, or
+    (float32 rounding, depending on the CPU's kernels) barely positive-definite with a useless factor: in both
+    cases, seen as a failed factorisation or as columns that did not come out orthonormal, Householder QR, which
+    completes the basis whatever the rank."""
+    q = y
     for _ in range(2):
-        g = (y.T @ y).double()
+        g = (q.T @ q).double()
         g.diagonal().add_(1e-10 * max(float(g.trace()), 1e-30))
         factor, info = torch.linalg.cholesky_ex(g)
         if int(info) != 0:
             return torch.linalg.qr(y)[0]
-        y = y @ torch.linalg.inv(factor).T.float()
-    return y
+        q = q @ torch.linalg.inv(factor).T.float()
+    eye = torch.eye(q.shape[1], dtype=q.dtype)
+    if not bool(torch.isfinite(q).all()) or float((q.T @ q - eye).abs().max()) > 1e-4:
+        return torch.linalg.qr(y)[0]
+    return q
 
 
 def _fit_sketch(x: np.ndarray, dim: int, sample: int, rng: np.random.Generator):
