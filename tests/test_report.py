@@ -533,3 +533,8 @@ def test_report_command_rewrites_the_report_of_a_grid_and_refuses_what_it_cannot
     assert missing.exit_code == 2 and "results.csv: not found" in missing.output
     other = CliRunner().invoke(app, ["report", str(tmp_path / "grid"), "--reference", "kmeans"])
     assert other.exit_code == 2 and "--reference 'kmeans' is not in" in other.output
+
+
+def test_a_one_seed_verdict_says_so_instead_of_printing_a_nan_interval(tmp_path):
+    line = _verdict_of([r for r in paired_grid() if r["seed"] == 0], tmp_path)
+    assert "nan" not in line and "(one seed, no interval) at 400 labels" in line
