@@ -456,12 +456,13 @@ def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
 
 def test_simulate_prints_the_verdict_and_each_strategys_final_paired_differences(tmp_path):
     from activepose.commands.simulate import comparison_lines
+    from activepose.experiment.results import Results
 
     # a compute control 2 pp below random at every later round (on every seed)
     rows = paired_grid()
     rows += [{**r, "strategy": "static", "PCK": r["PCK"] - (0.02 if r["round"] else 0.0)}
              for r in rows if r["strategy"] == "random"]  # fmt: skip
-    lines = comparison_lines(write_results(tmp_path, rows))
+    lines = comparison_lines(load_results(write_results(tmp_path, rows)))
     assert lines[0].startswith("verdict (test, clean PCK): Use hybrid on this data: +6.0 pp [")
     by = {line.split(",")[0].strip(): line for line in lines[1:]}
     assert set(by) == {"random", "hybrid", "uncertainty"}  # no line for the control itself
@@ -473,8 +474,8 @@ def test_simulate_prints_the_verdict_and_each_strategys_final_paired_differences
     assert "vs random" not in by["random"] and "vs static +2.0 pp [+2.0, +2.0]" in by["random"]
     # without the reference strategy there is nothing to compare with
     no_random = [r for r in rows if r["strategy"] != "random"]
-    assert comparison_lines(write_results(tmp_path / "b", no_random)) == []
-    assert comparison_lines(tmp_path / "missing" / "results.csv") == []
+    assert comparison_lines(load_results(write_results(tmp_path / "b", no_random))) == []
+    assert comparison_lines(Results()) == []
 
 
 def test_markdown_tables_show_intervals_marked_differences_and_label_efficiency(tmp_path):

@@ -172,7 +172,7 @@ def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
         )
     first = cfg.tests[0].stem
     tta_shown = "clean" if "clean" in cfg.ttas else cfg.ttas[0]
-    _print_summary(result.rows, result.results, cfg.strategies, first, tta_shown)
+    _print_summary(result.parsed, cfg.strategies, first, tta_shown)
     console.print(f"results: {result.results}")
     if result.report is not None:
         console.print(f"report: {result.report}")
@@ -181,10 +181,11 @@ def run_simulation(cfg, out: Path, command: list[str] | None = None) -> None:
     )
 
 
-def _print_summary(rows, results_path: Path, strategies, test_set: str, tta: str, reference: str = "random"):
-    """Print the grid's mean table, its verdict and the final paired differences."""
-    console.print(_table(summarise(rows, test_set, tta), strategies, test_set, tta))
-    for line in comparison_lines(results_path, reference):
+def _print_summary(results, strategies, test_set: str, tta: str, reference: str = "random"):
+    """Print the grid's mean table, its verdict and the final paired differences (`results`: a loaded
+    results.csv)."""
+    console.print(_table(summarise(results.text, test_set, tta), strategies, test_set, tta))
+    for line in comparison_lines(results, reference):
         console.print(line, markup=False, soft_wrap=True)
 
 
@@ -214,8 +215,6 @@ def report_cmd(
     For a grid still running, one carried from another machine without its projects, or another reference
     strategy. Writes DIR/report.html, DIR/efficiency.csv, DIR/paired.csv and DIR/plots/; trains nothing.
     """
-    import csv
-
     from ..experiment.layout import GRID_FILE, RESULTS_FILE, load_grid
     from ..experiment.markdown import markdown_tables
     from ..experiment.outputs import write_report
@@ -235,14 +234,10 @@ def report_cmd(
         raise ConfigError(
             f"--reference {reference!r} is not in {results_path}; it holds {', '.join(strategies)}"
         )
-    page = write_report(grid_dir, reference)
-    with results_path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    page = write_report(grid_dir, reference, results)
     test_set = results.test_sets()[0]
     ttas = results.ttas(test_set)
-    _print_summary(
-        rows, results_path, strategies, test_set, "clean" if "clean" in ttas else ttas[0], reference
-    )
+    _print_summary(results, strategies, test_set, "clean" if "clean" in ttas else ttas[0], reference)
     if markdown is not None:
         text = markdown_tables(results, grid, reference)
         if str(markdown) == "-":
@@ -254,16 +249,12 @@ def report_cmd(
     next_step(f"open {page}; more seeds or rounds: the grid's own `activepose simulate` command again")
 
 
-def comparison_lines(results_path: Path, reference: str = "random", metric: str = "PCK") -> list[str]:
-    """The grid's verdict (see `stats.verdict`) and, per strategy at its final round, the paired difference in
-    `metric` to `reference` and to the compute control, with their 95 % intervals over seeds (first test set,
-    clean). [] without results or without the reference strategy."""
-    from ..experiment.results import load_results
+def comparison_lines(results, reference: str = "random", metric: str = "PCK") -> list[str]:
+    """The verdict (see `stats.verdict`) of a loaded results.csv (`results.Results`) and, per strategy at its
+    final round, the paired difference in `metric` to `reference` and to the compute control, with their 95 %
+    intervals over seeds (first test set, clean). [] without results or without the reference strategy."""
     from ..experiment.stats import paired_differences, report_stats, verdict
 
-    if not results_path.exists():
-        return []
-    results = load_results(results_path)
     strategies = results.strategies()
     if reference not in strategies or not results.test_sets():
         return []

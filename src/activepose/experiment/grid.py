@@ -215,6 +215,7 @@ class SimulationResult:
     cells_before: int  # cells already complete when it started
     seconds: float
     report: Path | None = None  # report.html (activepose.experiment.outputs), when that module exists
+    parsed: Results = field(default_factory=Results)  # results.csv as read once at the end (`rows` is its text)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -660,14 +661,14 @@ def _write_grid(out_dir: Path, cfg: SimulationConfig, command: Sequence[str] | N
     }, indent=1)  # fmt: skip
 
 
-def _write_report(out_dir: Path) -> Path | None:
+def _write_report(out_dir: Path, results: Results) -> Path | None:
     try:
         from .outputs import write_report
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.outputs":
             raise
         return None
-    return write_report(out_dir)
+    return write_report(out_dir, results=results)
 
 
 def simulate(
@@ -748,8 +749,8 @@ def simulate(
                     f"{info}: {first['labelled_images']} labelled images; {first['tta']} {shown or 'n/a'}"
                 )
                 reporter.progress("overall", n_done, len(cells), f"{info} done")
-        rows = _read_results(results)
-        report = _write_report(out_dir)
+        final = load_results(results) if results.is_file() else Results()
+        report = _write_report(out_dir, final)
     return SimulationResult(
-        out_dir, results, rows, len(cells), ran, before, time.monotonic() - t_start, report
+        out_dir, results, final.text, len(cells), ran, before, time.monotonic() - t_start, report, final
     )

@@ -38,7 +38,7 @@ from ..fileio import atomic_write_bytes
 from .choices import RoundChoice, choices_table, round_choices
 from .layout import GRID_FILE, RESULTS_FILE, find_montage, load_grid
 from .report import Montage, render_report
-from .results import load_results
+from .results import Results, load_results
 from .stats import EfficiencyRow, PairedRow, report_stats
 
 EFFICIENCY_COLUMNS = (
@@ -52,18 +52,19 @@ PAIRED_COLUMNS = (
 )  # fmt: skip
 
 
-def write_report(out_dir: str | Path, reference: str = "random") -> Path:
+def write_report(out_dir: str | Path, reference: str = "random", results: Results | None = None) -> Path:
     """Read DIR/results.csv (+ grid.json, the projects, projects/*/exports/round_1/chosen.png) and write
     DIR/plots/*.png, DIR/efficiency.csv, DIR/paired.csv, DIR/choices.csv and the self-contained
-    DIR/report.html; return the page's path.
+    DIR/report.html; return the page's path. `results`: DIR/results.csv already loaded (it is not read again).
 
     Raises FileNotFoundError when results.csv does not exist.
     """
     out = Path(out_dir)
-    results_path = out / RESULTS_FILE
-    if not results_path.exists():
-        raise FileNotFoundError(f"no results to report on: {results_path} does not exist")
-    results = load_results(results_path)
+    if results is None:
+        results_path = out / RESULTS_FILE
+        if not results_path.exists():
+            raise FileNotFoundError(f"no results to report on: {results_path} does not exist")
+        results = load_results(results_path)
     grid = load_grid(out / GRID_FILE)
     stats = report_stats(results, grid[0], reference)
     choices, why = _read_choices(out)
