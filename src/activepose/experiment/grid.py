@@ -215,7 +215,8 @@ class SimulationResult:
     cells_before: int  # cells already complete when it started
     seconds: float
     report: Path | None = None  # report.html (activepose.experiment.outputs), when that module exists
-    parsed: Results = field(default_factory=Results)  # results.csv as read once at the end (`rows` is its text)
+    # results.csv as read once at the end (`rows` is its text)
+    parsed: Results = field(default_factory=Results)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
