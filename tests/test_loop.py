@@ -356,6 +356,45 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path, data, uni
     _assert_same(_state(folder), uninterrupted[1])
 
 
+def test_a_ctrl_c_lost_on_the_way_still_stops_the_loop_after_its_step(tmp_path, data):
+    """Python drops a KeyboardInterrupt raised in a finalizer ("Exception ignored in ...") and a library may
+    swallow one: the loop notices the SIGINT anyway and stops after the step it was in, that step stored."""
+    from activepose.config import EvalOptions, SelectOptions
+    from activepose.loop import RunOptions, run
+    from activepose.oracle.simulated import SimulatedLabeller
+    from activepose.workflow import resolve_train_config
+    from activepose.workflow.reporting import Reporter
+
+    class Swallowing(Reporter):
+        """Ctrl-C during the first step's first note, lost as in a `__del__`."""
+
+        sent = False
+
+        def note(self, text: str) -> None:
+            if not self.sent:
+                self.sent = True
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)  # the handler raises in here
+                except KeyboardInterrupt:
+                    pass
+
+    root, gt = data
+    folder = _new_project(tmp_path / "proj", data)
+    train_cfg = resolve_train_config(None, None, input_size=64, width=0.25, head_channels=32, max_epochs=1,
+                                     num_workers=0, pretrained=False, device="cpu")  # fmt: skip
+    opts = RunOptions(budget=BUDGET, oracle=SimulatedLabeller(gt), train=train_cfg,
+                      select=SelectOptions(budget=BUDGET, device="cpu"),
+                      evaluate=EvalOptions(ttas=("clean",), device="cpu"))  # fmt: skip
+    before = signal.getsignal(signal.SIGINT)
+    reporter = Swallowing()
+    with pytest.raises(KeyboardInterrupt):
+        run(folder, ROUNDS, opts, reporter)
+    assert reporter.sent and signal.getsignal(signal.SIGINT) is before
+    with Project.open(folder, readonly=True) as project:
+        assert next_step(project, ROUNDS).action == "evaluate"  # the initial model is trained, nothing more
+
+
 def test_loop_runs_in_process_and_equals_the_command(tmp_path, data, uninterrupted):
     """`activepose.loop.run` is the library call behind `activepose run`: driven from Python, same result."""
     from activepose.config import EvalOptions, SelectOptions

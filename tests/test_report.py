@@ -436,6 +436,36 @@ def test_a_final_round_win_after_a_significant_loss_is_not_recommended(tmp_path)
     assert "+6.0 pp [" in line and "but behind at -6.0 pp [" in line
 
 
+def _hybrid_significant_at(rounds) -> list[dict]:
+    """paired_grid with hybrid's offset significant (HYBRID_OFFSET) at `rounds`, else not (UNCERT_OFFSET)."""
+    return [
+        {**r, "PCK": r["PCK"] - HYBRID_OFFSET[r["seed"]] + UNCERT_OFFSET[r["seed"]]}
+        if r["strategy"] == "hybrid" and r["round"] and r["round"] not in rounds
+        else r
+        for r in paired_grid()
+    ]
+
+
+def test_a_strategy_significantly_ahead_at_two_rounds_is_recommended_with_those_rounds(tmp_path):
+    # the issue's goal counts rounds: ahead at all 3, significantly at rounds 1 and 2, not at the last
+    line = _verdict_of(_hybrid_significant_at({1, 2}), tmp_path / "two")
+    assert line.startswith(
+        "Use hybrid on this data: significantly ahead of random at 2 of 3 rounds (+6.0 pp ["
+    )
+    assert "and ahead at the last, +1.0 pp [" in line and line.count("+6.0 pp [") == 2
+    # one significant round is not enough
+    line = _verdict_of(_hybrid_significant_at({1}), tmp_path / "one")
+    assert line.startswith("Use random: no strategy beats it significantly on PCK")
+    # nor are two when the strategy ends behind
+    rows = [
+        {**r, "PCK": r["PCK"] - 2 * UNCERT_OFFSET[r["seed"]]}
+        if r["strategy"] == "hybrid" and r["round"] == 3
+        else r
+        for r in _hybrid_significant_at({1, 2})
+    ]
+    assert _verdict_of(rows, tmp_path / "behind").startswith("Use random")
+
+
 def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
     rows = [
         {

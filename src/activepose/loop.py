@@ -14,7 +14,11 @@ ones included: the same command, run again, finishes what is missing and then do
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +135,30 @@ def check_run(project: Project, rounds: int, opts: RunOptions) -> None:
         check(project)
 
 
+@contextmanager
+def _noticed_interrupts() -> Iterator[Callable[[], bool]]:
+    """Yield a check "was Ctrl-C pressed?" that stays true once SIGINT arrived, while SIGINT still raises
+    KeyboardInterrupt as usual. Python loses a KeyboardInterrupt that lands in a finalizer (a `__del__` or a
+    weakref callback run by the garbage collector: "Exception ignored in ...") and a library may swallow it;
+    with the check the loop still stops at the next step boundary. Only in the main thread, and only where
+    SIGINT is handled by Python (a background job started with SIGINT ignored keeps ignoring it)."""
+    hit = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield hit.is_set
+        return
+
+    def on_sigint(signum, frame):
+        hit.set()
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(folder: str | Path, rounds: int, opts: RunOptions, reporter: Reporter = SILENT) -> RunOutcome:
     """Run select -> label -> train -> evaluate until the project has `rounds` closed rounds.
 
@@ -140,7 +168,7 @@ def run(folder: str | Path, rounds: int, opts: RunOptions, reporter: Reporter = 
     folder = Path(folder)
     t_start = time.monotonic()
     done: list[tuple[str, int | None, float]] = []
-    with project_lock(folder, "run"):
+    with _noticed_interrupts() as interrupted, project_lock(folder, "run"):
         with Project.open(folder) as project:
             check_run(project, rounds, opts)
             total = remaining_steps(project, rounds)
@@ -163,6 +191,8 @@ def run(folder: str | Path, rounds: int, opts: RunOptions, reporter: Reporter = 
                 done.append((step.action, step.round, time.monotonic() - t0))
                 total = len(done) + remaining_steps(project, rounds)
                 reporter.progress("overall", len(done), total, f"{where}: {step.action} done")
+                if interrupted():  # a Ctrl-C that was lost on the way (see `_noticed_interrupts`)
+                    raise KeyboardInterrupt
             curve = write_learning_curve(project)
     return RunOutcome(done, reason, curve, time.monotonic() - t_start)
 
