@@ -386,11 +386,15 @@ def test_a_ctrl_c_lost_on_the_way_still_stops_the_loop_after_its_step(tmp_path, 
     opts = RunOptions(budget=BUDGET, oracle=SimulatedLabeller(gt), train=train_cfg,
                       select=SelectOptions(budget=BUDGET, device="cpu"),
                       evaluate=EvalOptions(ttas=("clean",), device="cpu"))  # fmt: skip
-    before = signal.getsignal(signal.SIGINT)
-    reporter = Swallowing()
-    with pytest.raises(KeyboardInterrupt):
-        run(folder, ROUNDS, opts, reporter)
-    assert reporter.sent and signal.getsignal(signal.SIGINT) is before
+    # SIGINT handled as in a terminal, however pytest was started
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        reporter = Swallowing()
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, ROUNDS, opts, reporter)
+        assert reporter.sent and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     with Project.open(folder, readonly=True) as project:
         assert next_step(project, ROUNDS).action == "evaluate"  # the initial model is trained, nothing more
 
