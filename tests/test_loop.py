@@ -356,13 +356,24 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path, data, uni
     _assert_same(_state(folder), uninterrupted[1])
 
 
+def _in_process_options(data, max_epochs: int):
+    """`RunOptions` for `activepose.loop.run` equal to `_run_args`'s command line (with `max_epochs`)."""
+    from activepose.config import EvalOptions, SelectOptions
+    from activepose.loop import RunOptions
+    from activepose.oracle.simulated import SimulatedLabeller
+    from activepose.workflow import resolve_train_config
+
+    train_cfg = resolve_train_config(None, None, input_size=64, width=0.25, head_channels=32, max_epochs=max_epochs,
+                                     num_workers=0, pretrained=False, device="cpu")  # fmt: skip
+    return RunOptions(budget=BUDGET, oracle=SimulatedLabeller(data[1]), train=train_cfg,
+                      select=SelectOptions(budget=BUDGET, device="cpu"),
+                      evaluate=EvalOptions(ttas=("clean",), device="cpu"))  # fmt: skip
+
+
 def test_a_ctrl_c_lost_on_the_way_still_stops_the_loop_after_its_step(tmp_path, data):
     """Python drops a KeyboardInterrupt raised in a finalizer ("Exception ignored in ...") and a library may
     swallow one: the loop notices the SIGINT anyway and stops after the step it was in, that step stored."""
-    from activepose.config import EvalOptions, SelectOptions
-    from activepose.loop import RunOptions, run
-    from activepose.oracle.simulated import SimulatedLabeller
-    from activepose.workflow import resolve_train_config
+    from activepose.loop import run
     from activepose.workflow.reporting import Reporter
 
     class Swallowing(Reporter):
@@ -379,13 +390,8 @@ def test_a_ctrl_c_lost_on_the_way_still_stops_the_loop_after_its_step(tmp_path, 
                 except KeyboardInterrupt:
                     pass
 
-    root, gt = data
     folder = _new_project(tmp_path / "proj", data)
-    train_cfg = resolve_train_config(None, None, input_size=64, width=0.25, head_channels=32, max_epochs=1,
-                                     num_workers=0, pretrained=False, device="cpu")  # fmt: skip
-    opts = RunOptions(budget=BUDGET, oracle=SimulatedLabeller(gt), train=train_cfg,
-                      select=SelectOptions(budget=BUDGET, device="cpu"),
-                      evaluate=EvalOptions(ttas=("clean",), device="cpu"))  # fmt: skip
+    opts = _in_process_options(data, max_epochs=1)
     # SIGINT handled as in a terminal, however pytest was started
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -401,18 +407,10 @@ def test_a_ctrl_c_lost_on_the_way_still_stops_the_loop_after_its_step(tmp_path, 
 
 def test_loop_runs_in_process_and_equals_the_command(tmp_path, data, uninterrupted):
     """`activepose.loop.run` is the library call behind `activepose run`: driven from Python, same result."""
-    from activepose.config import EvalOptions, SelectOptions
-    from activepose.loop import RunOptions, run
-    from activepose.oracle.simulated import SimulatedLabeller
-    from activepose.workflow import resolve_train_config
+    from activepose.loop import run
 
-    root, gt = data
     folder = _new_project(tmp_path / "proj", data)
-    train_cfg = resolve_train_config(None, None, input_size=64, width=0.25, head_channels=32, max_epochs=2,
-                                     num_workers=0, pretrained=False, device="cpu")  # fmt: skip
-    opts = RunOptions(budget=BUDGET, oracle=SimulatedLabeller(gt), train=train_cfg,
-                      select=SelectOptions(budget=BUDGET, device="cpu"),
-                      evaluate=EvalOptions(ttas=("clean",), device="cpu"))  # fmt: skip
+    opts = _in_process_options(data, max_epochs=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocess (OMP_NUM_THREADS=1): same float sums, same weights
     try:
