@@ -455,9 +455,13 @@ def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
         lost = [p for p in paired.get(strategy, [])[:-1] if p.excludes_zero and p.diff.mean < 0]
         return min(lost, key=lambda p: p.diff.mean) if lost else None
 
+    def rounds(strategy: str) -> list[PairedRow]:
+        """The selection rounds (round 0 is the shared initial set)."""
+        return [p for p in paired.get(strategy, []) if p.round >= 1]
+
     def wins(strategy: str) -> list[PairedRow]:
-        """The rounds where the strategy was significantly better."""
-        return [p for p in paired.get(strategy, []) if p.excludes_zero and p.diff.mean > 0]
+        """The selection rounds where the strategy was significantly better."""
+        return [p for p in rounds(strategy) if p.excludes_zero and p.diff.mean > 0]
 
     better, worse, mixed = [], [], []
     for s, r in rows.items():
@@ -502,12 +506,12 @@ def verdict(t: TestSetStats, reference: str, metric: str = "PCK") -> str:
     losses = "; ".join(f"{s} loses to {reference}: {interval(p)}" for _, s, _, p in sorted(worse))
     if better:
         _, s, r, p = max(better)
-        won, rounds = wins(s), [q for q in paired.get(s, []) if q.round >= 1]
+        won = wins(s)
         if p.excludes_zero:
             line = f"Use {s} on this data: {interval(p)} over {reference} ({p.diff.n} seeds); it {saving(r)}."
         else:
             line = (
-                f"Use {s} on this data: significantly ahead of {reference} at {len(won)} of {len(rounds)} rounds"
+                f"Use {s} on this data: significantly ahead of {reference} at {len(won)} of {len(rounds(s))} rounds"
                 f" ({', '.join(interval(q) for q in won)}) and ahead at the last, {interval(p)}"
                 f" ({p.diff.n} seeds); it {saving(r)}."
             )
