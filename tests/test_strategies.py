@@ -106,6 +106,30 @@ def test_hybrid_fills_by_the_documented_rule_when_few_are_uncertain(pool, model,
     assert len(set(result.ids)) == 4
 
 
+@pytest.mark.parametrize(
+    "filt",
+    [dict(th_hm=1e-9, th_kp=1), dict(th_hm=1.0, th_kp=14)],
+    ids=["nothing-uncertain", "everything-uncertain"],
+)
+def test_hybrid_is_diversity_when_its_filter_passes_nothing_or_everything(pool, model, filt):
+    """The docs' reading of the youtube grids (pass rate 0: hybrid = ANN diversity) rests on this identity."""
+    labelled = pool.image_ids[:10]
+    unc = UncertaintyConfig(input_size=64, **filt)
+    for seed in (0, 5):
+        hybrid = select_batch("hybrid", _ctx(pool, model, labelled, uncertainty=unc, seed=seed), 6)
+        diverse = select_batch("diversity", _ctx(pool, model, labelled, uncertainty=unc, seed=seed), 6)
+        assert hybrid.ids == diverse.ids, seed
+    # a filter that passes about half (th_hm at the median of the images' highest peaks) changes the batch:
+    # the identity above is not vacuous
+    ctx = _ctx(pool, model, labelled, uncertainty=unc)
+    th = float(np.median(ctx.uncertainty().peaks.max(axis=1)))
+    half = _ctx(pool, model, labelled, uncertainty=UncertaintyConfig(input_size=64, th_hm=th, th_kp=1))
+    hybrid = select_batch("hybrid", half, 6)
+    uncertain = {half.candidate_ids[i] for i in np.flatnonzero(half.uncertainty().uncertain)}
+    assert 6 <= len(uncertain) < len(half.candidate_ids) and set(hybrid.ids) <= uncertain
+    assert hybrid.ids != select_batch("diversity", _ctx(pool, model, labelled, uncertainty=unc), 6).ids
+
+
 def test_coreset_and_diversity_cover_better_than_random(pool, model):
     from activepose.sampling.diversity import coverage
 
