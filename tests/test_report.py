@@ -514,6 +514,10 @@ def test_markdown_tables_show_intervals_marked_differences_and_label_efficiency(
     rows = paired_grid()
     rows += [{**r, "strategy": "static", "PCK": r["PCK"] - (0.02 if r["round"] else 0.0)}
              for r in rows if r["strategy"] == "random"]  # fmt: skip
+    # hybrid's filter passes 0.6 % of the candidates in round 1 and none later, as on youtube_pose
+    for r in rows:
+        if r["strategy"] == "hybrid" and r["round"]:
+            r["pass_rate"] = 0.006 if r["round"] == 1 else 0.0
     text = markdown_tables(load_results(write_results(tmp_path, rows)), {}, "random")
     assert text.startswith("## test: 3 seed(s) (0, 1, 2)")
     lines = text.splitlines()
@@ -546,6 +550,10 @@ def test_markdown_tables_show_intervals_marked_differences_and_label_efficiency(
     assert 200 < reach < 300
     assert eff["hybrid"]["of the labels random added"] == f"{100 * (reach - 100) / 300:.0f} %"
     assert eff["static"]["labels to reach"] == "not reached"
+    # the diagnostics' pass rate, in % over rounds 1-3: 0.6 / 3 = 0.2 %, not a 0.00 that reads as "none"
+    diag = table_after("### Why: selection diagnostics")
+    assert diag["hybrid"]["pass rate %"] == "0.2"
+    assert diag["random"]["pass rate %"] == ""
 
 
 def test_report_command_rewrites_the_report_of_a_grid_and_refuses_what_it_cannot_read(tmp_path):

@@ -131,17 +131,18 @@ def markdown_tables(results: Results, grid: dict, reference: str = "random") -> 
                         and r["test_set"] == t.test_set and r["tta"] == t.tta]  # fmt: skip
                 seconds = [r["selection_seconds"] for r in kept if math.isfinite(r["selection_seconds"])]
 
-                def mean(key: str, digits: int, mine=mine) -> str:
+                def mean(key: str, digits: int, scale: float = 1.0, mine=mine) -> str:
                     v = [d[key] for d in mine if math.isfinite(d[key])]
-                    return f"{sum(v) / len(v):.{digits}f}" if v else ""
+                    return f"{scale * sum(v) / len(v):.{digits}f}" if v else ""
 
                 n_prev = sum(r.get("model_kept") == "previous" for r in kept)
                 rows.append([
                     s, f"{sum(seconds) / len(seconds):.1f}" if seconds else "", mean("videos", 1),
-                    mean("coverage", 3), mean("pass_rate", 2), mean("selector_test_auroc", 2),
+                    # in %: a filter passing a few of thousands of candidates must not read as 0.00
+                    mean("coverage", 3), mean("pass_rate", 1, 100.0), mean("selector_test_auroc", 2),
                     mean("batch_auroc", 2), f"{n_prev} of {len(kept)}",
                 ])  # fmt: skip
             out += ["### Why: selection diagnostics (means over rounds 1.. and seeds)", "",
-                    *_table(["strategy", "selection s/round", "videos per batch", "coverage", "pass rate",
+                    *_table(["strategy", "selection s/round", "videos per batch", "coverage", "pass rate %",
                              "test AUROC", "batch AUROC", "rounds that kept the previous model"], rows), ""]  # fmt: skip
     return "\n".join(out).rstrip() + "\n"
