@@ -277,13 +277,15 @@ def test_full_report(tmp_path):
     # the reference first, then grid.json's order: the legend and tables follow it
     assert page.index('<td class="l">random</td>') < page.index('<td class="l">uncertainty</td>')
     assert page.index('<td class="l">uncertainty</td>') < page.index('<td class="l">hybrid</td>')
-    # 2 test sets x 2 metrics x 2 x-axes figures + 2 montages
-    assert_images_ok(page, minimum=10)
+    # 2 test sets x 3 metrics (count, PCK, OKS AP) x 2 x-axes figures + 2 montages
+    assert_images_ok(page, minimum=14)
     assert base64.b64encode(montage).decode() in page  # the first seed that has one (seed 1)
     assert "hybrid, seed 1" in page and "uncertainty, seed 7" in page
     assert "random: no round-1 montage found" in page
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert len(plots) == 8 and "test_multi__count_acc__minutes.png" in plots
+    assert (
+        len(plots) == 12 and "test_multi__count_acc__minutes.png" in plots and "test__AP__images.png" in plots
+    )
     for p in (tmp_path / "plots").glob("*.png"):
         im = Image.open(p)
         assert im.size[0] > 800 and im.size[1] > 500  # 6 panels
@@ -294,21 +296,22 @@ def test_full_report(tmp_path):
     half = 100 * T2 * 0.02 / math.sqrt(3)
     assert f"[{6 - half:+.1f}, {6 + half:+.1f}]" in page
     assert (
-        page.count('<span class="yes">yes: better</span>') == 2 * 2 * 3
-    )  # 2 test sets x 2 metrics x rounds 1-3
+        page.count('<span class="yes">yes: better</span>') == 2 * 3 * 3
+    )  # 2 test sets x 3 metrics (count, PCK, AP) x rounds 1-3
     assert "yes: worse" not in page
     # the page opens with the verdict: the strategy significantly ahead of random on the first test set's PCK
     assert page.index('class="verdict"') < page.index("result rows")
     assert "Use hybrid on this data: +6.0 pp [" in page
     paired = read_csv(tmp_path / "paired.csv")
-    assert len(paired) == 2 * 2 * 2 * 4  # test sets x metrics x strategies x rounds
+    assert len(paired) == 2 * 3 * 2 * 4  # test sets x metrics x strategies x rounds
     h3 = [r for r in paired if r["strategy"] == "hybrid" and r["round"] == "3" and r["metric"] == "count_acc"]
     assert len(h3) == 2 and all(r["excludes_zero"] == "yes" and r["n_pairs"] == "3" for r in h3)
     assert float(h3[0]["mean_difference"]) == pytest.approx(0.06, abs=1e-12)
     assert {r["tta"] for r in paired} == {"clean"}
 
     eff = read_csv(tmp_path / "efficiency.csv")
-    assert len(eff) == 2 * 2 * 3
+    assert len(eff) == 2 * 3 * 3  # test sets x metrics x strategies
+    assert {r["metric"] for r in eff} == {"count_acc", "PCK", "AP"}
     hyb = next(
         r for r in eff if r["strategy"] == "hybrid" and r["test_set"] == "test" and r["metric"] == "count_acc"
     )
@@ -381,18 +384,53 @@ def test_report_without_the_reference_strategy(tmp_path):
 def test_all_nan_metric_is_skipped(tmp_path):
     rows = paired_grid()
     for r in rows:
-        r["PCK"] = float("nan")
+        r["PCK"] = r["AP"] = float("nan")
     write_results(tmp_path, rows)
     results = load_results(tmp_path / "results.csv")
     assert plot_curves(results, "test", "images", "PCK", ["random", "hybrid"]) is None
+    assert plot_curves(results, "test", "images", "AP", ["random", "hybrid"]) is None
     assert plot_curves(results, "test", "minutes", "count_acc", ["random", "hybrid"]) is not None
     page = write_report(tmp_path).read_text(encoding="utf-8")
-    assert "No PCK values on this test set" in page
+    assert "No PCK values on this test set" in page and "No OKS AP values on this test set" in page
     assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
         "test__count_acc__images.png",
         "test__count_acc__minutes.png",
     ]
     assert len(embedded_pngs(page)) == 2
+
+
+def test_shared_y_axis_holds_every_panels_curves_and_one_legend_names_every_strategy(tmp_path):
+    """A TTA whose curves lie below the first panel's (blur, dark) is drawn inside the shared y range, and the
+    figure's one legend, beside the panels, names each strategy once."""
+    from activepose.experiment.report import curves_figure
+    from activepose.experiment.stats import panel_curves
+
+    rows = paired_grid(ttas=("clean", "blur"))
+    for r in rows:
+        if r["tta"] == "blur" and r["strategy"] == "uncertainty":
+            r["PCK"] = r["PCK"] - 0.3  # 30 pp below everything in the clean panel
+    write_results(tmp_path, rows)
+    results = load_results(tmp_path / "results.csv")
+    strategies = ["random", "hybrid", "uncertainty"]
+    panels = panel_curves(results, "test", "PCK", strategies, "images")
+    fig = curves_figure(panels, "test", "images", "PCK", strategies, "random")
+    try:
+        lowest = 100 * min(p.value.mean - p.value.half_width for pts in panels["blur"].values() for p in pts)
+        highest = 100 * max(
+            p.value.mean + p.value.half_width for pts in panels["clean"].values() for p in pts
+        )
+        for ax in fig.axes:
+            lo, hi = ax.get_ylim()
+            assert lo <= max(lowest, 0.0) and hi >= min(highest, 100.0), (lo, hi, lowest, highest)
+            assert 0.0 <= lo and hi <= 100.0
+            assert ax.get_legend() is None  # no per-panel legend over the curves
+        (legend,) = fig.legends
+        names = [t.get_text().split(" (")[0] for t in legend.get_texts()]
+        assert names == strategies
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def _verdict_of(rows, tmp_path) -> str:
@@ -472,6 +510,7 @@ def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
             **r,
             "PCK": r["PCK"] - 2 * HYBRID_OFFSET[r["seed"]],
             "count_acc": r["count_acc"] - 2 * HYBRID_OFFSET[r["seed"]],
+            "AP": r["AP"] - 2 * HYBRID_OFFSET[r["seed"]],
         }
         if r["strategy"] == "hybrid" and r["round"]
         else r
@@ -479,7 +518,7 @@ def test_a_significant_loss_is_marked_worse_in_the_paired_table(tmp_path):
     ]
     write_results(tmp_path, rows)
     page = write_report(tmp_path).read_text()
-    assert page.count('<span class="worse">yes: worse</span>') == 2 * 3  # 2 metrics x rounds 1-3
+    assert page.count('<span class="worse">yes: worse</span>') == 3 * 3  # 3 metrics x rounds 1-3
     assert '<span class="yes">yes: better</span>' not in page
     assert "hybrid loses to random" in page
 

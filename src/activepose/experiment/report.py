@@ -4,7 +4,7 @@
 
 - `plots/*.png`: the paper's Figure 3 A-F (mean learning curve per strategy with a 95 % Student-t band over
   seeds, one subplot per TTA) against labelled images and against annotation minutes, for the person count
-  accuracy and PCK, one figure per (test set, x-axis, metric);
+  accuracy, PCK and OKS AP, one figure per (test set, x-axis, metric) with a metric on it;
 - `report.html`: everything in one self-contained page (images embedded as base64, inline CSS): the grid's
   settings and progress, per test set the label-efficiency and paired-difference tables and the figures, what
   each strategy chose and the round-1 selection montages.
@@ -75,18 +75,30 @@ def plot_curves(
                       strategies, reference)  # fmt: skip
 
 
-def curves_png(
+def curves_png(*args: Any, **kwargs: Any) -> bytes | None:
+    """PNG bytes of `curves_figure(*args, **kwargs)`; None when it has no curve."""
+    fig = curves_figure(*args, **kwargs)
+    if fig is None:
+        return None
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def curves_figure(
     panels: Panels,
     test_set: str,
     xaxis: str,
     metric: str,
     strategies: Sequence[str],
     reference: str | None = None,
-) -> bytes | None:
-    """PNG bytes of Figure 3 A-F for one test set: `metric` (in %) against `xaxis` ("images" or
+):
+    """Figure 3 A-F for one test set (a matplotlib figure): `metric` (in %) against `xaxis` ("images" or
     "minutes"), a subplot per TTA, per strategy the mean over seeds with its 95 % t-band (no band where
     only one seed); None when no strategy has a finite value."""
-
     if not any(pts for panel in panels.values() for pts in panel.values()):
         return None
     ttas = list(panels)
@@ -102,8 +114,6 @@ def curves_png(
         for s in strategies:
             if panels[tta][s]:
                 _draw_curve(ax, panels[tta][s], xaxis, s, colours[s], s == reference)
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(0.0, lo), min(100.0, hi))  # a metric in % never leaves [0, 100]
         ax.set_title(f"({chr(ord('A') + k)}) {'no augmentation' if tta == 'clean' else tta}")
         ax.grid(alpha=0.3)
         if k % ncols == 0:
@@ -111,18 +121,25 @@ def curves_png(
         if k // ncols == nrows - 1 or k + ncols >= len(ttas):
             ax.set_xlabel(X_LABELS[xaxis])
             ax.tick_params(labelbottom=True)
-        ax.legend(fontsize=7, loc="lower right")
     for k in range(len(ttas), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
+    # The panels share their y axis: it is clamped once every panel is drawn (clamping inside the loop froze it
+    # at the first panel's range and cut off the lower curves of the others). A metric in % never leaves
+    # [0, 100].
+    lo, hi = axes[0][0].get_ylim()
+    axes[0][0].set_ylim(max(0.0, lo), min(100.0, hi))
+    # One legend for the figure, beside the panels rather than over the curves: each strategy once, with the
+    # seeds of the first panel that draws it.
+    entries: dict[str, tuple[Any, str]] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(lab.split(" (n=")[0], (h, lab))
+    handles, labels = [h for h, _ in entries.values()], [lab for _, lab in entries.values()]
     metric_name = METRIC_LABELS.get(metric, metric).replace(" (%)", "")
     fig.suptitle(f"{metric_name} vs {X_LABELS[xaxis]} - test set '{test_set}' (mean, 95 % t-band over seeds)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=90)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return fig
 
 
 def _draw_curve(ax, pts: Sequence[Any], xaxis: str, strategy: str, colour: Any, is_reference: bool) -> None:

@@ -20,7 +20,7 @@ from ..config import STATIC_ARM
 from .results import Results
 
 CONFIDENCE = 0.95
-PLOT_METRICS = ("count_acc", "PCK")  # the metrics the report tabulates and plots
+PLOT_METRICS = ("count_acc", "PCK", "AP")  # the metrics the report tabulates and plots
 X_AXES = ("images", "minutes")  # a learning curve's x: labelled images or annotation minutes
 
 
